@@ -1,0 +1,79 @@
+//! Inference backends: the synchronous interface the pipeline drives (`Backend`), its outputs and
+//! errors. `ort.rs` is the ONNX Runtime implementation and the only module that imports `ort`.
+
+pub mod ort;
+
+use crate::postprocess::ImageHeads;
+
+/// Outputs of the image graph for a batch, row-major.
+#[derive(Debug, Clone, Default)]
+pub struct ImageBatch {
+    pub batch: usize,
+    pub num_patches: usize,
+    pub class_dim: usize,
+    /// `[B, P, C]`
+    pub class_embeds: Vec<f32>,
+    /// `[B, P]`
+    pub logit_shift: Vec<f32>,
+    /// `[B, P]`
+    pub logit_scale: Vec<f32>,
+    /// `[B, P, 4]`
+    pub pred_boxes: Vec<f32>,
+    /// `[B, P]`
+    pub objectness_logits: Vec<f32>,
+}
+
+impl ImageBatch {
+    /// The heads of image `i` of the batch.
+    pub fn heads(&self, i: usize) -> ImageHeads<'_> {
+        let (p, c) = (self.num_patches, self.class_dim);
+        ImageHeads {
+            class_embeds: &self.class_embeds[i * p * c..(i + 1) * p * c],
+            logit_shift: &self.logit_shift[i * p..(i + 1) * p],
+            logit_scale: &self.logit_scale[i * p..(i + 1) * p],
+            pred_boxes: &self.pred_boxes[i * p * 4..(i + 1) * p * 4],
+        }
+    }
+}
+
+/// Errors of an inference backend.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("ONNX Runtime library: {0}")]
+    Library(String),
+    #[error("cannot create the {graph} session: {message}")]
+    Session {
+        graph: &'static str,
+        message: String,
+    },
+    #[error("inference failed: {0}")]
+    Run(String),
+    #[error("unexpected output from the {graph} graph: {message}")]
+    Output {
+        graph: &'static str,
+        message: String,
+    },
+}
+
+impl BackendError {
+    /// Stable snake_case name for APIs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Library(_) => "runtime_library",
+            BackendError::Session { .. } => "backend_session",
+            BackendError::Run(_) => "inference_failed",
+            BackendError::Output { .. } => "inference_output",
+        }
+    }
+}
+
+/// A loaded model ready to run, owned by one thread.
+pub trait Backend: Send {
+    /// Short name shown in APIs (`cpu`, `cuda`, `tensorrt`).
+    fn name(&self) -> &str;
+    /// Runs the image graph on `batch` preprocessed images (`[B,3,S,S]` contiguous).
+    fn run_image(&mut self, pixel_values: &[f32], batch: usize)
+        -> Result<ImageBatch, BackendError>;
+    /// Runs the text graph on `n` rows of token ids; returns `[n, C]` query embeddings.
+    fn run_text(&mut self, input_ids: &[i64], n: usize) -> Result<Vec<f32>, BackendError>;
+}

@@ -1,0 +1,256 @@
+//! ONNX Runtime backend (the only module that imports `ort`): finding and loading the shared
+//! library (`load-dynamic`), creating sessions for the natively built graphs with their weights
+//! as external data in the checkpoint folder, and running them.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::{Backend, BackendError, ImageBatch};
+use crate::model::graphs::IMAGE_OUTPUTS;
+
+/// Environment variable naming the ONNX Runtime shared library to load.
+pub const LIBRARY_ENV: &str = "IV_ONNXRUNTIME_PATH";
+/// Where the Debian package installs the library.
+pub const PACKAGED_LIBRARY_DIR: &str = "/usr/lib/intelligent-video";
+
+static RUNTIME: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> =
+    OnceLock::new();
+
+fn lib_in(dir: &Path) -> Option<PathBuf> {
+    let plain = dir.join("libonnxruntime.so");
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so.") && p.is_file())
+        })
+        .collect();
+    versioned.sort();
+    versioned.pop()
+}
+
+/// Finds the ONNX Runtime library: `explicit` (from `IV_ONNXRUNTIME_PATH` or config), then next to
+/// the executable (and its parent folder, for test binaries in `target/*/deps`), then
+/// `/usr/lib/intelligent-video`.
+pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, BackendError> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        if p.is_dir() {
+            if let Some(l) = lib_in(p) {
+                return Ok(l);
+            }
+        }
+        return Err(BackendError::Library(format!(
+            "{} is not an ONNX Runtime library (set {LIBRARY_ENV} to libonnxruntime.so)",
+            p.display()
+        )));
+    }
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            if let Some(pp) = d.parent() {
+                dirs.push(pp.to_path_buf());
+            }
+        }
+    }
+    dirs.push(PathBuf::from(PACKAGED_LIBRARY_DIR));
+    for d in &dirs {
+        if let Some(l) = lib_in(d) {
+            return Ok(l);
+        }
+    }
+    Err(BackendError::Library(format!(
+        "libonnxruntime.so not found next to the executable or in {PACKAGED_LIBRARY_DIR}; set {LIBRARY_ENV} (searched {})",
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// Loads ONNX Runtime once per process; later calls return the first result.
+pub fn runtime(
+    explicit: Option<&Path>,
+) -> Result<(ort::environment::Environment, PathBuf), BackendError> {
+    let env_path = std::env::var_os(LIBRARY_ENV).map(PathBuf::from);
+    let explicit = explicit.map(Path::to_path_buf).or(env_path);
+    RUNTIME
+        .get_or_init(|| {
+            let path = find_library(explicit.as_deref()).map_err(|e| e.to_string())?;
+            let builder = ort::init_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let env = builder
+                .with_name("intelligent-video")
+                .build()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok((env, path))
+        })
+        .clone()
+        .map_err(BackendError::Library)
+}
+
+/// ONNX Runtime's version string (after `runtime` succeeded).
+pub fn runtime_version() -> Option<String> {
+    RUNTIME.get()?.as_ref().ok()?;
+    let info = ort::info();
+    Some(info.to_string())
+}
+
+/// CPU session settings.
+#[derive(Debug, Clone)]
+pub struct CpuOptions {
+    /// Intra-op threads (0 = ONNX Runtime's default: one per core).
+    pub threads: usize,
+}
+
+/// The image and text sessions of one model on the CPU provider.
+pub struct OrtBackend {
+    image: Session,
+    text: Session,
+    image_size: usize,
+}
+
+fn session(
+    env: &ort::environment::Environment,
+    graph: &'static str,
+    bytes: &[u8],
+    weights_dir: &Path,
+    opts: &CpuOptions,
+) -> Result<Session, BackendError> {
+    let err = |e: String| BackendError::Session { graph, message: e };
+    let mut b = Session::builder(env)
+        .map_err(|e| err(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| err(e.to_string()))?
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            weights_dir.to_string_lossy(),
+        )
+        .map_err(|e| err(e.to_string()))?;
+    if opts.threads > 0 {
+        b = b
+            .with_intra_threads(opts.threads)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    b.commit_from_memory(bytes).map_err(|e| err(e.to_string()))
+}
+
+impl OrtBackend {
+    /// Creates CPU sessions for the serialised graphs whose external weights live in `weights_dir`.
+    pub fn cpu(
+        library: Option<&Path>,
+        image_graph: &[u8],
+        text_graph: &[u8],
+        weights_dir: &Path,
+        image_size: usize,
+        opts: &CpuOptions,
+    ) -> Result<Self, BackendError> {
+        let (env, _) = runtime(library)?;
+        let image = session(&env, "image", image_graph, weights_dir, opts)?;
+        let text = session(&env, "text", text_graph, weights_dir, opts)?;
+        Ok(OrtBackend {
+            image,
+            text,
+            image_size,
+        })
+    }
+}
+
+fn extract(
+    outputs: &ort::session::SessionOutputs<'_>,
+    name: &str,
+    graph: &'static str,
+) -> Result<Vec<f32>, BackendError> {
+    let out_err = |message: String| BackendError::Output { graph, message };
+    let v = outputs
+        .get(name)
+        .ok_or_else(|| out_err(format!("missing output {name}")))?;
+    let (_, data) = v
+        .try_extract_tensor::<f32>()
+        .map_err(|e| out_err(format!("{name}: {e}")))?;
+    Ok(data.to_vec())
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn run_image(
+        &mut self,
+        pixel_values: &[f32],
+        batch: usize,
+    ) -> Result<ImageBatch, BackendError> {
+        let s = self.image_size;
+        if pixel_values.len() != batch * 3 * s * s {
+            return Err(BackendError::Run(format!(
+                "pixel_values has {} values, expected {batch}x3x{s}x{s}",
+                pixel_values.len()
+            )));
+        }
+        let input = TensorRef::from_array_view(([batch, 3, s, s], pixel_values))
+            .map_err(|e| BackendError::Run(e.to_string()))?;
+        let outputs = self
+            .image
+            .run(ort::inputs!["pixel_values" => input])
+            .map_err(|e| BackendError::Run(e.to_string()))?;
+        let [class_embeds, logit_shift, logit_scale, pred_boxes, objectness_logits] =
+            IMAGE_OUTPUTS.map(|name| extract(&outputs, name, "image"));
+        let (class_embeds, logit_shift, logit_scale, pred_boxes, objectness_logits) = (
+            class_embeds?,
+            logit_shift?,
+            logit_scale?,
+            pred_boxes?,
+            objectness_logits?,
+        );
+        let p = logit_shift.len() / batch.max(1);
+        let c = class_embeds.len() / (batch * p).max(1);
+        let sizes_ok = p > 0
+            && logit_shift.len() == batch * p
+            && class_embeds.len() == batch * p * c
+            && logit_scale.len() == batch * p
+            && pred_boxes.len() == batch * p * 4
+            && objectness_logits.len() == batch * p;
+        if !sizes_ok {
+            return Err(BackendError::Output {
+                graph: "image",
+                message: format!("output sizes do not agree for batch {batch}"),
+            });
+        }
+        Ok(ImageBatch {
+            batch,
+            num_patches: p,
+            class_dim: c,
+            class_embeds,
+            logit_shift,
+            logit_scale,
+            pred_boxes,
+            objectness_logits,
+        })
+    }
+
+    fn run_text(&mut self, input_ids: &[i64], n: usize) -> Result<Vec<f32>, BackendError> {
+        if n == 0 || !input_ids.len().is_multiple_of(n) {
+            return Err(BackendError::Run(format!(
+                "{} token ids do not split into {n} rows",
+                input_ids.len()
+            )));
+        }
+        let len = input_ids.len() / n;
+        let input = TensorRef::from_array_view(([n, len], input_ids))
+            .map_err(|e| BackendError::Run(e.to_string()))?;
+        let outputs = self
+            .text
+            .run(ort::inputs!["input_ids" => input])
+            .map_err(|e| BackendError::Run(e.to_string()))?;
+        extract(&outputs, "query_embeds", "text")
+    }
+}

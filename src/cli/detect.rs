@@ -1,0 +1,125 @@
+//! `intelligent-video detect`: offline detection on image files, one JSON line per image.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::RuntimeArgs;
+use crate::pipeline::{Detector, DetectorOptions};
+use crate::postprocess::{Detection, PostParams};
+use crate::preprocess::{self, ImageLimits};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DetectArgs {
+    /// Model directory (config.json, model.safetensors, preprocessor_config.json, tokenizer).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Keep detections whose score is strictly above this.
+    #[arg(long, default_value_t = 0.1)]
+    pub threshold: f32,
+    /// Apply per-query non-maximum suppression with this IoU threshold (off by default).
+    #[arg(long)]
+    pub nms: Option<f32>,
+    /// A text query; repeat for several.
+    #[arg(long = "query", required = true)]
+    pub queries: Vec<String>,
+    /// Largest accepted image file in bytes.
+    #[arg(long, default_value_t = ImageLimits::default().max_encoded_bytes)]
+    pub max_image_bytes: usize,
+    /// Largest accepted image in pixels (width × height).
+    #[arg(long, default_value_t = ImageLimits::default().max_pixels)]
+    pub max_pixels: u64,
+    /// Largest accepted image side in pixels.
+    #[arg(long, default_value_t = ImageLimits::default().max_side)]
+    pub max_side: u32,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Image files (JPEG, PNG, WebP, BMP).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+/// One output line.
+#[derive(Debug, Serialize)]
+pub struct ImageResult<'a> {
+    pub image: String,
+    pub width: u32,
+    pub height: u32,
+    pub detections: &'a [Detection],
+}
+
+/// Validates a threshold and an NMS IoU.
+pub fn post_params(threshold: f32, nms: Option<f32>) -> anyhow::Result<PostParams> {
+    if !threshold.is_finite() || !(0.0..=1.0).contains(&threshold) {
+        bail!("threshold must be a number in [0, 1], got {threshold}");
+    }
+    if let Some(n) = nms {
+        if !n.is_finite() || !(0.0..=1.0).contains(&n) {
+            bail!("nms IoU must be a number in [0, 1], got {n}");
+        }
+    }
+    Ok(PostParams {
+        threshold,
+        nms_iou: nms,
+    })
+}
+
+/// Runs the command; returns the number of images that failed.
+pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
+    let params = post_params(args.threshold, args.nms)?;
+    let limits = ImageLimits {
+        max_encoded_bytes: args.max_image_bytes,
+        max_pixels: args.max_pixels,
+        max_side: args.max_side,
+    };
+    let opts = DetectorOptions {
+        library: args.runtime.onnxruntime.clone(),
+        threads: args.runtime.threads,
+        max_queries: args.queries.len().max(1),
+        ..DetectorOptions::default()
+    };
+    let mut det = Detector::load(&args.model, &opts)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    det.query_embeddings(&args.queries)
+        .context("invalid query")?;
+    let stdout = std::io::stdout();
+    let mut failed = 0;
+    for path in &args.images {
+        let result = (|| -> anyhow::Result<()> {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if meta.len() > limits.max_encoded_bytes as u64 {
+                bail!(
+                    "{}: file is {} bytes, more than the limit of {}",
+                    path.display(),
+                    meta.len(),
+                    limits.max_encoded_bytes
+                );
+            }
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let img =
+                preprocess::decode(&bytes, &limits).with_context(|| path.display().to_string())?;
+            let dets = det
+                .detect(&[&img], &args.queries, &params)
+                .with_context(|| path.display().to_string())?;
+            let line = serde_json::to_string(&ImageResult {
+                image: path.display().to_string(),
+                width: img.width,
+                height: img.height,
+                detections: dets.first().map(Vec::as_slice).unwrap_or(&[]),
+            })?;
+            let mut out = stdout.lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!("error: {e:#}");
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}

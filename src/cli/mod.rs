@@ -1,0 +1,33 @@
+//! Command-line interface: argument definitions and the offline subcommands. `main.rs` only parses,
+//! sets up logging and maps errors to exit codes.
+
+pub mod detect;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// On-device open-vocabulary object detection (OWLv2).
+#[derive(Debug, Parser)]
+#[command(name = "intelligent-video", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Detect text queries in image files; prints one JSON object per image, one per line.
+    Detect(detect::DetectArgs),
+}
+
+/// Settings shared by commands that load the model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// ONNX Runtime shared library (default: next to the binary, then /usr/lib/intelligent-video).
+    #[arg(long, env = "IV_ONNXRUNTIME_PATH")]
+    pub onnxruntime: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (0 = one per core).
+    #[arg(long, default_value_t = 0, env = "IV_THREADS")]
+    pub threads: usize,
+}

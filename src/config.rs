@@ -1,0 +1,394 @@
+//! Daemon configuration: defaults < TOML file < `IV_*` environment < command-line flags (figment),
+//! parsed once into a validated `Config`. Unknown keys are errors. Knows nothing about serving.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::preprocess::ImageLimits;
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/intelligent-video/config.toml";
+/// Default model (a Hugging Face id resolved in the model store).
+pub const DEFAULT_MODEL: &str = "google/owlv2-base-patch16-ensemble";
+
+/// Errors of configuration loading (exit code 78, EX_CONFIG).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// Unix permission bits of the detection socket, written in octal (`"0660"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl Serialize for SocketMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(u64),
+        }
+        // Environment values like 0660 may arrive as the integer 660: read its digits as octal.
+        let digits = match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::N(n) => n.to_string(),
+        };
+        let t = digits.trim().trim_start_matches("0o");
+        let v = u32::from_str_radix(t, 8).map_err(|_| {
+            serde::de::Error::custom(format!("socket mode {digits:?} is not octal"))
+        })?;
+        if v > 0o777 {
+            return Err(serde::de::Error::custom(format!(
+                "socket mode {digits:?} is above 0777"
+            )));
+        }
+        Ok(SocketMode(v))
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Journald,
+    Text,
+    Json,
+}
+
+/// `IV_OPTIMIZATION_BACKEND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendPreference {
+    Auto,
+    Tensorrt,
+    Cuda,
+    Cpu,
+    /// Alias of `cuda` kept for the Python service's users.
+    TorchCompile,
+    /// Alias of `cpu` kept for the Python service's users.
+    Eager,
+}
+
+/// `IV_TENSORRT_PRECISION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorrtPrecision {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+/// `IV_TORCH_COMPILE_MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TorchCompileMode {
+    Default,
+    ReduceOverhead,
+    MaxAutotune,
+}
+
+/// The validated daemon configuration. Field names are the TOML keys and, upper-cased with an
+/// `IV_` prefix, the environment variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Model directory, or a Hugging Face id looked up in `model_store`.
+    pub model: String,
+    /// Where `model pull` stores checkpoints (`<store>/<org>/<name>`).
+    pub model_store: PathBuf,
+    pub socket_path: PathBuf,
+    pub socket_mode: SocketMode,
+    pub socket_group: Option<String>,
+    pub http_addr: SocketAddr,
+    pub http_allow_remote: bool,
+    pub enable_optimization: bool,
+    pub optimization_backend: BackendPreference,
+    pub tensorrt_precision: TensorrtPrecision,
+    pub torch_compile_mode: TorchCompileMode,
+    pub warmup_iterations: u32,
+    pub cache_dir: PathBuf,
+    pub max_batch_size: usize,
+    pub max_batch_wait_ms: u64,
+    pub max_queue: usize,
+    pub max_body_bytes: usize,
+    pub max_pixels: u64,
+    pub max_side: u32,
+    pub max_queries: usize,
+    pub max_query_bytes: usize,
+    pub default_threshold: f32,
+    pub log_format: Option<LogFormat>,
+    pub log_level: String,
+    pub onnxruntime_path: Option<PathBuf>,
+    pub threads: usize,
+    pub query_cache_size: usize,
+    pub max_connections: usize,
+    pub header_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let limits = ImageLimits::default();
+        Config {
+            model: DEFAULT_MODEL.into(),
+            model_store: "/var/lib/intelligent-video/models".into(),
+            socket_path: "/run/intelligent-video/detect.sock".into(),
+            socket_mode: SocketMode(0o660),
+            socket_group: None,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            http_allow_remote: false,
+            enable_optimization: true,
+            optimization_backend: BackendPreference::Auto,
+            tensorrt_precision: TensorrtPrecision::Fp16,
+            torch_compile_mode: TorchCompileMode::Default,
+            warmup_iterations: 5,
+            cache_dir: "/var/cache/intelligent-video/optimized".into(),
+            max_batch_size: 4,
+            max_batch_wait_ms: 5,
+            max_queue: 64,
+            max_body_bytes: limits.max_encoded_bytes,
+            max_pixels: limits.max_pixels,
+            max_side: limits.max_side,
+            max_queries: 64,
+            max_query_bytes: 1024,
+            default_threshold: 0.1,
+            log_format: None,
+            log_level: "info".into(),
+            onnxruntime_path: None,
+            threads: 0,
+            query_cache_size: 1024,
+            max_connections: 256,
+            header_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults < `file` (or the default path when it exists) < `IV_*` environment < `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &ConfigOverrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(p) if !p.is_file() => return Err(ConfigError::MissingFile(p.to_path_buf())),
+            Some(p) => fig = fig.merge(Toml::file_exact(p)),
+            None if Path::new(DEFAULT_CONFIG_PATH).is_file() => {
+                fig = fig.merge(Toml::file_exact(DEFAULT_CONFIG_PATH))
+            }
+            None => {}
+        }
+        fig = fig
+            .merge(Env::prefixed("IV_"))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(|e| {
+            ConfigError::Parse(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks cross-field rules that types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        if !self.http_allow_remote && !self.http_addr.ip().is_loopback() {
+            return bad(
+                "http_addr",
+                format!(
+                    "{} is not a loopback address; set IV_HTTP_ALLOW_REMOTE=true to allow it",
+                    self.http_addr
+                ),
+            );
+        }
+        if self.model.trim().is_empty() {
+            return bad("model", "is empty".into());
+        }
+        if !(0.0..=1.0).contains(&self.default_threshold) {
+            return bad(
+                "default_threshold",
+                format!("{} is not in [0, 1]", self.default_threshold),
+            );
+        }
+        for (key, v) in [
+            ("max_batch_size", self.max_batch_size),
+            ("max_queue", self.max_queue),
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_queries", self.max_queries),
+            ("max_query_bytes", self.max_query_bytes),
+            ("query_cache_size", self.query_cache_size),
+            ("max_connections", self.max_connections),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if self.max_pixels == 0 || self.max_side == 0 {
+            return bad("max_pixels", "image limits must be positive".into());
+        }
+        if self.socket_path.as_os_str().is_empty() {
+            return bad("socket_path", "is empty".into());
+        }
+        for (key, v) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Image limits of the detection API.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_encoded_bytes: self.max_body_bytes,
+            max_pixels: self.max_pixels,
+            max_side: self.max_side,
+        }
+    }
+
+    /// The model directory: `model` itself when it is a directory, else `<model_store>/<model>`.
+    pub fn model_dir(&self) -> PathBuf {
+        let p = PathBuf::from(&self.model);
+        if p.is_dir() || p.is_absolute() {
+            p
+        } else {
+            self.model_store.join(&self.model)
+        }
+    }
+
+    /// The effective log format: journald when stderr is the journal, text otherwise.
+    pub fn effective_log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_else(|| {
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                LogFormat::Journald
+            } else {
+                LogFormat::Text
+            }
+        })
+    }
+
+    /// The configuration as TOML (for `config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// Command-line overrides (highest precedence); `None` leaves lower layers in place.
+#[derive(Debug, Clone, Default, Serialize, clap::Args)]
+pub struct ConfigOverrides {
+    /// Model directory or Hugging Face id (IV_MODEL).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Detection socket path (IV_SOCKET_PATH).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<PathBuf>,
+    /// Health HTTP address (IV_HTTP_ADDR).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+    /// Warmup inferences before READY (IV_WARMUP_ITERATIONS).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_iterations: Option<u32>,
+    /// Log format: journald, text or json (IV_LOG_FORMAT).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    /// Optimization backend: auto, tensorrt, cuda, cpu (IV_OPTIMIZATION_BACKEND).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimization_backend: Option<String>,
+    /// Optimized-artifact cache directory (IV_CACHE_DIR).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::result_large_err)]
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn precedence_defaults_file_env_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "model = \"/m/file\"\nmax_queue = 7\nsocket_mode = \"0640\"\nwarmup_iterations = 2\n")?;
+            jail.set_env("IV_MAX_QUEUE", "9");
+            jail.set_env("IV_WARMUP_ITERATIONS", "3");
+            let o = ConfigOverrides {
+                warmup_iterations: Some(1),
+                ..Default::default()
+            };
+            let c = Config::load(Some(Path::new("c.toml")), &o).map_err(|e| e.to_string())?;
+            assert_eq!(c.model, "/m/file"); // file
+            assert_eq!(c.max_queue, 9); // env over file
+            assert_eq!(c.warmup_iterations, 1); // flag over env
+            assert_eq!(c.socket_mode, SocketMode(0o640));
+            assert_eq!(c.max_batch_size, 4); // default
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_socket_mode_is_octal_and_unknown_keys_fail() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IV_SOCKET_MODE", "0660");
+            let c = Config::load(None, &ConfigOverrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.socket_mode, SocketMode(0o660));
+            jail.set_env("IV_SOCKET_MODE", "0999");
+            assert!(Config::load(None, &ConfigOverrides::default()).is_err());
+            jail.set_env("IV_SOCKET_MODE", "0600");
+            jail.set_env("IV_NOT_A_SETTING", "1");
+            let e = Config::load(None, &ConfigOverrides::default()).expect_err("unknown key");
+            assert!(e.to_string().contains("not_a_setting"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn remote_http_needs_opt_in_and_enums_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IV_HTTP_ADDR", "0.0.0.0:8000");
+            let e = Config::load(None, &ConfigOverrides::default()).expect_err("remote");
+            assert!(e.to_string().contains("IV_HTTP_ALLOW_REMOTE"), "{e}");
+            jail.set_env("IV_HTTP_ALLOW_REMOTE", "true");
+            assert!(Config::load(None, &ConfigOverrides::default()).is_ok());
+            jail.set_env("IV_TENSORRT_PRECISION", "fp8");
+            assert!(Config::load(None, &ConfigOverrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn toml_round_trips() {
+        let c = Config::default();
+        let back: Config = toml::from_str(&c.to_toml()).expect("parses");
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,12 @@
+//! Intelligent Video: on-device open-vocabulary object detection with OWLv2.
+//!
+//! See the README's Architecture section for the code map and invariants.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod onnx;
+pub mod pipeline;
+pub mod postprocess;
+pub mod preprocess;

@@ -1,0 +1,27 @@
+//! The `intelligent-video` binary: parses the command line, sets up logging, runs a subcommand and
+//! maps its outcome to an exit code. All logic lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use intelligent_video::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("IV_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Detect(args) => match intelligent_video::cli::detect::run(&args) {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}

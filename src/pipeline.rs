@@ -1,0 +1,284 @@
+//! The detection pipeline: a loaded model (tokenizer, preprocessing numbers, a `Backend`) plus the
+//! query-embedding cache. Turns decoded images and text queries into detections; batching, HTTP and
+//! configuration live elsewhere. Owned by one thread (`&mut self`), like the backend it drives.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lru::LruCache;
+
+use crate::backend::ort::{CpuOptions, OrtBackend};
+use crate::backend::{Backend, BackendError, ImageBatch};
+use crate::model::graphs::{self, Attention};
+use crate::model::tokenizer::QueryError;
+use crate::model::{ModelDir, ModelError, OwlConfig, QueryTokenizer};
+use crate::postprocess::{self, Detection, PostParams};
+use crate::preprocess::{self, ImageError, PreprocessConfig, Rgb};
+
+/// Errors of a detection request or of loading the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("at least one query is required")]
+    NoQueries,
+    #[error("{count} queries given, at most {max} allowed")]
+    TooManyQueries { count: usize, max: usize },
+}
+
+impl DetectError {
+    /// Stable snake_case name for APIs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DetectError::Model(e) => e.kind(),
+            DetectError::Query(_) => "invalid_query",
+            DetectError::Image(e) => e.kind(),
+            DetectError::Backend(e) => e.kind(),
+            DetectError::NoQueries => "missing_query",
+            DetectError::TooManyQueries { .. } => "too_many_queries",
+        }
+    }
+}
+
+/// Settings for loading a detector.
+#[derive(Debug, Clone)]
+pub struct DetectorOptions {
+    /// ONNX Runtime library (else `IV_ONNXRUNTIME_PATH`, next to the binary, the package folder).
+    pub library: Option<PathBuf>,
+    /// Intra-op threads for ONNX Runtime (0 = one per core).
+    pub threads: usize,
+    /// Query embeddings kept in the LRU cache.
+    pub query_cache: usize,
+    /// Most queries per request.
+    pub max_queries: usize,
+    /// Attention form of the image graph.
+    pub attention: Attention,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions {
+            library: None,
+            threads: 0,
+            query_cache: 1024,
+            max_queries: 64,
+            attention: Attention::Fused,
+        }
+    }
+}
+
+/// Query-cache counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// A loaded OWLv2 detector.
+pub struct Detector {
+    pub config: OwlConfig,
+    pub model_dir: PathBuf,
+    pre: PreprocessConfig,
+    tokenizer: QueryTokenizer,
+    backend: Box<dyn Backend>,
+    cache: LruCache<String, Arc<[f32]>>,
+    stats: CacheStats,
+    max_queries: usize,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("model_dir", &self.model_dir)
+            .field("backend", &self.backend.name())
+            .finish()
+    }
+}
+
+impl Detector {
+    /// Loads a model directory onto the ONNX Runtime CPU provider.
+    pub fn load(dir: &Path, opts: &DetectorOptions) -> Result<Self, DetectError> {
+        let model = ModelDir::open(dir)?;
+        let tokenizer = QueryTokenizer::from_dir(dir, model.config.text_len)?;
+        let g = graphs::build(&model.config, &model.checkpoint, opts.attention)?;
+        let backend = OrtBackend::cpu(
+            opts.library.as_deref(),
+            &g.image,
+            &g.text,
+            &model.dir,
+            model.config.image_size,
+            &CpuOptions {
+                threads: opts.threads,
+            },
+        )?;
+        Ok(Self::with_backend(
+            model,
+            tokenizer,
+            Box::new(backend),
+            opts,
+        ))
+    }
+
+    /// Assembles a detector around any backend (tests use fakes).
+    pub fn with_backend(
+        model: ModelDir,
+        tokenizer: QueryTokenizer,
+        backend: Box<dyn Backend>,
+        opts: &DetectorOptions,
+    ) -> Self {
+        let c = &model.config;
+        Detector {
+            pre: PreprocessConfig {
+                size: c.image_size,
+                mean: c.image_mean,
+                std: c.image_std,
+                rescale: c.rescale_factor,
+            },
+            config: model.config.clone(),
+            model_dir: model.dir,
+            tokenizer,
+            backend,
+            cache: LruCache::new(
+                NonZeroUsize::new(opts.query_cache.max(1)).unwrap_or(NonZeroUsize::MIN),
+            ),
+            stats: CacheStats::default(),
+            max_queries: opts.max_queries,
+        }
+    }
+
+    /// Name of the backend in use.
+    pub fn backend_name(&self) -> &str {
+        self.backend.name()
+    }
+
+    /// The preprocessing numbers.
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.pre
+    }
+
+    /// Query-cache counters so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// Token ids of one query (`len` ids), with truncation reported by a warning.
+    pub fn tokenize(&self, index: usize, text: &str) -> Result<Vec<i64>, QueryError> {
+        let t = self.tokenizer.encode(index, text)?;
+        if t.truncated {
+            tracing::warn!(query = %text, "query is longer than {} tokens and was truncated", self.tokenizer.len() - 2);
+        }
+        Ok(t.ids)
+    }
+
+    /// Checks a query list without running anything.
+    pub fn validate_queries(&self, queries: &[String]) -> Result<(), DetectError> {
+        if queries.is_empty() {
+            return Err(DetectError::NoQueries);
+        }
+        if queries.len() > self.max_queries {
+            return Err(DetectError::TooManyQueries {
+                count: queries.len(),
+                max: self.max_queries,
+            });
+        }
+        Ok(())
+    }
+
+    /// Query embeddings for `queries`, from the cache or one text-graph run for the missing ones.
+    pub fn query_embeddings(&mut self, queries: &[String]) -> Result<Vec<Arc<[f32]>>, DetectError> {
+        self.validate_queries(queries)?;
+        let mut missing: Vec<&String> = Vec::new();
+        for q in queries {
+            if self.cache.get(q).is_some() {
+                self.stats.hits += 1;
+            } else if !missing.contains(&q) {
+                self.stats.misses += 1;
+                missing.push(q);
+            } else {
+                self.stats.hits += 1;
+            }
+        }
+        if !missing.is_empty() {
+            let mut ids = Vec::with_capacity(missing.len() * self.tokenizer.len());
+            for q in &missing {
+                let index = queries.iter().position(|x| x == *q).unwrap_or(0);
+                ids.extend(self.tokenize(index, q)?);
+            }
+            let emb = self.backend.run_text(&ids, missing.len())?;
+            let c = emb.len() / missing.len();
+            for (q, row) in missing.iter().zip(emb.chunks_exact(c)) {
+                self.cache.put((*q).clone(), Arc::from(row));
+            }
+        }
+        queries
+            .iter()
+            .map(|q| {
+                self.cache.get(q).cloned().ok_or_else(|| {
+                    DetectError::Backend(BackendError::Run(
+                        "query cache smaller than the request".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Preprocesses an image into `pixel_values` rows appended to `out`.
+    pub fn preprocess_into(&self, img: &Rgb, out: &mut Vec<f32>) {
+        preprocess::preprocess_into(img, &self.pre, out);
+    }
+
+    /// Runs the image graph on preprocessed images.
+    pub fn run_images(
+        &mut self,
+        pixel_values: &[f32],
+        batch: usize,
+    ) -> Result<ImageBatch, DetectError> {
+        Ok(self.backend.run_image(pixel_values, batch)?)
+    }
+
+    /// Post-processes image `i` of a batch against query embeddings.
+    pub fn postprocess(
+        batch: &ImageBatch,
+        i: usize,
+        embeddings: &[Arc<[f32]>],
+        labels: &[String],
+        img: (u32, u32),
+        params: &PostParams,
+    ) -> Vec<Detection> {
+        let q: Vec<&[f32]> = embeddings.iter().map(|e| &e[..]).collect();
+        postprocess::detect(&batch.heads(i), &q, labels, img.0, img.1, params)
+    }
+
+    /// Detects `queries` in every image (one image-graph batch).
+    pub fn detect(
+        &mut self,
+        images: &[&Rgb],
+        queries: &[String],
+        params: &PostParams,
+    ) -> Result<Vec<Vec<Detection>>, DetectError> {
+        let emb = self.query_embeddings(queries)?;
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.pre.size;
+        let mut px = Vec::with_capacity(images.len() * 3 * s * s);
+        for img in images {
+            self.preprocess_into(img, &mut px);
+        }
+        let out = self.run_images(&px, images.len())?;
+        Ok(images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                Self::postprocess(&out, i, &emb, queries, (img.width, img.height), params)
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,254 @@
+//! Class logits and post-processing for text queries, as transformers'
+//! `post_process_object_detection`: `logit = (ce·q + shift) * scale`, `score = sigmoid(max_q logit)`,
+//! label = first argmax, keep `score > threshold` (strict), boxes `(cx ± w/2, cy ± h/2) × max(H, W)`
+//! in original-image pixels (no clipping). Optional class-aware greedy NMS (off by default).
+//! Detections are sorted by score, highest first (ties keep patch order). Pure functions.
+
+use serde::Serialize;
+
+/// Image-graph outputs for one image (views into a batch).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageHeads<'a> {
+    /// `[P, C]`, L2-normalised rows.
+    pub class_embeds: &'a [f32],
+    /// `[P]`
+    pub logit_shift: &'a [f32],
+    /// `[P]`, already `elu + 1`.
+    pub logit_scale: &'a [f32],
+    /// `[P, 4]` as `(cx, cy, w, h)` in `[0, 1]` of the padded square.
+    pub pred_boxes: &'a [f32],
+}
+
+/// One detection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    pub label: String,
+    pub query_index: usize,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+/// Post-processing settings of one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PostParams {
+    /// Keep scores strictly above this.
+    pub threshold: f32,
+    /// Greedy NMS IoU threshold per label; `None` = no NMS (transformers' behaviour).
+    pub nms_iou: Option<f32>,
+}
+
+/// `logits[p * Q + q] = (dot(ce[p], query[q]) + shift[p]) * scale[p]`.
+pub fn class_logits(heads: &ImageHeads<'_>, queries: &[&[f32]]) -> Vec<f32> {
+    let p = heads.logit_shift.len();
+    let q = queries.len();
+    let c = heads.class_embeds.len().checked_div(p).unwrap_or(0);
+    let mut out = vec![0f32; p * q];
+    for i in 0..p {
+        let ce = &heads.class_embeds[i * c..(i + 1) * c];
+        for (j, qe) in queries.iter().enumerate() {
+            let dot: f32 = ce.iter().zip(qe.iter()).map(|(a, b)| a * b).sum();
+            out[i * q + j] = (dot + heads.logit_shift[i]) * heads.logit_scale[i];
+        }
+    }
+    out
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Per-patch best query, score and box in original-image pixels (patch order, no threshold).
+pub fn patch_predictions(
+    heads: &ImageHeads<'_>,
+    queries: &[&[f32]],
+    width: u32,
+    height: u32,
+) -> Vec<(usize, f32, [f32; 4])> {
+    let q = queries.len();
+    if q == 0 {
+        return Vec::new();
+    }
+    let logits = class_logits(heads, queries);
+    let side = width.max(height) as f32;
+    logits
+        .chunks_exact(q)
+        .enumerate()
+        .map(|(p, row)| {
+            let mut best = 0usize;
+            for (j, v) in row.iter().enumerate() {
+                if *v > row[best] {
+                    best = j;
+                }
+            }
+            let b = &heads.pred_boxes[p * 4..p * 4 + 4];
+            let (cx, cy, w, h) = (b[0], b[1], b[2], b[3]);
+            let bbox = [
+                (cx - 0.5 * w) * side,
+                (cy - 0.5 * h) * side,
+                (cx + 0.5 * w) * side,
+                (cy + 0.5 * h) * side,
+            ];
+            (best, sigmoid(row[best]), bbox)
+        })
+        .collect()
+}
+
+/// Turns the heads of one image into detections for `labels` (one per query embedding).
+pub fn detect(
+    heads: &ImageHeads<'_>,
+    queries: &[&[f32]],
+    labels: &[String],
+    width: u32,
+    height: u32,
+    params: &PostParams,
+) -> Vec<Detection> {
+    let mut dets: Vec<Detection> = patch_predictions(heads, queries, width, height)
+        .into_iter()
+        .filter(|(_, score, _)| *score > params.threshold)
+        .map(|(query_index, score, bbox)| Detection {
+            label: labels[query_index].clone(),
+            query_index,
+            score,
+            bbox,
+        })
+        .collect();
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    if let Some(iou) = params.nms_iou {
+        dets = nms(dets, iou);
+    }
+    dets
+}
+
+/// Intersection over union of two `[x0, y0, x1, y1]` boxes (0 for empty boxes).
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let ix = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let iy = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = ix * iy;
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Greedy NMS per `query_index` on score-sorted detections: drops a box whose IoU with a kept box
+/// of the same query is above `threshold`.
+pub fn nms(sorted: Vec<Detection>, threshold: f32) -> Vec<Detection> {
+    let mut kept: Vec<Detection> = Vec::with_capacity(sorted.len());
+    for d in sorted {
+        if kept
+            .iter()
+            .all(|k| k.query_index != d.query_index || iou(&k.bbox, &d.bbox) <= threshold)
+        {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heads<'a>(
+        ce: &'a [f32],
+        shift: &'a [f32],
+        scale: &'a [f32],
+        boxes: &'a [f32],
+    ) -> ImageHeads<'a> {
+        ImageHeads {
+            class_embeds: ce,
+            logit_shift: shift,
+            logit_scale: scale,
+            pred_boxes: boxes,
+        }
+    }
+
+    #[test]
+    fn logits_add_shift_then_scale() {
+        let ce = [1.0, 0.0, 0.0, 1.0];
+        let h = heads(&ce, &[0.5, -1.0], &[2.0, 3.0], &[0.0; 8]);
+        let q0 = [1.0f32, 0.0];
+        let q1 = [0.0f32, 1.0];
+        let l = class_logits(&h, &[&q0, &q1]);
+        assert_eq!(l, vec![(1.0 + 0.5) * 2.0, 0.5 * 2.0, -3.0, 0.0]);
+    }
+
+    #[test]
+    fn threshold_is_strict_and_boxes_scale_by_longest_side() {
+        // logit 0 -> score exactly 0.5
+        let ce = [1.0, 0.0];
+        let boxes = [0.5, 0.25, 0.5, 0.5];
+        let h = heads(&ce, &[0.0], &[1.0], &boxes);
+        let q = [0.0f32, 1.0];
+        let labels = vec!["a".to_string()];
+        let keep = PostParams {
+            threshold: 0.4999,
+            nms_iou: None,
+        };
+        let drop = PostParams {
+            threshold: 0.5,
+            nms_iou: None,
+        };
+        let d = detect(&h, &[&q], &labels, 200, 100, &keep);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].score, 0.5);
+        // S = max(200, 100) = 200 on both axes.
+        assert_eq!(d[0].bbox, [50.0, 0.0, 150.0, 100.0]);
+        assert!(detect(&h, &[&q], &labels, 200, 100, &drop).is_empty());
+    }
+
+    #[test]
+    fn label_is_first_argmax_and_sorted_by_score() {
+        let ce = [1.0, 0.0, 0.0, 1.0];
+        let h = heads(&ce, &[0.0, 0.0], &[1.0, 5.0], &[0.5; 8]);
+        let q0 = [1.0f32, 1.0];
+        let q1 = [1.0f32, 1.0];
+        let labels = vec!["x".to_string(), "y".to_string()];
+        let d = detect(
+            &h,
+            &[&q0, &q1],
+            &labels,
+            10,
+            10,
+            &PostParams {
+                threshold: 0.0,
+                nms_iou: None,
+            },
+        );
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().all(|x| x.query_index == 0 && x.label == "x"));
+        assert!(d[0].score > d[1].score);
+    }
+
+    #[test]
+    fn iou_and_nms() {
+        let a = [0.0, 0.0, 10.0, 10.0];
+        let b = [5.0, 0.0, 15.0, 10.0];
+        assert!((iou(&a, &b) - 50.0 / 150.0).abs() < 1e-6);
+        assert_eq!(iou(&a, &[20.0, 20.0, 30.0, 30.0]), 0.0);
+        assert_eq!(iou(&[0.0; 4], &[0.0; 4]), 0.0);
+        let det = |q: usize, s: f32, bx: [f32; 4]| Detection {
+            label: q.to_string(),
+            query_index: q,
+            score: s,
+            bbox: bx,
+        };
+        let input = vec![
+            det(0, 0.9, a),
+            det(0, 0.8, b),
+            det(1, 0.7, b),
+            det(0, 0.6, [20.0, 20.0, 30.0, 30.0]),
+        ];
+        let kept = nms(input.clone(), 0.3);
+        assert_eq!(
+            kept.iter().map(|d| d.score).collect::<Vec<_>>(),
+            vec![0.9, 0.7, 0.6]
+        );
+        let kept = nms(input, 0.5);
+        assert_eq!(kept.len(), 4);
+    }
+}

@@ -1,0 +1,560 @@
+//! Image decoding (with explicit limits checked before decoding) and OWLv2 preprocessing into
+//! `pixel_values`, exactly as transformers' `Owlv2ImageProcessor` (see `../shared/owlv2-spec.md`):
+//! RGB (alpha composited onto white), rescale, pad bottom/right to a square with 0.0, anti-alias
+//! Gaussian blur when downscaling (reflect borders), bilinear resize (`align_corners=False`),
+//! per-channel normalisation.
+//!
+//! The blur and resize are fused: only the source columns and rows that the bilinear resize reads
+//! are blurred, stages run once over each buffer, and rows are processed in parallel with rayon.
+//! Pure functions only; no model, no I/O beyond the bytes given.
+
+use std::io::Cursor;
+
+use image::{ImageFormat, ImageReader};
+use rayon::prelude::*;
+
+/// Explicit limits on an encoded image, checked from its header before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageLimits {
+    /// Largest encoded image in bytes.
+    pub max_encoded_bytes: usize,
+    /// Largest `width × height`.
+    pub max_pixels: u64,
+    /// Largest width or height.
+    pub max_side: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_encoded_bytes: 32 * 1024 * 1024,
+            max_pixels: 40_000_000,
+            max_side: 16_384,
+        }
+    }
+}
+
+/// Why an image was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ImageError {
+    #[error("image is empty (0 bytes)")]
+    Empty,
+    #[error("encoded image is {len} bytes, more than the limit of {max}")]
+    TooManyBytes { len: usize, max: usize },
+    #[error("image format is not recognised (JPEG, PNG, WebP and BMP are supported)")]
+    UnknownFormat,
+    #[error("image format {0} is not supported (JPEG, PNG, WebP and BMP are)")]
+    UnsupportedFormat(String),
+    #[error(
+        "image is {width}x{height}, beyond the limits ({max_side} per side, {max_pixels} pixels)"
+    )]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        max_side: u32,
+        max_pixels: u64,
+    },
+    #[error("image has a zero dimension ({width}x{height})")]
+    ZeroSize { width: u32, height: u32 },
+    #[error("image cannot be decoded: {0}")]
+    Decode(String),
+    #[error("raw frame of {got} bytes does not match {width}x{height} RGB24 ({expected} bytes)")]
+    RawSize {
+        width: u32,
+        height: u32,
+        expected: u64,
+        got: usize,
+    },
+}
+
+impl ImageError {
+    /// Stable snake_case name for APIs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImageError::Empty => "empty_image",
+            ImageError::TooManyBytes { .. } => "image_too_large",
+            ImageError::UnknownFormat | ImageError::UnsupportedFormat(_) => {
+                "unsupported_image_format"
+            }
+            ImageError::TooManyPixels { .. } => "image_too_large",
+            ImageError::ZeroSize { .. } => "invalid_image",
+            ImageError::Decode(_) => "invalid_image",
+            ImageError::RawSize { .. } => "invalid_raw_frame",
+        }
+    }
+
+    /// Whether the image was refused for its size (HTTP 413) rather than its content (400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            ImageError::TooManyBytes { .. } | ImageError::TooManyPixels { .. }
+        )
+    }
+}
+
+/// A decoded RGB24 image, rows top to bottom, pixels interleaved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rgb {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+fn check_dims(width: u32, height: u32, limits: &ImageLimits) -> Result<(), ImageError> {
+    if width == 0 || height == 0 {
+        return Err(ImageError::ZeroSize { width, height });
+    }
+    if width > limits.max_side
+        || height > limits.max_side
+        || u64::from(width) * u64::from(height) > limits.max_pixels
+    {
+        return Err(ImageError::TooManyPixels {
+            width,
+            height,
+            max_side: limits.max_side,
+            max_pixels: limits.max_pixels,
+        });
+    }
+    Ok(())
+}
+
+impl Rgb {
+    /// Wraps a packed RGB24 frame, checking its size and the limits.
+    pub fn from_raw(
+        width: u32,
+        height: u32,
+        data: Vec<u8>,
+        limits: &ImageLimits,
+    ) -> Result<Self, ImageError> {
+        check_dims(width, height, limits)?;
+        let expected = u64::from(width) * u64::from(height) * 3;
+        if data.len() as u64 != expected {
+            return Err(ImageError::RawSize {
+                width,
+                height,
+                expected,
+                got: data.len(),
+            });
+        }
+        Ok(Rgb {
+            width,
+            height,
+            data,
+        })
+    }
+}
+
+/// Decodes JPEG/PNG/WebP/BMP bytes into RGB24 after checking the limits against the header.
+/// Images with alpha are composited onto white (PIL's `alpha_composite` arithmetic).
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    if bytes.len() > limits.max_encoded_bytes {
+        return Err(ImageError::TooManyBytes {
+            len: bytes.len(),
+            max: limits.max_encoded_bytes,
+        });
+    }
+    let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat)?;
+    match format {
+        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp => {}
+        other => return Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
+    }
+    // Header-only size read (no CRC or body needed), so a bomb is refused before any decoding.
+    let (width, height) = match imagesize::blob_size(bytes) {
+        Ok(sz) => (
+            u32::try_from(sz.width).unwrap_or(u32::MAX),
+            u32::try_from(sz.height).unwrap_or(u32::MAX),
+        ),
+        Err(_) => ImageReader::with_format(Cursor::new(bytes), format)
+            .into_dimensions()
+            .map_err(|e| ImageError::Decode(e.to_string()))?,
+    };
+    check_dims(width, height, limits)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(limits.max_side);
+    lim.max_image_height = Some(limits.max_side);
+    // Decoded buffer (up to 16-bit RGBA) plus decoder scratch.
+    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(lim);
+    let img = reader
+        .decode()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let (w, h) = (img.width(), img.height());
+    let data = if img.color().has_alpha() {
+        let rgba = img.into_rgba8();
+        let mut out = Vec::with_capacity(w as usize * h as usize * 3);
+        for px in rgba.as_raw().chunks_exact(4) {
+            let a = u32::from(px[3]);
+            out.extend_from_slice(&[
+                over_white(px[0], a),
+                over_white(px[1], a),
+                over_white(px[2], a),
+            ]);
+        }
+        out
+    } else {
+        img.into_rgb8().into_raw()
+    };
+    Ok(Rgb {
+        width: w,
+        height: h,
+        data,
+    })
+}
+
+/// PIL `Image.alpha_composite(white, src)` for one channel (PRECISION_BITS = 7).
+fn over_white(c: u8, a: u32) -> u8 {
+    const PB: u32 = 7;
+    let dst_a = 255u32;
+    let blend = dst_a * (255 - a);
+    let outa255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << PB) / outa255;
+    let coef2 = 255 * (1 << PB) - coef1;
+    let tmp = u32::from(c) * coef1 + 255 * coef2;
+    let t = tmp + (0x80 << PB);
+    let shifted = ((t >> 8) + t) >> 8;
+    (shifted >> PB) as u8
+}
+
+/// The numbers of the preprocessing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreprocessConfig {
+    /// Output side (the vision `image_size`).
+    pub size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub rescale: f32,
+}
+
+/// One resize tap: source indices (positions in the needed-index list) and weights.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    p0: usize,
+    p1: usize,
+    l0: f32,
+    l1: f32,
+}
+
+/// PyTorch `upsample_bilinear2d` (align_corners=False) source indices for `out` outputs from `inp` inputs.
+/// Returns the sorted list of source indices read and the taps pointing into it.
+fn bilinear_taps(inp: usize, out: usize) -> (Vec<usize>, Vec<Tap>) {
+    let scale = inp as f32 / out as f32;
+    let mut raw = Vec::with_capacity(out);
+    for d in 0..out {
+        let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (src as usize).min(inp - 1);
+        let i1 = if i0 < inp - 1 { i0 + 1 } else { i0 };
+        let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+        raw.push((i0, i1, 1.0 - l1, l1));
+    }
+    let mut needed: Vec<usize> = raw.iter().flat_map(|r| [r.0, r.1]).collect();
+    needed.sort_unstable();
+    needed.dedup();
+    let pos = |i: usize| needed.binary_search(&i).unwrap_or(0);
+    let taps = raw
+        .iter()
+        .map(|&(i0, i1, l0, l1)| Tap {
+            p0: pos(i0),
+            p1: pos(i1),
+            l0,
+            l1,
+        })
+        .collect();
+    (needed, taps)
+}
+
+/// Normalised 1-D Gaussian kernel as torchvision builds it (f32).
+pub fn gaussian_kernel(sigma: f32) -> Vec<f32> {
+    let ksize = 2 * (3.0 * sigma).ceil() as usize + 1;
+    let half = (ksize - 1) as f32 * 0.5;
+    let mut k: Vec<f32> = (0..ksize)
+        .map(|i| {
+            let x = -half + i as f32;
+            (-0.5 * (x / sigma) * (x / sigma)).exp()
+        })
+        .collect();
+    let sum: f32 = k.iter().sum();
+    for v in &mut k {
+        *v /= sum;
+    }
+    k
+}
+
+/// Reflect an index into `[0, n)` without repeating the edge (`d c b | a b c d | c b a`).
+fn reflect(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n - 1);
+    let mut m = i.rem_euclid(period);
+    if m >= n {
+        m = period - m;
+    }
+    m as usize
+}
+
+/// Preprocesses one RGB image into `3 × size × size` f32 values (CHW), appended to `out`.
+pub fn preprocess_into(img: &Rgb, cfg: &PreprocessConfig, out: &mut Vec<f32>) {
+    let t = cfg.size;
+    let (w, h) = (img.width as usize, img.height as usize);
+    let s = w.max(h);
+    let start = out.len();
+    out.resize(start + 3 * t * t, 0.0);
+    let dst = &mut out[start..];
+    let (p0, rest) = dst.split_at_mut(t * t);
+    let (p1, p2) = rest.split_at_mut(t * t);
+    let rs = cfg.rescale;
+    let pixel = |y: usize, x: usize, c: usize| -> f32 {
+        if y < h && x < w {
+            f32::from(img.data[(y * w + x) * 3 + c]) * rs
+        } else {
+            0.0
+        }
+    };
+    let norm = |v: f32, c: usize| (v - cfg.mean[c]) / cfg.std[c];
+
+    if s == t {
+        p0.par_chunks_mut(t)
+            .zip(p1.par_chunks_mut(t))
+            .zip(p2.par_chunks_mut(t))
+            .enumerate()
+            .for_each(|(y, ((r0, r1), r2))| {
+                for x in 0..t {
+                    r0[x] = norm(pixel(y, x, 0), 0);
+                    r1[x] = norm(pixel(y, x, 1), 1);
+                    r2[x] = norm(pixel(y, x, 2), 2);
+                }
+            });
+        return;
+    }
+
+    let (needed, taps) = bilinear_taps(s, t);
+    let nn = needed.len();
+    // `src[(row_pos * nn + col_pos) * 3 + c]`: the (blurred) padded image at the needed rows and columns.
+    let mut src = vec![0f32; nn * nn * 3];
+    if s > t {
+        let sigma = (s as f32 / t as f32 - 1.0) / 2.0;
+        let k = gaussian_kernel(sigma);
+        let r = (k.len() / 2) as isize;
+        // Horizontal pass over every source row, at the needed columns only.
+        let mut hb = vec![0f32; s * nn * 3];
+        hb.par_chunks_mut(nn * 3).enumerate().for_each(|(y, row)| {
+            if y >= h {
+                return; // padding rows are zero
+            }
+            for (j, &x) in needed.iter().enumerate() {
+                let mut acc = [0f32; 3];
+                for (ti, &kv) in k.iter().enumerate() {
+                    let xx = reflect(x as isize + ti as isize - r, s);
+                    if xx < w {
+                        let base = (y * w + xx) * 3;
+                        acc[0] += kv * f32::from(img.data[base]) * rs;
+                        acc[1] += kv * f32::from(img.data[base + 1]) * rs;
+                        acc[2] += kv * f32::from(img.data[base + 2]) * rs;
+                    }
+                }
+                row[j * 3..j * 3 + 3].copy_from_slice(&acc);
+            }
+        });
+        // Vertical pass at the needed rows.
+        src.par_chunks_mut(nn * 3).enumerate().for_each(|(i, row)| {
+            let y = needed[i];
+            for (ti, &kv) in k.iter().enumerate() {
+                let yy = reflect(y as isize + ti as isize - r, s);
+                if yy >= h {
+                    continue;
+                }
+                let hrow = &hb[yy * nn * 3..(yy + 1) * nn * 3];
+                for (o, v) in row.iter_mut().zip(hrow) {
+                    *o += kv * v;
+                }
+            }
+        });
+    } else {
+        src.par_chunks_mut(nn * 3).enumerate().for_each(|(i, row)| {
+            let y = needed[i];
+            for (j, &x) in needed.iter().enumerate() {
+                for c in 0..3 {
+                    row[j * 3 + c] = pixel(y, x, c);
+                }
+            }
+        });
+    }
+    // Bilinear resize and normalisation.
+    p0.par_chunks_mut(t)
+        .zip(p1.par_chunks_mut(t))
+        .zip(p2.par_chunks_mut(t))
+        .enumerate()
+        .for_each(|(y, ((r0, r1), r2))| {
+            let ty = taps[y];
+            let row0 = &src[ty.p0 * nn * 3..(ty.p0 + 1) * nn * 3];
+            let row1 = &src[ty.p1 * nn * 3..(ty.p1 + 1) * nn * 3];
+            for (x, tx) in taps.iter().enumerate() {
+                for (c, plane) in [&mut *r0, &mut *r1, &mut *r2].into_iter().enumerate() {
+                    let a = row0[tx.p0 * 3 + c];
+                    let b = row0[tx.p1 * 3 + c];
+                    let cc = row1[tx.p0 * 3 + c];
+                    let d = row1[tx.p1 * 3 + c];
+                    let v = ty.l0 * (tx.l0 * a + tx.l1 * b) + ty.l1 * (tx.l0 * cc + tx.l1 * d);
+                    plane[x] = norm(v, c);
+                }
+            }
+        });
+}
+
+/// Preprocesses one image into a fresh `3 × size × size` buffer.
+pub fn preprocess(img: &Rgb, cfg: &PreprocessConfig) -> Vec<f32> {
+    let mut out = Vec::with_capacity(3 * cfg.size * cfg.size);
+    preprocess_into(img, cfg, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(size: usize) -> PreprocessConfig {
+        PreprocessConfig {
+            size,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            rescale: 1.0,
+        }
+    }
+
+    #[test]
+    fn reflect_excludes_edge() {
+        let n = 4;
+        let got: Vec<usize> = (-3..7).map(|i| reflect(i, n)).collect();
+        assert_eq!(got, vec![3, 2, 1, 0, 1, 2, 3, 2, 1, 0]);
+        assert_eq!(reflect(5, 1), 0);
+    }
+
+    #[test]
+    fn gaussian_kernel_shape_and_sum() {
+        let k = gaussian_kernel(0.5);
+        assert_eq!(k.len(), 5); // 2*ceil(1.5)+1
+        let sum: f32 = k.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+        assert!((k[0] - k[4]).abs() < 1e-9 && k[2] > k[1] && k[1] > k[0]);
+        // exp(-2)/(1+2e^-2+2e^-8) by hand for the centre ratio
+        assert!((k[1] / k[2] - (-2.0f32).exp()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bilinear_upscale_by_two_matches_pytorch_weights() {
+        // PyTorch: 2 -> 4, align_corners=False: src = (d+0.5)/2-0.5 = -0.25,0.25,0.75,1.25
+        let (needed, taps) = bilinear_taps(2, 4);
+        assert_eq!(needed, vec![0, 1]);
+        let w: Vec<(usize, usize, f32)> = taps
+            .iter()
+            .map(|t| (needed[t.p0], needed[t.p1], t.l1))
+            .collect();
+        assert_eq!(w[0], (0, 1, 0.0)); // clamped to 0
+        assert_eq!(w[1], (0, 1, 0.25));
+        assert_eq!(w[2], (0, 1, 0.75));
+        assert_eq!(w[3], (1, 1, 0.25)); // i1 clamped at the edge
+    }
+
+    #[test]
+    fn pads_bottom_right_with_zero_and_keeps_top_left() {
+        // 2x1 image (w=2, h=1) into 2x2: no resize, second row is padding.
+        let img = Rgb {
+            width: 2,
+            height: 1,
+            data: vec![10, 20, 30, 40, 50, 60],
+        };
+        let out = preprocess(&img, &cfg(2));
+        assert_eq!(&out[0..4], &[10.0, 40.0, 0.0, 0.0]);
+        assert_eq!(&out[4..8], &[20.0, 50.0, 0.0, 0.0]);
+        assert_eq!(&out[8..12], &[30.0, 60.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn downscale_blurs_constant_image_to_constant() {
+        // A constant square image stays constant after blur (reflect) and resize.
+        let n = 37;
+        let img = Rgb {
+            width: n,
+            height: n,
+            data: vec![100; (n * n * 3) as usize],
+        };
+        let out = preprocess(&img, &cfg(16));
+        assert!(
+            out.iter().all(|v| (v - 100.0).abs() < 1e-3),
+            "{:?}",
+            &out[..4]
+        );
+    }
+
+    #[test]
+    fn normalise_subtracts_then_divides() {
+        let img = Rgb {
+            width: 1,
+            height: 1,
+            data: vec![255, 0, 51],
+        };
+        let c = PreprocessConfig {
+            size: 1,
+            mean: [0.5, 0.5, 0.5],
+            std: [0.25, 0.5, 2.0],
+            rescale: 1.0 / 255.0,
+        };
+        let out = preprocess(&img, &c);
+        assert!((out[0] - 2.0).abs() < 1e-6);
+        assert!((out[1] + 1.0).abs() < 1e-6);
+        assert!((out[2] - (0.2 - 0.5) / 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn alpha_over_white_matches_pil() {
+        assert_eq!(over_white(0, 0), 255);
+        assert_eq!(over_white(0, 255), 0);
+        assert_eq!(over_white(200, 255), 200);
+        // PIL: alpha_composite(white, (0,0,0,128)) -> 127
+        assert_eq!(over_white(0, 128), 127);
+    }
+
+    #[test]
+    fn limits_are_checked_before_decoding() {
+        // A PNG header claiming 30000x30000 with no pixel data.
+        let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(b"IHDR");
+        ihdr.extend_from_slice(&30000u32.to_be_bytes());
+        ihdr.extend_from_slice(&30000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        let e = decode(&png, &ImageLimits::default()).expect_err("bomb");
+        assert!(
+            matches!(e, ImageError::TooManyPixels { width: 30000, .. }),
+            "{e:?}"
+        );
+        assert_eq!(decode(&[], &ImageLimits::default()), Err(ImageError::Empty));
+        assert_eq!(
+            decode(b"hello world", &ImageLimits::default()),
+            Err(ImageError::UnknownFormat)
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+}

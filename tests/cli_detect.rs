@@ -1,0 +1,258 @@
+//! The `detect` command through the real binary: output format, agreement with the library
+//! pipeline, and bad input (each a one-line error and a non-zero exit, never a panic).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::model_dir;
+use intelligent_video::pipeline::{Detector, DetectorOptions};
+use intelligent_video::postprocess::PostParams;
+use intelligent_video::preprocess::{self, ImageLimits};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+}
+
+fn detect(model: &Path, extra: &[&str], images: &[&Path]) -> Output {
+    let mut c = bin();
+    c.arg("detect").arg("--model").arg(model);
+    c.args(extra);
+    c.args(images);
+    c.output().expect("binary runs")
+}
+
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    assert!(
+        errors[0].to_lowercase().contains(&needle.to_lowercase()),
+        "{needle:?} not in {:?}",
+        errors[0]
+    );
+}
+
+#[test]
+fn prints_one_json_line_per_image_matching_the_library() {
+    let model = model_dir("tiny-a");
+    let images = [
+        common::fixtures().join("images/wide_blur.png"),
+        common::fixtures().join("images/photo.jpg"),
+    ];
+    let refs: Vec<&Path> = images.iter().map(|p| p.as_path()).collect();
+    let out = detect(
+        &model,
+        &[
+            "--query",
+            "a photo of a cat",
+            "--query",
+            "a dog",
+            "--threshold",
+            "0.2",
+        ],
+        &refs,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let mut det = Detector::load(&model, &DetectorOptions::default()).expect("load");
+    let qs = vec!["a photo of a cat".to_string(), "a dog".to_string()];
+    for (line, path) in lines.iter().zip(&images) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let obj = v.as_object().expect("object");
+        let mut keys: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, vec!["detections", "height", "image", "width"]);
+        assert_eq!(v["image"], path.display().to_string());
+        let rgb = preprocess::decode(&std::fs::read(path).expect("read"), &ImageLimits::default())
+            .expect("decode");
+        assert_eq!(v["width"], rgb.width);
+        assert_eq!(v["height"], rgb.height);
+        let want = det
+            .detect(
+                &[&rgb],
+                &qs,
+                &PostParams {
+                    threshold: 0.2,
+                    nms_iou: None,
+                },
+            )
+            .expect("detect")
+            .remove(0);
+        let got = v["detections"].as_array().expect("detections");
+        assert_eq!(got.len(), want.len());
+        assert!(
+            !got.is_empty(),
+            "threshold 0.2 should keep some detections on the fixture"
+        );
+        for (g, w) in got.iter().zip(&want) {
+            let mut keys: Vec<&str> = g
+                .as_object()
+                .expect("obj")
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            keys.sort_unstable();
+            assert_eq!(keys, vec!["box", "label", "query_index", "score"]);
+            assert_eq!(g["label"], w.label);
+            assert_eq!(g["query_index"], w.query_index);
+            assert!((g["score"].as_f64().expect("score") - w.score as f64).abs() < 1e-6);
+            assert!(g["score"].as_f64().expect("score") > 0.2);
+            for k in 0..4 {
+                assert!((g["box"][k].as_f64().expect("box") - w.bbox[k] as f64).abs() < 1e-3);
+            }
+        }
+        let scores: Vec<f64> = got
+            .iter()
+            .map(|g| g["score"].as_f64().expect("s"))
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "sorted by score");
+    }
+}
+
+#[test]
+fn nms_removes_overlapping_boxes_of_the_same_query() {
+    let model = model_dir("tiny-a");
+    let img = common::fixtures().join("images/wide_blur.png");
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["--query", "person", "--threshold", "0.0"];
+        args.extend_from_slice(extra);
+        let out = detect(&model, &args, &[img.as_path()]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["detections"].as_array().expect("arr").clone()
+    };
+    let all = run(&[]);
+    let kept = run(&["--nms", "0.3"]);
+    assert!(
+        kept.len() < all.len(),
+        "nms kept {} of {}",
+        kept.len(),
+        all.len()
+    );
+    assert_eq!(kept[0], all[0], "the best box always survives");
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write");
+    p
+}
+
+#[test]
+fn bad_images_fail_cleanly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = model_dir("tiny-a");
+    let png = std::fs::read(common::fixtures().join("images/wide_blur.png")).expect("png");
+    // 30000x30000 RGB PNG header: a decompression bomb refused before decoding.
+    let mut bomb = png[..16].to_vec();
+    bomb.extend_from_slice(&30000u32.to_be_bytes());
+    bomb.extend_from_slice(&30000u32.to_be_bytes());
+    bomb.extend_from_slice(&png[24..]);
+    let cases: Vec<(std::path::PathBuf, &str)> = vec![
+        (write(tmp.path(), "empty.png", b""), "empty"),
+        (
+            write(tmp.path(), "truncated.png", &png[..png.len() / 2]),
+            "cannot be decoded",
+        ),
+        (
+            write(tmp.path(), "notes.txt", b"just some text, not an image\n"),
+            "not recognised",
+        ),
+        (write(tmp.path(), "bomb.png", &bomb), "30000x30000"),
+        (tmp.path().join("missing.png"), "cannot read"),
+    ];
+    for (path, needle) in &cases {
+        let out = detect(&model, &["--query", "a cat"], &[path.as_path()]);
+        assert_clean_failure(&out, needle);
+        assert!(out.stdout.is_empty());
+    }
+    // A bad image among good ones: the good ones are still printed, the exit is non-zero.
+    let good = common::fixtures().join("images/small_pad.png");
+    let out = detect(
+        &model,
+        &["--query", "a cat"],
+        &[good.as_path(), cases[0].0.as_path()],
+    );
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn bad_models_and_arguments_fail_cleanly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let img = common::fixtures().join("images/small_pad.png");
+    let out = detect(
+        &tmp.path().join("nope"),
+        &["--query", "a cat"],
+        &[img.as_path()],
+    );
+    assert_clean_failure(&out, "missing model file");
+
+    // A checkpoint whose class_head.dense0.weight has its dimensions swapped.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).expect("mkdir");
+    let src = model_dir("tiny-a");
+    for entry in std::fs::read_dir(&src).expect("ls") {
+        let p = entry.expect("entry").path();
+        std::fs::copy(&p, bad.join(p.file_name().expect("name"))).expect("copy");
+    }
+    let st = std::fs::read(bad.join("model.safetensors")).expect("read");
+    let n = u64::from_le_bytes(st[..8].try_into().expect("8")) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).expect("header");
+    let shape = header["class_head.dense0.weight"]["shape"]
+        .as_array()
+        .expect("shape")
+        .clone();
+    let swapped = serde_json::json!([shape[1], shape[0]]);
+    assert_ne!(
+        swapped,
+        serde_json::Value::Array(shape.clone()),
+        "fixture must be non-square"
+    );
+    header["class_head.dense0.weight"]["shape"] = swapped;
+    let mut hb = serde_json::to_vec(&header).expect("ser");
+    while hb.len() < n {
+        hb.push(b' ');
+    }
+    assert_eq!(hb.len(), n, "header must keep its length");
+    let mut out_bytes = st[..8].to_vec();
+    out_bytes.extend_from_slice(&hb);
+    out_bytes.extend_from_slice(&st[8 + n..]);
+    std::fs::write(bad.join("model.safetensors"), out_bytes).expect("write");
+    let out = detect(&bad, &["--query", "a cat"], &[img.as_path()]);
+    assert_clean_failure(&out, "class_head.dense0.weight");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("[{}, {}]", shape[1], shape[0]))
+            && stderr.contains(&format!("[{}, {}]", shape[0], shape[1])),
+        "both shapes named: {stderr}"
+    );
+
+    let model = model_dir("tiny-a");
+    let out = detect(&model, &["--query", "   "], &[img.as_path()]);
+    assert_clean_failure(&out, "empty");
+    let out = detect(
+        &model,
+        &["--query", "a cat", "--threshold", "1.5"],
+        &[img.as_path()],
+    );
+    assert_clean_failure(&out, "threshold");
+    // Missing --query is a usage error from the argument parser.
+    let out = bin()
+        .args(["detect", "--model"])
+        .arg(&model)
+        .arg(&img)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+}

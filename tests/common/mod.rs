@@ -1,0 +1,69 @@
+//! Shared helpers for integration tests: fixture paths and golden-file readers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+/// A golden tensor: shape and values as f64 (f32 and i64 goldens both fit).
+#[derive(Debug, Clone)]
+pub struct Golden {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+/// Reads every tensor of `golden/<model>.safetensors`.
+pub fn goldens(model: &str) -> HashMap<String, Golden> {
+    let path = fixtures()
+        .join("golden")
+        .join(format!("{model}.safetensors"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden safetensors");
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let raw = view.data();
+        let data: Vec<f64> = match view.dtype() {
+            safetensors::Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            safetensors::Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
+                .collect(),
+            safetensors::Dtype::U8 => raw.iter().map(|&b| b as f64).collect(),
+            other => panic!("unexpected golden dtype {other:?} for {name}"),
+        };
+        out.insert(
+            name.to_string(),
+            Golden {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    out
+}
+
+/// Reads `golden/<model>.json`.
+pub fn golden_json(model: &str) -> serde_json::Value {
+    let path = fixtures().join("golden").join(format!("{model}.json"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).expect("golden json")
+}
+
+/// Largest absolute difference; panics on a length mismatch.
+pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
+}
