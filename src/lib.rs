@@ -10,3 +10,4 @@ pub mod onnx;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
+pub mod server;

@@ -8,20 +8,24 @@ use intelligent_video::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("IV_LOG").unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
-        Command::Detect(args) => match intelligent_video::cli::detect::run(&args) {
-            Ok(0) => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
+        Command::Detect(args) => {
+            let filter = tracing_subscriber::EnvFilter::try_from_env("IV_LOG_LEVEL")
+                .unwrap_or_else(|_| "warn".into());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            match intelligent_video::cli::detect::run(&args) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
             }
-        },
+        }
+        Command::Serve(args) => intelligent_video::cli::serve::serve(&args),
+        Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),
     }
 }

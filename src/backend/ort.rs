@@ -97,11 +97,19 @@ pub fn runtime(
         .map_err(BackendError::Library)
 }
 
-/// ONNX Runtime's version string (after `runtime` succeeded).
+/// ONNX Runtime's version (from the loaded library's file name, else its build info), once loaded.
 pub fn runtime_version() -> Option<String> {
-    RUNTIME.get()?.as_ref().ok()?;
-    let info = ort::info();
-    Some(info.to_string())
+    let (_, path) = RUNTIME.get()?.as_ref().ok()?;
+    let name = path.file_name()?.to_string_lossy().to_string();
+    match name.strip_prefix("libonnxruntime.so.") {
+        Some(v) if !v.is_empty() => Some(v.to_string()),
+        _ => Some(ort::info().to_string()),
+    }
+}
+
+/// Path of the loaded ONNX Runtime library, once loaded.
+pub fn runtime_path() -> Option<PathBuf> {
+    RUNTIME.get()?.as_ref().ok().map(|(_, p)| p.clone())
 }
 
 /// CPU session settings.

@@ -2,6 +2,7 @@
 //! sets up logging and maps errors to exit codes.
 
 pub mod detect;
+pub mod serve;
 
 use std::path::PathBuf;
 
@@ -19,6 +20,11 @@ pub struct Cli {
 pub enum Command {
     /// Detect text queries in image files; prints one JSON object per image, one per line.
     Detect(detect::DetectArgs),
+    /// Run the detection daemon (Unix-socket API, loopback health HTTP, systemd notify).
+    Serve(serve::ServeArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(serve::ConfigCommand),
 }
 
 /// Settings shared by commands that load the model.

@@ -1,0 +1,219 @@
+//! `intelligent-video serve` and `intelligent-video config check`: configuration loading, logging
+//! setup, signals, and the CPU model loader handed to `server::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{BackendPreference, Config, ConfigOverrides, LogFormat};
+use crate::pipeline::{Detector, DetectorOptions};
+use crate::server::state::{EngineInfo, Fallback};
+use crate::server::{self, Listeners, Loader, StatusFn};
+
+/// Exit code for configuration errors (sysexits EX_CONFIG).
+pub const EX_CONFIG: u8 = 78;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (default /etc/intelligent-video/config.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: ConfigOverrides,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective settings (exit 78 when invalid).
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: ConfigOverrides,
+    },
+}
+
+/// `config check`.
+pub fn config_check(cmd: &ConfigCommand) -> ExitCode {
+    let ConfigCommand::Check { config, overrides } = cmd;
+    match Config::load(config.as_deref(), overrides) {
+        Ok(c) => {
+            print!("{}", c.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match cfg.effective_log_format() {
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(layer) => registry.with(layer).init(),
+            Err(e) => {
+                registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .init();
+                tracing::warn!(error = %e, "journald is not reachable; logging text to stderr");
+            }
+        },
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+}
+
+/// The model loader used by the daemon: CPU execution (GPU tiers fall back with their reason).
+pub fn cpu_loader(cfg: Config) -> Loader {
+    Box::new(move |status: StatusFn| {
+        let dir = cfg.model_dir();
+        if !dir.join("config.json").is_file() {
+            return Err(format!(
+                "model {} is not installed at {}; run `intelligent-video model pull {}` first",
+                cfg.model,
+                dir.display(),
+                cfg.model
+            ));
+        }
+        let mut fallbacks = Vec::new();
+        match cfg.optimization_backend {
+            BackendPreference::Cpu | BackendPreference::Eager => {}
+            other => {
+                for b in ["tensorrt", "cuda"] {
+                    let wanted = matches!(
+                        (other, b),
+                        (BackendPreference::Auto, _)
+                            | (BackendPreference::Tensorrt, "tensorrt")
+                            | (
+                                BackendPreference::Cuda | BackendPreference::TorchCompile,
+                                "cuda"
+                            )
+                    );
+                    if wanted {
+                        fallbacks.push(Fallback {
+                            backend: b.into(),
+                            reason: "GPU execution providers are not available in this build"
+                                .into(),
+                        });
+                    }
+                }
+            }
+        }
+        for f in &fallbacks {
+            tracing::warn!(backend = %f.backend, reason = %f.reason, "backend unavailable; falling back");
+        }
+        status("building engine (cpu)");
+        let t = Instant::now();
+        let opts = DetectorOptions {
+            library: cfg.onnxruntime_path.clone(),
+            threads: cfg.threads,
+            query_cache: cfg.query_cache_size,
+            max_queries: cfg.max_queries,
+            ..DetectorOptions::default()
+        };
+        let det = Detector::load(&dir, &opts).map_err(|e| e.to_string())?;
+        let info = EngineInfo {
+            model_name: cfg.model.clone(),
+            model_dir: dir.display().to_string(),
+            backend: det.backend_name().to_string(),
+            device: "cpu".into(),
+            gpu_available: false,
+            optimization_time: t.elapsed().as_secs_f64(),
+            speedup_estimate: 1.0,
+            cached: false,
+            fallbacks,
+            onnxruntime_version: crate::backend::ort::runtime_version(),
+            image_size: det.config.image_size,
+            warmup_ms: 0.0,
+        };
+        Ok((det, info))
+    })
+}
+
+/// `serve`.
+pub fn serve(args: &ServeArgs) -> ExitCode {
+    let cfg = match Config::load(args.config.as_deref(), &args.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            server::notify(&[sd_notify::NotifyState::Status("invalid configuration")]);
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    init_logging(&cfg);
+    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let listeners = Listeners::from_config(&cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let token = CancellationToken::new();
+        spawn_signal_handler(token.clone())
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let loader = cpu_loader(cfg.clone());
+        server::run(cfg, listeners, loader, token)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "daemon failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn spawn_signal_handler(token: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => {
+                    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1 {
+                        eprintln!("second interrupt: exiting now");
+                        std::process::exit(130);
+                    }
+                    tracing::info!("SIGINT received (again to exit at once)");
+                }
+            }
+            token.cancel();
+        }
+    });
+    Ok(())
+}

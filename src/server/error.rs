@@ -1,0 +1,55 @@
+//! The API error shape: HTTP status, `{"error": {"kind", "message"}}`, optional `Retry-After`.
+
+use serde_json::json;
+
+use crate::pipeline::DetectError;
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: String,
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, kind, message)
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(kind: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(503, kind, message)
+        }
+    }
+
+    pub fn body(&self) -> String {
+        json!({"error": {"kind": self.kind, "message": self.message}}).to_string()
+    }
+}
+
+impl From<&DetectError> for ApiError {
+    fn from(e: &DetectError) -> Self {
+        let status = match e {
+            DetectError::Image(i) if i.is_too_large() => 413,
+            DetectError::Image(_)
+            | DetectError::Query(_)
+            | DetectError::NoQueries
+            | DetectError::TooManyQueries { .. } => 400,
+            DetectError::Model(_) | DetectError::Backend(_) => 500,
+        };
+        ApiError::new(status, e.kind(), e.to_string())
+    }
+}

@@ -1,0 +1,551 @@
+//! HTTP handlers for both listeners: the detection API (Unix socket only) and the health, status
+//! and metrics endpoints (both). Health handlers only read shared state, so probes never wait
+//! behind inference.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::error::ApiError;
+use super::state::{AppState, Phase};
+use super::worker::Job;
+use crate::pipeline::DetectError;
+use crate::postprocess::{Detection, PostParams};
+use crate::preprocess::{self, Rgb};
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    /// Unix-socket client with its credentials (SO_PEERCRED).
+    Unix { uid: Option<u32>, pid: Option<i32> },
+    /// Loopback TCP client.
+    Tcp,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: u16, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: &ApiError) -> Resp {
+    let mut r = json_response(e.status, e.body());
+    if let Some(s) = e.retry_after {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}
+
+/// Entry point for every request on either listener.
+pub async fn handle(
+    req: Request<Incoming>,
+    st: Arc<AppState>,
+    peer: Peer,
+) -> Result<Resp, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = route(req, &st, peer).await;
+    let status = resp.status().as_u16();
+    match peer {
+        Peer::Unix { uid, pid } => {
+            tracing::info!(%method, %path, status, uid, pid, ms = start.elapsed().as_secs_f64() * 1e3, "request")
+        }
+        Peer::Tcp => {
+            tracing::debug!(%method, %path, status, ms = start.elapsed().as_secs_f64() * 1e3, "request")
+        }
+    }
+    Ok(resp)
+}
+
+async fn route(req: Request<Incoming>, st: &Arc<AppState>, peer: Peer) -> Resp {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/livez") => json_response(200, json!({"status": "alive"}).to_string()),
+        (&Method::GET, "/readyz") => {
+            let ready = st.phase() == Phase::Ready;
+            json_response(
+                if ready { 200 } else { 503 },
+                json!({"ready": ready}).to_string(),
+            )
+        }
+        (&Method::GET, "/api/health") => health(st),
+        (&Method::GET, "/api/optimization") => optimization(st),
+        (&Method::GET, "/metrics") => {
+            let depth = st
+                .config
+                .max_queue
+                .saturating_sub(st.queue.available_permits()) as u64;
+            let mut r = Response::new(Full::new(Bytes::from(st.metrics.render(depth))));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (&Method::POST, "/v1/detect") => match peer {
+            Peer::Unix { .. } => {
+                let started = Instant::now();
+                let timeout = Duration::from_millis(st.config.request_timeout_ms);
+                let result = match tokio::time::timeout(timeout, detect(req, st, started)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ApiError::new(
+                        504,
+                        "timeout",
+                        format!(
+                            "request took longer than {} ms",
+                            st.config.request_timeout_ms
+                        ),
+                    )),
+                };
+                st.metrics
+                    .observe_total(started.elapsed().as_secs_f64() * 1e3);
+                match result {
+                    Ok(body) => {
+                        st.metrics.request("ok");
+                        json_response(200, body)
+                    }
+                    Err(e) => {
+                        st.metrics.request(e.kind);
+                        error_response(&e)
+                    }
+                }
+            }
+            Peer::Tcp => error_response(&ApiError::new(
+                404,
+                "not_found",
+                "detection is served on the Unix socket only",
+            )),
+        },
+        (
+            _,
+            "/livez" | "/readyz" | "/api/health" | "/api/optimization" | "/metrics" | "/v1/detect",
+        ) => error_response(&ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", req.method()),
+        )),
+        _ => error_response(&ApiError::new(
+            404,
+            "not_found",
+            format!("no route for {path}"),
+        )),
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Starting => "starting",
+        Phase::Ready => "healthy",
+        Phase::Stopping => "stopping",
+        Phase::Failed => "failed",
+    }
+}
+
+fn health(st: &AppState) -> Resp {
+    let p = st.phase();
+    let e = st.engine();
+    let body = json!({
+        "status": phase_name(p),
+        "model_loaded": st.worker.get().is_some(),
+        "gpu_available": e.gpu_available,
+        "optimization": {
+            "backend": e.backend,
+            "speedup_estimate": e.speedup_estimate,
+            "cached": e.cached,
+        },
+        "status_line": st.status_line.lock().map(|s| s.clone()).unwrap_or_default(),
+    });
+    json_response(if p == Phase::Ready { 200 } else { 503 }, body.to_string())
+}
+
+fn optimization(st: &AppState) -> Resp {
+    let e = st.engine();
+    let c = &st.config;
+    let body = json!({
+        "model_name": e.model_name,
+        "model_dir": e.model_dir,
+        "device": e.device,
+        "gpu_available": e.gpu_available,
+        "optimization": {
+            "backend": e.backend,
+            "optimization_time": e.optimization_time,
+            "speedup_estimate": e.speedup_estimate,
+            "cached": e.cached,
+            "fallbacks": e.fallbacks,
+        },
+        "settings": {
+            "enable_optimization": c.enable_optimization,
+            "backend_preference": c.optimization_backend,
+            "tensorrt_precision": c.tensorrt_precision,
+            "torch_compile_mode": c.torch_compile_mode,
+        },
+        "onnxruntime_version": e.onnxruntime_version,
+        "image_size": e.image_size,
+        "warmup_ms": e.warmup_ms,
+        "status": phase_name(st.phase()),
+    });
+    json_response(200, body.to_string())
+}
+
+fn bad(kind: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(kind, message)
+}
+
+fn decode_component(s: &str) -> Result<String, ApiError> {
+    let plus = s.replace('+', " ");
+    percent_decode_str(&plus)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| {
+            bad(
+                "invalid_query_string",
+                "the query string is not valid UTF-8 after percent-decoding",
+            )
+        })
+}
+
+/// Parameters from the URL.
+#[derive(Debug, Default)]
+struct UrlParams {
+    queries: Vec<String>,
+    threshold: Option<f32>,
+    nms: Option<f32>,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError> {
+    v.parse::<T>().map_err(|_| {
+        bad(
+            "invalid_parameter",
+            format!("{name}={v:?} is not a valid number"),
+        )
+    })
+}
+
+fn parse_url(q: Option<&str>) -> Result<UrlParams, ApiError> {
+    let mut p = UrlParams::default();
+    for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = decode_component(k)?;
+        let v = decode_component(v)?;
+        match k.as_str() {
+            "query" => p.queries.push(v),
+            "threshold" => p.threshold = Some(parse_number("threshold", &v)?),
+            "nms" => p.nms = Some(parse_number("nms", &v)?),
+            "width" => p.width = Some(parse_number("width", &v)?),
+            "height" => p.height = Some(parse_number("height", &v)?),
+            other => {
+                return Err(bad(
+                    "invalid_parameter",
+                    format!("unknown parameter {other:?}"),
+                ))
+            }
+        }
+    }
+    Ok(p)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRequest {
+    image_base64: String,
+    #[serde(default)]
+    queries: Vec<String>,
+    threshold: Option<f32>,
+    nms: Option<f32>,
+}
+
+enum ImageInput {
+    Encoded(Bytes),
+    Raw {
+        width: u32,
+        height: u32,
+        data: Bytes,
+    },
+}
+
+fn post_params(
+    st: &AppState,
+    threshold: Option<f32>,
+    nms: Option<f32>,
+) -> Result<PostParams, ApiError> {
+    let threshold = threshold.unwrap_or(st.config.default_threshold);
+    if !threshold.is_finite() || !(0.0..=1.0).contains(&threshold) {
+        return Err(bad(
+            "invalid_parameter",
+            format!("threshold must be in [0, 1], got {threshold}"),
+        ));
+    }
+    if let Some(n) = nms {
+        if !n.is_finite() || !(0.0..=1.0).contains(&n) {
+            return Err(bad(
+                "invalid_parameter",
+                format!("nms must be in [0, 1], got {n}"),
+            ));
+        }
+    }
+    Ok(PostParams {
+        threshold,
+        nms_iou: nms,
+    })
+}
+
+fn check_queries(st: &AppState, queries: &[String]) -> Result<(), ApiError> {
+    let c = &st.config;
+    if queries.is_empty() {
+        return Err(ApiError::from(&DetectError::NoQueries));
+    }
+    if queries.len() > c.max_queries {
+        return Err(ApiError::from(&DetectError::TooManyQueries {
+            count: queries.len(),
+            max: c.max_queries,
+        }));
+    }
+    for (i, q) in queries.iter().enumerate() {
+        if q.len() > c.max_query_bytes {
+            return Err(bad(
+                "invalid_query",
+                format!(
+                    "query {i} is {} bytes long (at most {})",
+                    q.len(),
+                    c.max_query_bytes
+                ),
+            ));
+        }
+        if q.trim().is_empty() {
+            return Err(bad("invalid_query", format!("query {i} is empty")));
+        }
+    }
+    Ok(())
+}
+
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = |n: String| {
+        ApiError::new(
+            413,
+            "body_too_large",
+            format!("request body {n} exceeds the limit of {max} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(too_large(format!("of {len} bytes")));
+        }
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(String::new())),
+        Err(e) => Err(bad(
+            "body_read_failed",
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+async fn detect(
+    req: Request<Incoming>,
+    st: &Arc<AppState>,
+    started: Instant,
+) -> Result<String, ApiError> {
+    match st.phase() {
+        Phase::Ready => {}
+        Phase::Starting => {
+            return Err(ApiError::unavailable(
+                "not_ready",
+                "the model is still loading",
+                5,
+            ))
+        }
+        Phase::Stopping => {
+            return Err(ApiError::unavailable(
+                "shutting_down",
+                "the daemon is shutting down",
+                1,
+            ))
+        }
+        Phase::Failed => {
+            return Err(ApiError::unavailable(
+                "not_ready",
+                "the model failed to load",
+                30,
+            ))
+        }
+    }
+    let url = parse_url(req.uri().query())?;
+    let ctype = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let body = read_body(req, st.config.max_body_bytes).await?;
+    let (input, queries, params) = match ctype.as_str() {
+        "application/json" => {
+            let j: JsonRequest = serde_json::from_slice(&body).map_err(|e| bad("invalid_json", format!("malformed JSON body: {e}")))?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(j.image_base64.as_bytes())
+                .map_err(|e| bad("invalid_base64", format!("image_base64 is not valid base64: {e}")))?;
+            let mut queries = url.queries;
+            queries.extend(j.queries);
+            let params = post_params(st, j.threshold.or(url.threshold), j.nms.or(url.nms))?;
+            (ImageInput::Encoded(Bytes::from(raw)), queries, params)
+        }
+        "application/x-raw-rgb" => {
+            let (Some(width), Some(height)) = (url.width, url.height) else {
+                return Err(bad("invalid_parameter", "application/x-raw-rgb needs width= and height= parameters"));
+            };
+            let params = post_params(st, url.threshold, url.nms)?;
+            (ImageInput::Raw { width, height, data: body }, url.queries, params)
+        }
+        // curl --data-binary sends application/x-www-form-urlencoded by default: treat it as image bytes.
+        "" | "image/jpeg" | "image/png" | "image/webp" | "image/bmp" | "application/octet-stream" | "application/x-www-form-urlencoded" => {
+            let params = post_params(st, url.threshold, url.nms)?;
+            (ImageInput::Encoded(body), url.queries, params)
+        }
+        other => {
+            return Err(ApiError::new(
+                415,
+                "unsupported_media_type",
+                format!("content type {other:?} is not supported (image/*, application/octet-stream, application/json, application/x-raw-rgb)"),
+            ))
+        }
+    };
+    check_queries(st, &queries)?;
+    let permit = st.queue.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(
+            "queue_full",
+            "too many requests in flight; retry shortly",
+            1,
+        )
+    })?;
+    let (Some(worker), Some(pre)) = (st.worker.get(), st.preprocess.get().copied()) else {
+        return Err(ApiError::unavailable(
+            "not_ready",
+            "the model is still loading",
+            5,
+        ));
+    };
+    let limits = st.config.image_limits();
+    let t_pre = Instant::now();
+    let prepared =
+        tokio::task::spawn_blocking(move || -> Result<(Vec<f32>, u32, u32), ApiError> {
+            let rgb = match input {
+                ImageInput::Encoded(b) => preprocess::decode(&b, &limits),
+                ImageInput::Raw {
+                    width,
+                    height,
+                    data,
+                } => Rgb::from_raw(width, height, data.to_vec(), &limits),
+            }
+            .map_err(|e| ApiError::from(&DetectError::Image(e)))?;
+            Ok((preprocess::preprocess(&rgb, &pre), rgb.width, rgb.height))
+        })
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("preprocessing task failed: {e}")))??;
+    let (pixels, width, height) = prepared;
+    let preprocess_ms = t_pre.elapsed().as_secs_f64() * 1e3;
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        pixels,
+        width,
+        height,
+        queries: queries.clone(),
+        params,
+        enqueued: Instant::now(),
+        reply: tx,
+    };
+    worker.submit(job).map_err(|_| {
+        ApiError::unavailable("shutting_down", "the inference worker has stopped", 1)
+    })?;
+    let out = rx.await.map_err(|_| {
+        ApiError::unavailable("shutting_down", "the inference worker has stopped", 1)
+    })??;
+    drop(permit);
+    let total = started.elapsed().as_secs_f64() * 1e3;
+    let resp = DetectResponse {
+        width,
+        height,
+        detections: &out.detections,
+        backend: st.engine().backend,
+        batch_size: out.batch_size,
+        timing_ms: Timing {
+            queue: out.queue_ms,
+            preprocess: preprocess_ms,
+            inference: out.inference_ms,
+            postprocess: out.postprocess_ms,
+            total,
+        },
+    };
+    serde_json::to_string(&resp)
+        .map_err(|e| ApiError::new(500, "internal", format!("cannot encode the response: {e}")))
+}
+
+/// The `200` body of `/v1/detect` (detections serialise exactly as `intelligent-video detect`'s).
+#[derive(Serialize)]
+struct DetectResponse<'a> {
+    width: u32,
+    height: u32,
+    detections: &'a [Detection],
+    backend: String,
+    batch_size: usize,
+    timing_ms: Timing,
+}
+
+#[derive(Serialize)]
+struct Timing {
+    queue: f64,
+    preprocess: f64,
+    inference: f64,
+    postprocess: f64,
+    total: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_params_decode_strictly() {
+        let p = parse_url(Some(
+            "query=a+cat&query=red%20forklift&threshold=0.3&nms=0.5",
+        ))
+        .expect("ok");
+        assert_eq!(p.queries, vec!["a cat", "red forklift"]);
+        assert_eq!(p.threshold, Some(0.3));
+        assert_eq!(p.nms, Some(0.5));
+        let e = parse_url(Some("query=%FF%FE")).expect_err("bad utf8");
+        assert_eq!(e.kind, "invalid_query_string");
+        let e = parse_url(Some("threshold=abc")).expect_err("nan");
+        assert_eq!(e.kind, "invalid_parameter");
+        let e = parse_url(Some("colour=red")).expect_err("unknown");
+        assert!(e.message.contains("colour"));
+    }
+}

@@ -1,0 +1,206 @@
+//! Prometheus text metrics of the daemon: requests by outcome, latency histograms (queue,
+//! inference, total), queue depth, batch sizes, query-cache hits. Lock-light: counters are atomics,
+//! histograms take a short mutex.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+const LATENCY_BUCKETS_MS: [f64; 14] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+];
+const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+    fn observe(&mut self, v: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+/// All daemon metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    outcomes: Mutex<BTreeMap<String, u64>>,
+    queue_ms: Mutex<Histogram>,
+    inference_ms: Mutex<Histogram>,
+    total_ms: Mutex<Histogram>,
+    batch_size: Mutex<Histogram>,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            outcomes: Mutex::new(BTreeMap::new()),
+            queue_ms: Mutex::new(Histogram::new(&LATENCY_BUCKETS_MS)),
+            inference_ms: Mutex::new(Histogram::new(&LATENCY_BUCKETS_MS)),
+            total_ms: Mutex::new(Histogram::new(&LATENCY_BUCKETS_MS)),
+            batch_size: Mutex::new(Histogram::new(&BATCH_BUCKETS)),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+        }
+    }
+}
+
+fn observe(h: &Mutex<Histogram>, v: f64) {
+    if let Ok(mut h) = h.lock() {
+        h.observe(v);
+    }
+}
+
+impl Metrics {
+    /// Counts one finished detection request by outcome (`ok` or an error kind).
+    pub fn request(&self, outcome: &str) {
+        if let Ok(mut m) = self.outcomes.lock() {
+            *m.entry(outcome.to_string()).or_insert(0) += 1;
+        }
+    }
+    pub fn observe_queue(&self, ms: f64) {
+        observe(&self.queue_ms, ms);
+    }
+    pub fn observe_inference(&self, ms: f64) {
+        observe(&self.inference_ms, ms);
+    }
+    pub fn observe_total(&self, ms: f64) {
+        observe(&self.total_ms, ms);
+    }
+    pub fn observe_batch(&self, n: usize) {
+        observe(&self.batch_size, n as f64);
+    }
+
+    /// Requests counted for `outcome` so far.
+    pub fn count(&self, outcome: &str) -> u64 {
+        self.outcomes
+            .lock()
+            .map(|m| m.get(outcome).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Prometheus text exposition; `queue_depth` = requests admitted and not yet answered.
+    pub fn render(&self, queue_depth: u64) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP iv_requests_total Detection requests by outcome."
+        );
+        let _ = writeln!(out, "# TYPE iv_requests_total counter");
+        if let Ok(m) = self.outcomes.lock() {
+            for (k, v) in m.iter() {
+                let _ = writeln!(out, "iv_requests_total{{outcome=\"{k}\"}} {v}");
+            }
+        }
+        let hist = |out: &mut String, h: &Mutex<Histogram>, name: &str, help: &str| {
+            if let Ok(h) = h.lock() {
+                h.render(out, name, help);
+            }
+        };
+        hist(
+            &mut out,
+            &self.queue_ms,
+            "iv_queue_latency_ms",
+            "Time from admission to the batch start.",
+        );
+        hist(
+            &mut out,
+            &self.inference_ms,
+            "iv_inference_latency_ms",
+            "Image-graph time per batch.",
+        );
+        hist(
+            &mut out,
+            &self.total_ms,
+            "iv_request_latency_ms",
+            "Whole detection request time.",
+        );
+        hist(
+            &mut out,
+            &self.batch_size,
+            "iv_batch_size",
+            "Images per inference batch.",
+        );
+        let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "iv_queue_depth",
+            "gauge",
+            "Requests admitted and not yet answered.",
+            queue_depth,
+        );
+        gauge(
+            &mut out,
+            "iv_query_cache_hits_total",
+            "counter",
+            "Query embeddings served from the cache.",
+            self.cache_hits.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "iv_query_cache_misses_total",
+            "counter",
+            "Query embeddings computed by the text graph.",
+            self.cache_misses.load(Ordering::Relaxed),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.request("ok");
+        m.request("ok");
+        m.request("invalid_image");
+        m.observe_total(3.0);
+        m.observe_total(700.0);
+        let t = m.render(3);
+        assert!(t.contains("iv_queue_depth 3"));
+        assert!(t.contains("iv_requests_total{outcome=\"ok\"} 2"), "{t}");
+        assert!(t.contains("iv_requests_total{outcome=\"invalid_image\"} 1"));
+        assert!(t.contains("iv_request_latency_ms_bucket{le=\"5\"} 1"));
+        assert!(t.contains("iv_request_latency_ms_bucket{le=\"1000\"} 2"));
+        assert!(t.contains("iv_request_latency_ms_bucket{le=\"+Inf\"} 2"));
+        assert!(t.contains("iv_request_latency_ms_count 2"));
+    }
+}

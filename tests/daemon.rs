@@ -1,0 +1,385 @@
+//! The daemon's lifecycle through the real binary: READY only after warmup, detections equal to the
+//! `detect` command's, both health documents, graceful SIGTERM with an in-flight request, socket
+//! cleanup, watchdog pings, socket activation, missing model, and `config check`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::{detect_target, parse_response, request_bytes, tcp_request, Daemon};
+use nix::sys::signal::Signal;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+}
+
+#[test]
+fn ready_after_warmup_serves_detect_equal_to_cli_and_drains_on_sigterm() {
+    let mut d = Daemon::start(&[("IV_WARMUP_ITERATIONS", "3"), ("IV_SOCKET_MODE", "0640")]);
+    d.wait_ready();
+    let notes = d.notes();
+    let pos = |s: &str| {
+        notes
+            .iter()
+            .position(|n| n == s)
+            .unwrap_or_else(|| panic!("{s} missing in {notes:?}"))
+    };
+    let ready = pos("READY=1");
+    assert!(pos("STATUS=loading model") < pos("STATUS=warmup 1/3"));
+    assert!(pos("STATUS=warmup 1/3") < pos("STATUS=warmup 2/3"));
+    assert!(
+        pos("STATUS=warmup 3/3") < ready,
+        "READY before the last warmup: {notes:?}"
+    );
+    assert!(
+        notes.iter().any(|n| n == "STATUS=serving on cpu"),
+        "{notes:?}"
+    );
+
+    // Socket file mode as configured.
+    let mode = std::fs::metadata(&d.socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o640);
+
+    // Health documents.
+    let h = d.health();
+    assert_eq!(h.status, 200);
+    let hj = h.json();
+    assert_eq!(hj["status"], "healthy");
+    assert_eq!(hj["model_loaded"], true);
+    assert_eq!(hj["gpu_available"], false);
+    assert_eq!(hj["optimization"]["backend"], "cpu");
+    assert!(hj["optimization"]["speedup_estimate"].as_f64().is_some());
+    assert!(hj["optimization"]["cached"].is_boolean());
+    let o = tcp_request(d.port, "GET", "/api/optimization").expect("optimization");
+    assert_eq!(o.status, 200);
+    let oj = o.json();
+    for k in [
+        "model_name",
+        "device",
+        "gpu_available",
+        "optimization",
+        "settings",
+    ] {
+        assert!(oj.get(k).is_some(), "{k} missing in {oj}");
+    }
+    for k in ["backend", "optimization_time", "speedup_estimate", "cached"] {
+        assert!(
+            oj["optimization"].get(k).is_some(),
+            "optimization.{k} missing"
+        );
+    }
+    for k in [
+        "enable_optimization",
+        "backend_preference",
+        "tensorrt_precision",
+        "torch_compile_mode",
+    ] {
+        assert!(oj["settings"].get(k).is_some(), "settings.{k} missing");
+    }
+    assert_eq!(oj["settings"]["backend_preference"], "auto");
+    assert_eq!(
+        tcp_request(d.port, "GET", "/livez").expect("livez").status,
+        200
+    );
+    assert_eq!(
+        tcp_request(d.port, "GET", "/readyz")
+            .expect("readyz")
+            .status,
+        200
+    );
+
+    // Detections over the socket equal `detect`'s, field for field.
+    let img = common::fixtures().join("images/wide_blur.png");
+    let body = std::fs::read(&img).expect("img");
+    let r = d.request(
+        "POST",
+        &detect_target(&["a photo of a cat", "person"], "threshold=0.3"),
+        Some("image/png"),
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let rj = r.json();
+    assert_eq!(rj["width"], 200);
+    assert_eq!(rj["height"], 120);
+    assert_eq!(rj["backend"], "cpu");
+    for k in ["queue", "preprocess", "inference", "postprocess", "total"] {
+        assert!(
+            rj["timing_ms"][k].as_f64().is_some_and(|v| v >= 0.0),
+            "timing_ms.{k}"
+        );
+    }
+    let cli = bin()
+        .args(["detect", "--model"])
+        .arg(common::model_dir("tiny-a"))
+        .args([
+            "--query",
+            "a photo of a cat",
+            "--query",
+            "person",
+            "--threshold",
+            "0.3",
+        ])
+        .arg(&img)
+        .output()
+        .expect("cli");
+    assert!(cli.status.success());
+    let cj: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("cli json");
+    assert!(!cj["detections"].as_array().expect("arr").is_empty());
+    assert_eq!(
+        rj["detections"], cj["detections"],
+        "daemon and CLI disagree"
+    );
+
+    // SIGTERM while a request is in flight (headers sent, body still coming): it completes.
+    let mut slow = UnixStream::connect(&d.socket).expect("connect");
+    let req = request_bytes(
+        "POST",
+        &detect_target(&["person"], "threshold=0.3"),
+        Some("image/png"),
+        &body,
+    );
+    let split = req.len() - body.len() / 2;
+    slow.write_all(&req[..split]).expect("first half");
+    std::thread::sleep(Duration::from_millis(200));
+    d.signal(Signal::SIGTERM);
+    assert!(
+        d.wait_note(|n| n == "STOPPING=1", Duration::from_secs(10)),
+        "no STOPPING=1: {:?}",
+        d.notes()
+    );
+    // Readiness is false while draining.
+    if let Ok(h) = tcp_request(d.port, "GET", "/readyz") {
+        assert_eq!(h.status, 503);
+    }
+    slow.write_all(&req[split..]).expect("second half");
+    let mut raw = Vec::new();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    slow.read_to_end(&mut raw).expect("response");
+    let resp = parse_response(&raw).expect("complete response");
+    assert_eq!(
+        resp.status,
+        200,
+        "in-flight request lost: {}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "stderr:\n{}",
+        d.stderr()
+    );
+    assert!(!d.socket.exists(), "socket file left behind");
+}
+
+#[test]
+fn watchdog_pings_while_the_worker_answers() {
+    // WATCHDOG_USEC is read from the environment, as systemd passes it.
+    let mut d = Daemon::start(&[("WATCHDOG_USEC", "400000")]);
+    d.wait_ready();
+    std::thread::sleep(Duration::from_millis(1200));
+    let n = d.notes().iter().filter(|n| *n == "WATCHDOG=1").count();
+    assert!(
+        n >= 3,
+        "expected several WATCHDOG=1 after 1.2 s at 0.4 s: {:?}",
+        d.notes()
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+
+    let mut quiet = Daemon::start(&[]);
+    quiet.wait_ready();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !quiet.notes().iter().any(|n| n == "WATCHDOG=1"),
+        "pings without WATCHDOG_USEC"
+    );
+}
+
+#[test]
+fn missing_model_fails_with_a_status_line_naming_the_pull_command() {
+    let mut d = Daemon::start_with(
+        "acme/no-such-model",
+        &[("IV_MODEL_STORE", "/nonexistent/store")],
+    );
+    let code = d.wait_exit(Duration::from_secs(30));
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
+    let err = d.stderr();
+    assert!(
+        err.contains("intelligent-video model pull acme/no-such-model"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    assert!(
+        d.notes()
+            .iter()
+            .any(|n| n.starts_with("STATUS=failed:") && n.contains("model pull")),
+        "{:?}",
+        d.notes()
+    );
+    assert!(!d.notes().iter().any(|n| n == "READY=1"));
+    assert!(!d.socket.exists(), "socket file left behind");
+}
+
+#[test]
+fn socket_activation_uses_the_passed_sockets() {
+    let Ok(activate) = which("systemd-socket-activate") else {
+        panic!("systemd-socket-activate is required (Debian package systemd)");
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("act.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let notify = dir.path().join("n.sock");
+    let nsock = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify");
+    nsock
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut child = Command::new(activate)
+        .arg("-l")
+        .arg(&sock)
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--fdname=detect:http")
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify.display()))
+        .arg("-E")
+        .arg(format!(
+            "IV_MODEL={}",
+            common::model_dir("tiny-a").display()
+        ))
+        .arg("-E")
+        .arg("IV_WARMUP_ITERATIONS=1")
+        .arg("-E")
+        .arg(format!(
+            "IV_SOCKET_PATH={}",
+            dir.path().join("unused.sock").display()
+        ))
+        .arg("-E")
+        .arg("IV_HTTP_ADDR=127.0.0.1:1")
+        .arg(env!("CARGO_BIN_EXE_intelligent-video"))
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log"))
+        .spawn()
+        .expect("systemd-socket-activate runs");
+    // systemd-socket-activate starts the service on the first connection (like Accept=no).
+    let body = std::fs::read(common::fixtures().join("images/small_pad.png")).expect("img");
+    let resp = (0..150)
+        .find_map(|_| {
+            match common::daemon::unix_request(
+                &sock,
+                "POST",
+                &detect_target(&["person"], "threshold=0"),
+                Some("image/png"),
+                &body,
+            ) {
+                Ok(r) if r.status == 200 => return Some(r),
+                Ok(r) => assert_eq!(r.status, 503, "only not-ready answers while loading"),
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        })
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "no detection over the activated socket; stderr:\n{}",
+                std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+            )
+        });
+    assert_eq!(resp.json()["width"], 50);
+    let h = tcp_request(port, "GET", "/api/health").expect("health over the activated port");
+    assert_eq!(h.status, 200);
+    assert!(
+        !dir.path().join("unused.sock").exists(),
+        "bound its own socket despite activation"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .expect("term");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|p| p.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+#[test]
+fn config_check_prints_effective_settings_or_exits_78() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "model = \"/srv/models/owl\"\nmax_batch_size = 8\n").expect("write");
+    let out = bin()
+        .args(["config", "check", "--config"])
+        .arg(&good)
+        .env("IV_MAX_QUEUE", "12")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let v: toml::Value = toml::from_str(&text).expect("prints TOML");
+    assert_eq!(v["model"].as_str(), Some("/srv/models/owl"));
+    assert_eq!(v["max_batch_size"].as_integer(), Some(8));
+    assert_eq!(v["max_queue"].as_integer(), Some(12));
+    assert_eq!(v["socket_mode"].as_str(), Some("0660"));
+    assert_eq!(v["http_addr"].as_str(), Some("127.0.0.1:8000"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "modle = \"typo\"\n").expect("write");
+    let out = bin()
+        .args(["config", "check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("modle"), "{err}");
+
+    let out = bin()
+        .args(["config", "check", "--config"])
+        .arg(&good)
+        .env("IV_HTTP_ADDR", "0.0.0.0:8000")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IV_HTTP_ALLOW_REMOTE"));
+
+    let out = bin()
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+
+    // serve refuses an invalid configuration with the same code.
+    let out = bin()
+        .arg("serve")
+        .env("IV_MAX_QUEUE", "zero")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+}
