@@ -25,6 +25,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => match intelligent_video::cli::bench::run(&args) {
+            Ok(r) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                } else {
+                    print!("{}", intelligent_video::cli::bench::render_text(&r));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Serve(args) => intelligent_video::cli::serve::serve(&args),
         Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),
     }

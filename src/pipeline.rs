@@ -60,6 +60,8 @@ pub struct DetectorOptions {
     pub max_queries: usize,
     /// Attention form of the image graph.
     pub attention: Attention,
+    /// Full ONNX Runtime graph optimisations (false = basic only, the eager baseline).
+    pub optimize: bool,
 }
 
 impl Default for DetectorOptions {
@@ -70,6 +72,7 @@ impl Default for DetectorOptions {
             query_cache: 1024,
             max_queries: 64,
             attention: Attention::Fused,
+            optimize: true,
         }
     }
 }
@@ -116,6 +119,7 @@ impl Detector {
             model.config.image_size,
             &CpuOptions {
                 threads: opts.threads,
+                optimize: opts.optimize,
             },
         )?;
         Ok(Self::with_backend(

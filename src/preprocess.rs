@@ -229,41 +229,54 @@ pub struct PreprocessConfig {
     pub rescale: f32,
 }
 
-/// One resize tap: source indices (positions in the needed-index list) and weights.
-#[derive(Debug, Clone, Copy)]
-struct Tap {
-    p0: usize,
-    p1: usize,
-    l0: f32,
-    l1: f32,
+/// PyTorch `upsample_bilinear2d` (align_corners=False) for `out` outputs from `inp` inputs:
+/// `(i0, i1, λ0, λ1)` per output index, computed in f32 like PyTorch's CPU kernel.
+fn bilinear_weights(inp: usize, out: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = inp as f32 / out as f32;
+    (0..out)
+        .map(|d| {
+            let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src as usize).min(inp - 1);
+            let i1 = if i0 < inp - 1 { i0 + 1 } else { i0 };
+            let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
 }
 
-/// PyTorch `upsample_bilinear2d` (align_corners=False) source indices for `out` outputs from `inp` inputs.
-/// Returns the sorted list of source indices read and the taps pointing into it.
-fn bilinear_taps(inp: usize, out: usize) -> (Vec<usize>, Vec<Tap>) {
-    let scale = inp as f32 / out as f32;
-    let mut raw = Vec::with_capacity(out);
-    for d in 0..out {
-        let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
-        let i0 = (src as usize).min(inp - 1);
-        let i1 = if i0 < inp - 1 { i0 + 1 } else { i0 };
-        let l1 = (src - i0 as f32).clamp(0.0, 1.0);
-        raw.push((i0, i1, 1.0 - l1, l1));
-    }
-    let mut needed: Vec<usize> = raw.iter().flat_map(|r| [r.0, r.1]).collect();
-    needed.sort_unstable();
-    needed.dedup();
-    let pos = |i: usize| needed.binary_search(&i).unwrap_or(0);
-    let taps = raw
-        .iter()
-        .map(|&(i0, i1, l0, l1)| Tap {
-            p0: pos(i0),
-            p1: pos(i1),
-            l0,
-            l1,
+/// Per output index, the source taps of "blur (reflect borders over `0..s`), then bilinear" folded
+/// into one weighted sum; taps at or beyond `limit` read the zero padding and are dropped.
+fn resize_taps(s: usize, t: usize, limit: usize, kernel: Option<&[f32]>) -> Vec<Vec<(usize, f32)>> {
+    bilinear_weights(s, t)
+        .into_iter()
+        .map(|(i0, i1, l0, l1)| {
+            let mut taps: Vec<(usize, f32)> = Vec::new();
+            for (i, l) in [(i0, l0), (i1, l1)] {
+                if l == 0.0 {
+                    continue;
+                }
+                match kernel {
+                    None => taps.push((i, l)),
+                    Some(k) => {
+                        let r = (k.len() / 2) as isize;
+                        for (ti, &kv) in k.iter().enumerate() {
+                            taps.push((reflect(i as isize + ti as isize - r, s), l * kv));
+                        }
+                    }
+                }
+            }
+            taps.retain(|(i, _)| *i < limit);
+            taps.sort_by_key(|(i, _)| *i);
+            let mut merged: Vec<(usize, f32)> = Vec::with_capacity(taps.len());
+            for (i, w) in taps {
+                match merged.last_mut() {
+                    Some(last) if last.0 == i => last.1 += w,
+                    _ => merged.push((i, w)),
+                }
+            }
+            merged
         })
-        .collect();
-    (needed, taps)
+        .collect()
 }
 
 /// Normalised 1-D Gaussian kernel as torchvision builds it (f32).
@@ -332,78 +345,52 @@ pub fn preprocess_into(img: &Rgb, cfg: &PreprocessConfig, out: &mut Vec<f32>) {
         return;
     }
 
-    let (needed, taps) = bilinear_taps(s, t);
-    let nn = needed.len();
-    // `src[(row_pos * nn + col_pos) * 3 + c]`: the (blurred) padded image at the needed rows and columns.
-    let mut src = vec![0f32; nn * nn * 3];
-    if s > t {
-        let sigma = (s as f32 / t as f32 - 1.0) / 2.0;
-        let k = gaussian_kernel(sigma);
-        let r = (k.len() / 2) as isize;
-        // Horizontal pass over every source row, at the needed columns only.
-        let mut hb = vec![0f32; s * nn * 3];
-        hb.par_chunks_mut(nn * 3).enumerate().for_each(|(y, row)| {
-            if y >= h {
-                return; // padding rows are zero
-            }
-            for (j, &x) in needed.iter().enumerate() {
-                let mut acc = [0f32; 3];
-                for (ti, &kv) in k.iter().enumerate() {
-                    let xx = reflect(x as isize + ti as isize - r, s);
-                    if xx < w {
-                        let base = (y * w + xx) * 3;
-                        acc[0] += kv * f32::from(img.data[base]) * rs;
-                        acc[1] += kv * f32::from(img.data[base + 1]) * rs;
-                        acc[2] += kv * f32::from(img.data[base + 2]) * rs;
-                    }
-                }
-                row[j * 3..j * 3 + 3].copy_from_slice(&acc);
-            }
-        });
-        // Vertical pass at the needed rows.
-        src.par_chunks_mut(nn * 3).enumerate().for_each(|(i, row)| {
-            let y = needed[i];
-            for (ti, &kv) in k.iter().enumerate() {
-                let yy = reflect(y as isize + ti as isize - r, s);
-                if yy >= h {
-                    continue;
-                }
-                let hrow = &hb[yy * nn * 3..(yy + 1) * nn * 3];
-                for (o, v) in row.iter_mut().zip(hrow) {
-                    *o += kv * v;
-                }
-            }
-        });
-    } else {
-        src.par_chunks_mut(nn * 3).enumerate().for_each(|(i, row)| {
-            let y = needed[i];
-            for (j, &x) in needed.iter().enumerate() {
-                for c in 0..3 {
-                    row[j * 3 + c] = pixel(y, x, c);
-                }
-            }
-        });
+    // `u8 → f32(x) * rescale`, exactly as the reference rescales before padding.
+    let mut lut = [0f32; 256];
+    for (i, v) in lut.iter_mut().enumerate() {
+        *v = i as f32 * rs;
     }
-    // Bilinear resize and normalisation.
+    // Anti-alias blur only when downscaling; blur and bilinear resize are folded into one set of
+    // taps per output column and per output row (separable), so each pass runs once.
+    let kernel = (s > t).then(|| gaussian_kernel((s as f32 / t as f32 - 1.0) / 2.0));
+    let col_taps = resize_taps(s, t, w, kernel.as_deref());
+    let row_taps = resize_taps(s, t, h, kernel.as_deref());
+    // Horizontal pass: every image row, at the output columns: `hb[(y * t + x) * 3 + c]`.
+    let mut hb = vec![0f32; h * t * 3];
+    hb.par_chunks_mut(t * 3).enumerate().for_each(|(y, row)| {
+        let line = &img.data[y * w * 3..(y + 1) * w * 3];
+        for (out, taps) in row.chunks_exact_mut(3).zip(&col_taps) {
+            let mut acc = [0f32; 3];
+            for &(x, kv) in taps {
+                let p = &line[x * 3..x * 3 + 3];
+                acc[0] += kv * lut[p[0] as usize];
+                acc[1] += kv * lut[p[1] as usize];
+                acc[2] += kv * lut[p[2] as usize];
+            }
+            out.copy_from_slice(&acc);
+        }
+    });
+    // Vertical pass at the output rows, then normalisation into the three planes.
     p0.par_chunks_mut(t)
         .zip(p1.par_chunks_mut(t))
         .zip(p2.par_chunks_mut(t))
-        .enumerate()
-        .for_each(|(y, ((r0, r1), r2))| {
-            let ty = taps[y];
-            let row0 = &src[ty.p0 * nn * 3..(ty.p0 + 1) * nn * 3];
-            let row1 = &src[ty.p1 * nn * 3..(ty.p1 + 1) * nn * 3];
-            for (x, tx) in taps.iter().enumerate() {
-                for (c, plane) in [&mut *r0, &mut *r1, &mut *r2].into_iter().enumerate() {
-                    let a = row0[tx.p0 * 3 + c];
-                    let b = row0[tx.p1 * 3 + c];
-                    let cc = row1[tx.p0 * 3 + c];
-                    let d = row1[tx.p1 * 3 + c];
-                    let v = ty.l0 * (tx.l0 * a + tx.l1 * b) + ty.l1 * (tx.l0 * cc + tx.l1 * d);
-                    plane[x] = norm(v, c);
+        .zip(row_taps.par_iter())
+        .for_each_init(
+            || vec![0f32; t * 3],
+            |acc, (((r0, r1), r2), taps)| {
+                acc.iter_mut().for_each(|v| *v = 0.0);
+                for &(y, kv) in taps {
+                    for (o, v) in acc.iter_mut().zip(&hb[y * t * 3..(y + 1) * t * 3]) {
+                        *o += kv * v;
+                    }
                 }
-            }
-        });
+                for (x, px) in acc.chunks_exact(3).enumerate() {
+                    r0[x] = norm(px[0], 0);
+                    r1[x] = norm(px[1], 1);
+                    r2[x] = norm(px[2], 2);
+                }
+            },
+        );
 }
 
 /// Preprocesses one image into a fresh `3 × size × size` buffer.
@@ -448,16 +435,18 @@ mod tests {
     #[test]
     fn bilinear_upscale_by_two_matches_pytorch_weights() {
         // PyTorch: 2 -> 4, align_corners=False: src = (d+0.5)/2-0.5 = -0.25,0.25,0.75,1.25
-        let (needed, taps) = bilinear_taps(2, 4);
-        assert_eq!(needed, vec![0, 1]);
-        let w: Vec<(usize, usize, f32)> = taps
-            .iter()
-            .map(|t| (needed[t.p0], needed[t.p1], t.l1))
-            .collect();
-        assert_eq!(w[0], (0, 1, 0.0)); // clamped to 0
-        assert_eq!(w[1], (0, 1, 0.25));
-        assert_eq!(w[2], (0, 1, 0.75));
-        assert_eq!(w[3], (1, 1, 0.25)); // i1 clamped at the edge
+        let w = bilinear_weights(2, 4);
+        let l1: Vec<(usize, usize, f32)> = w.iter().map(|x| (x.0, x.1, x.3)).collect();
+        assert_eq!(
+            l1,
+            vec![(0, 1, 0.0), (0, 1, 0.25), (0, 1, 0.75), (1, 1, 0.25)]
+        );
+        // Folded taps: padding beyond `limit` is dropped, equal indices merge.
+        let taps = resize_taps(2, 4, 1, None);
+        assert_eq!(taps[1], vec![(0, 0.75)]);
+        assert_eq!(taps[3], Vec::<(usize, f32)>::new());
+        let taps = resize_taps(2, 4, 2, None);
+        assert_eq!(taps[3], vec![(1, 1.0)]);
     }
 
     #[test]

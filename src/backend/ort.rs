@@ -117,6 +117,9 @@ pub fn runtime_path() -> Option<PathBuf> {
 pub struct CpuOptions {
     /// Intra-op threads (0 = ONNX Runtime's default: one per core).
     pub threads: usize,
+    /// Full graph optimisations (`true`) or only the basic, semantics-preserving rewrites (the
+    /// "eager" baseline of `bench --compare`).
+    pub optimize: bool,
 }
 
 /// The image and text sessions of one model on the CPU provider.
@@ -136,7 +139,11 @@ fn session(
     let err = |e: String| BackendError::Session { graph, message: e };
     let mut b = Session::builder(env)
         .map_err(|e| err(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::All)
+        .with_optimization_level(if opts.optimize {
+            GraphOptimizationLevel::All
+        } else {
+            GraphOptimizationLevel::Level1
+        })
         .map_err(|e| err(e.to_string()))?
         .with_config_entry(
             "session.model_external_initializers_file_folder_path",

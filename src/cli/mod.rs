@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and the offline subcommands. `main.rs` only parses,
 //! sets up logging and maps errors to exit codes.
 
+pub mod bench;
 pub mod detect;
 pub mod serve;
 
@@ -20,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Detect text queries in image files; prints one JSON object per image, one per line.
     Detect(detect::DetectArgs),
+    /// Measure image-side throughput and latency (optionally against the eager baseline).
+    Bench(bench::BenchArgs),
     /// Run the detection daemon (Unix-socket API, loopback health HTTP, systemd notify).
     Serve(serve::ServeArgs),
     /// Configuration tools.

@@ -1,4 +1,5 @@
-//! Listening sockets: systemd socket activation (`LISTEN_FDS`, names `detect` and `http`) or our
+//! Listening sockets: systemd socket activation (`LISTEN_FDS`: names `detect` and `http`, or else
+//! the address family: AF_UNIX = detection, AF_INET/AF_INET6 = health) or our
 //! own binding. The detection socket file gets the configured mode and group; a stale socket is
 //! replaced, a live one or a non-socket path is refused. The health listener is loopback-only
 //! unless remote access is explicitly allowed.
@@ -8,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use nix::sys::socket::SockaddrLike;
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::Config;
@@ -123,14 +125,40 @@ impl Listeners {
         let mut detect = None;
         let mut http = None;
         for (fd, name) in passed {
-            match name.as_str() {
-                "detect" => detect = Some(unix_from_fd(fd)?),
-                "http" => http = Some(tcp_from_fd(fd)?),
-                other => {
-                    return Err(ListenError::Activation(format!(
-                        "unexpected socket name {other:?} (expected detect and http)"
-                    )))
-                }
+            // One socket unit cannot name its descriptors differently, so besides the names
+            // `detect` and `http` the address family decides: AF_UNIX is detection, AF_INET(6) health.
+            let role = match name.as_str() {
+                "detect" | "http" => name.clone(),
+                _ => match nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd)
+                    .ok()
+                    .and_then(|a| a.family())
+                {
+                    Some(nix::sys::socket::AddressFamily::Unix) => "detect".into(),
+                    Some(
+                        nix::sys::socket::AddressFamily::Inet
+                        | nix::sys::socket::AddressFamily::Inet6,
+                    ) => "http".into(),
+                    other => {
+                        return Err(ListenError::Activation(format!(
+                            "passed socket {name:?} (fd {fd}) has an unexpected family {other:?}"
+                        )))
+                    }
+                },
+            };
+            let slot_taken = if role == "detect" {
+                detect.is_some()
+            } else {
+                http.is_some()
+            };
+            if slot_taken {
+                return Err(ListenError::Activation(format!(
+                    "more than one {role} socket was passed"
+                )));
+            }
+            if role == "detect" {
+                detect = Some(unix_from_fd(fd)?);
+            } else {
+                http = Some(tcp_from_fd(fd)?);
             }
         }
         let socket_file = if detect.is_some() {

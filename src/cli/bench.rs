@@ -1,0 +1,285 @@
+//! `intelligent-video bench`: throughput and latency of the image side (preprocessing and the image
+//! graph) on this machine, optionally beside the eager baseline (`--compare`). Text queries are
+//! cached in the daemon, so they are not part of a frame's cost and are not measured here.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::RuntimeArgs;
+use crate::pipeline::{Detector, DetectorOptions};
+use crate::preprocess::{self, ImageLimits, Rgb};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Images to run through the image graph (per side with --compare).
+    #[arg(long, default_value_t = 20)]
+    pub num_images: usize,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Also measure the eager baseline (basic graph optimisations only) and report the speedup.
+    #[arg(long)]
+    pub compare: bool,
+    /// Encoded image used for the preprocessing measurement (default: a synthetic 1920×1080 frame).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub mean_ms: f64,
+    pub min_ms: f64,
+}
+
+fn summarize(mut v: Vec<Duration>) -> Latency {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pick = |p: f64| ms(v[((v.len() as f64 - 1.0) * p).round() as usize]);
+    Latency {
+        p50_ms: pick(0.5),
+        p95_ms: pick(0.95),
+        mean_ms: v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64,
+        min_ms: ms(v[0]),
+    }
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct SideResult {
+    pub mode: &'static str,
+    pub load_s: f64,
+    pub images: usize,
+    pub batch_size: usize,
+    pub images_per_s: f64,
+    pub batch_latency: Latency,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub backend: String,
+    pub image_size: usize,
+    pub threads: usize,
+    pub preprocess_image: String,
+    pub decode_and_preprocess: Latency,
+    pub preprocess_only: Latency,
+    pub optimized: SideResult,
+    pub eager: Option<SideResult>,
+    pub speedup: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn synthetic_frame(w: u32, h: u32) -> Rgb {
+    let mut data = Vec::with_capacity((w * h * 3) as usize);
+    let mut x: u32 = 12345;
+    for yy in 0..h {
+        for xx in 0..w {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let n = (x & 31) as u8;
+            data.extend_from_slice(&[
+                (xx / 8) as u8 ^ n,
+                (yy / 5) as u8 ^ n,
+                ((xx + yy) / 11) as u8 ^ n,
+            ]);
+        }
+    }
+    Rgb {
+        width: w,
+        height: h,
+        data,
+    }
+}
+
+struct Progress {
+    on: bool,
+    label: &'static str,
+    total: usize,
+}
+
+impl Progress {
+    fn new(label: &'static str, total: usize, quiet: bool) -> Self {
+        Progress {
+            on: !quiet && std::io::stderr().is_terminal(),
+            label,
+            total,
+        }
+    }
+    fn tick(&self, done: usize) {
+        if self.on {
+            let width = 30;
+            let filled = done * width / self.total.max(1);
+            eprint!(
+                "\r{:>9} [{}{}] {done}/{}",
+                self.label,
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.total
+            );
+            if done == self.total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+fn measure_side(
+    args: &BenchArgs,
+    optimize: bool,
+    frame: &Rgb,
+) -> anyhow::Result<(SideResult, Detector)> {
+    let opts = DetectorOptions {
+        library: args.runtime.onnxruntime.clone(),
+        threads: args.runtime.threads,
+        optimize,
+        ..DetectorOptions::default()
+    };
+    let t = Instant::now();
+    let mut det = Detector::load(&args.model, &opts)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let load_s = t.elapsed().as_secs_f64();
+    let b = args.batch_size.max(1);
+    let mut px = Vec::new();
+    for _ in 0..b {
+        det.preprocess_into(frame, &mut px);
+    }
+    det.run_images(&px, b).context("warmup inference")?; // warmup
+    let batches = args.num_images.max(1).div_ceil(b);
+    let label = if optimize { "optimized" } else { "eager" };
+    let bar = Progress::new(label, batches, args.json);
+    let mut lat = Vec::with_capacity(batches);
+    let start = Instant::now();
+    for i in 0..batches {
+        let t = Instant::now();
+        det.run_images(&px, b).context("inference")?;
+        lat.push(t.elapsed());
+        bar.tick(i + 1);
+    }
+    let total = start.elapsed().as_secs_f64();
+    Ok((
+        SideResult {
+            mode: label,
+            load_s,
+            images: batches * b,
+            batch_size: b,
+            images_per_s: (batches * b) as f64 / total,
+            batch_latency: summarize(lat),
+        },
+        det,
+    ))
+}
+
+/// Runs the benchmark.
+pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let (frame, name, bytes) = match &args.image {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let img = preprocess::decode(&bytes, &ImageLimits::default())
+                .with_context(|| p.display().to_string())?;
+            (img, p.display().to_string(), Some(bytes))
+        }
+        None => (
+            synthetic_frame(1920, 1080),
+            "synthetic 1920x1080".to_string(),
+            None,
+        ),
+    };
+    let (optimized, det) = measure_side(args, true, &frame)?;
+    // Preprocessing (decode + preprocess when a file is given).
+    let n = 20;
+    let mut both = Vec::with_capacity(n);
+    let mut pre_only = Vec::with_capacity(n);
+    let mut px = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let img = match &bytes {
+            Some(b) => preprocess::decode(b, &ImageLimits::default())?,
+            None => frame.clone(),
+        };
+        let t1 = Instant::now();
+        px.clear();
+        det.preprocess_into(&img, &mut px);
+        let end = Instant::now();
+        both.push(end - t);
+        pre_only.push(end - t1);
+    }
+    let backend = det.backend_name().to_string();
+    let image_size = det.config.image_size;
+    drop(det);
+    let eager = if args.compare {
+        Some(measure_side(args, false, &frame)?.0)
+    } else {
+        None
+    };
+    let speedup = eager
+        .as_ref()
+        .map(|e| e.batch_latency.p50_ms / optimized.batch_latency.p50_ms);
+    Ok(BenchReport {
+        model: args.model.display().to_string(),
+        backend,
+        image_size,
+        threads: if args.runtime.threads == 0 {
+            rayon::current_num_threads()
+        } else {
+            args.runtime.threads
+        },
+        preprocess_image: name,
+        decode_and_preprocess: summarize(both),
+        preprocess_only: summarize(pre_only),
+        optimized,
+        eager,
+        speedup,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// Human-readable report.
+pub fn render_text(r: &BenchReport) -> String {
+    let mut s = format!(
+        "model {} ({}x{}), backend {}, {} threads\npreprocess ({}): decode+preprocess p50 {:.2} ms, preprocess only p50 {:.2} ms\n",
+        r.model, r.image_size, r.image_size, r.backend, r.threads, r.preprocess_image, r.decode_and_preprocess.p50_ms, r.preprocess_only.p50_ms
+    );
+    for side in std::iter::once(&r.optimized).chain(r.eager.iter()) {
+        s.push_str(&format!(
+            "{:>9}: {:.3} images/s, batch {} latency p50 {:.1} ms p95 {:.1} ms (load {:.2} s)\n",
+            side.mode,
+            side.images_per_s,
+            side.batch_size,
+            side.batch_latency.p50_ms,
+            side.batch_latency.p95_ms,
+            side.load_s
+        ));
+    }
+    if let Some(x) = r.speedup {
+        s.push_str(&format!("speedup (eager p50 / optimized p50): {x:.2}x\n"));
+    }
+    if let Some(m) = r.peak_rss_mb {
+        s.push_str(&format!("peak RSS {m:.0} MiB\n"));
+    }
+    s
+}
