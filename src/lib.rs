@@ -5,6 +5,8 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod engine;
+pub mod gpu;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;

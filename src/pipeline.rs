@@ -9,7 +9,7 @@ use std::sync::Arc;
 use lru::LruCache;
 
 use crate::backend::ort::{CpuOptions, OrtBackend};
-use crate::backend::{Backend, BackendError, ImageBatch};
+use crate::backend::{Backend, BackendError, ImageBatch, Provider};
 use crate::model::graphs::{self, Attention};
 use crate::model::tokenizer::QueryError;
 use crate::model::{ModelDir, ModelError, OwlConfig, QueryTokenizer};
@@ -62,6 +62,8 @@ pub struct DetectorOptions {
     pub attention: Attention,
     /// Full ONNX Runtime graph optimisations (false = basic only, the eager baseline).
     pub optimize: bool,
+    /// Execution provider.
+    pub provider: Provider,
 }
 
 impl Default for DetectorOptions {
@@ -73,6 +75,7 @@ impl Default for DetectorOptions {
             max_queries: 64,
             attention: Attention::Fused,
             optimize: true,
+            provider: Provider::Cpu,
         }
     }
 }
@@ -106,12 +109,12 @@ impl std::fmt::Debug for Detector {
 }
 
 impl Detector {
-    /// Loads a model directory onto the ONNX Runtime CPU provider.
+    /// Loads a model directory onto ONNX Runtime with the chosen execution provider.
     pub fn load(dir: &Path, opts: &DetectorOptions) -> Result<Self, DetectError> {
         let model = ModelDir::open(dir)?;
         let tokenizer = QueryTokenizer::from_dir(dir, model.config.text_len)?;
         let g = graphs::build(&model.config, &model.checkpoint, opts.attention)?;
-        let backend = OrtBackend::cpu(
+        let backend = OrtBackend::new(
             opts.library.as_deref(),
             &g.image,
             &g.text,
@@ -120,6 +123,7 @@ impl Detector {
             &CpuOptions {
                 threads: opts.threads,
                 optimize: opts.optimize,
+                provider: opts.provider.clone(),
             },
         )?;
         Ok(Self::with_backend(

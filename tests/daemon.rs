@@ -85,6 +85,21 @@ fn ready_after_warmup_serves_detect_equal_to_cli_and_drains_on_sigterm() {
         assert!(oj["settings"].get(k).is_some(), "settings.{k} missing");
     }
     assert_eq!(oj["settings"]["backend_preference"], "auto");
+    // auto tried TensorRT and CUDA first; each failure is listed with its reason.
+    let fb = oj["optimization"]["fallbacks"]
+        .as_array()
+        .expect("fallbacks");
+    let names: Vec<&str> = fb
+        .iter()
+        .map(|f| f["backend"].as_str().expect("backend"))
+        .collect();
+    assert_eq!(names, vec!["tensorrt", "cuda"], "{oj}");
+    assert!(
+        fb.iter()
+            .all(|f| f["reason"].as_str().is_some_and(|r| r.len() > 5)),
+        "{oj}"
+    );
+    assert!(oj["gpu"]["available"].is_boolean());
     assert_eq!(
         tcp_request(d.port, "GET", "/livez").expect("livez").status,
         200

@@ -36,6 +36,47 @@ impl ImageBatch {
     }
 }
 
+/// TensorRT precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrtPrecision {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+/// Which ONNX Runtime execution provider runs the graphs, with its knobs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Provider {
+    /// TensorRT EP (CUDA EP behind it for unsupported nodes).
+    TensorRt {
+        precision: TrtPrecision,
+        /// Engine, timing and EP-context cache folder.
+        cache_dir: Option<std::path::PathBuf>,
+        /// Largest batch of the optimisation profile (profiles cover 1..=max_batch).
+        max_batch: usize,
+    },
+    /// CUDA EP; TF32 is always off (exact fp32).
+    Cuda {
+        /// `reduce-overhead`: capture CUDA graphs.
+        cuda_graphs: bool,
+        /// `max-autotune`: exhaustive cuDNN convolution search.
+        exhaustive_conv: bool,
+    },
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+}
+
+impl Provider {
+    /// Short name shown in APIs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::TensorRt { .. } => "tensorrt",
+            Provider::Cuda { .. } => "cuda",
+            Provider::Cpu => "cpu",
+        }
+    }
+}
+
 /// Errors of an inference backend.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {

@@ -9,7 +9,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::{Backend, BackendError, ImageBatch};
+use super::{Backend, BackendError, ImageBatch, Provider, TrtPrecision};
 use crate::model::graphs::IMAGE_OUTPUTS;
 
 /// Environment variable naming the ONNX Runtime shared library to load.
@@ -112,7 +112,7 @@ pub fn runtime_path() -> Option<PathBuf> {
     RUNTIME.get()?.as_ref().ok().map(|(_, p)| p.clone())
 }
 
-/// CPU session settings.
+/// Session settings.
 #[derive(Debug, Clone)]
 pub struct CpuOptions {
     /// Intra-op threads (0 = ONNX Runtime's default: one per core).
@@ -120,13 +120,73 @@ pub struct CpuOptions {
     /// Full graph optimisations (`true`) or only the basic, semantics-preserving rewrites (the
     /// "eager" baseline of `bench --compare`).
     pub optimize: bool,
+    /// Execution provider.
+    pub provider: Provider,
 }
 
-/// The image and text sessions of one model on the CPU provider.
+/// The execution providers to register for `provider`, each failing loudly (no silent CPU fallback
+/// inside ONNX Runtime: the daemon's own fallback chain records the reason).
+fn execution_providers(
+    provider: &Provider,
+    graph: &'static str,
+    input_shape: &dyn Fn(usize) -> String,
+) -> Vec<ort::ep::ExecutionProviderDispatch> {
+    match provider {
+        Provider::Cpu => Vec::new(),
+        Provider::Cuda {
+            cuda_graphs,
+            exhaustive_conv,
+        } => vec![ort::ep::CUDA::default()
+            .with_tf32(false)
+            .with_cuda_graph(*cuda_graphs && graph == "image")
+            .with_conv_algorithm_search(if *exhaustive_conv {
+                ort::ep::cuda::ConvAlgorithmSearch::Exhaustive
+            } else {
+                ort::ep::cuda::ConvAlgorithmSearch::Heuristic
+            })
+            .build()
+            .error_on_failure()],
+        Provider::TensorRt {
+            precision,
+            cache_dir,
+            max_batch,
+        } => {
+            let mut trt = ort::ep::TensorRT::default()
+                .with_fp16(matches!(precision, TrtPrecision::Fp16 | TrtPrecision::Int8))
+                .with_int8(matches!(precision, TrtPrecision::Int8))
+                .with_layer_norm_fp32_fallback(true)
+                .with_profile_min_shapes(input_shape(1))
+                .with_profile_opt_shapes(input_shape(1))
+                .with_profile_max_shapes(input_shape((*max_batch).max(1)));
+            if let Some(dir) = cache_dir {
+                let d = dir.join("tensorrt");
+                let d = d.to_string_lossy().to_string();
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(&d)
+                    .with_engine_cache_prefix(graph)
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(&d)
+                    .with_dump_ep_context_model(true)
+                    .with_ep_context_file_path(format!("{d}/{graph}_ctx.onnx"));
+            }
+            vec![
+                trt.build().error_on_failure(),
+                ort::ep::CUDA::default()
+                    .with_tf32(false)
+                    .build()
+                    .error_on_failure(),
+            ]
+        }
+    }
+}
+
+/// The image and text sessions of one model on one execution provider.
 pub struct OrtBackend {
     image: Session,
     text: Session,
     image_size: usize,
+    name: &'static str,
 }
 
 fn session(
@@ -135,6 +195,7 @@ fn session(
     bytes: &[u8],
     weights_dir: &Path,
     opts: &CpuOptions,
+    input_shape: &dyn Fn(usize) -> String,
 ) -> Result<Session, BackendError> {
     let err = |e: String| BackendError::Session { graph, message: e };
     let mut b = Session::builder(env)
@@ -155,12 +216,18 @@ fn session(
             .with_intra_threads(opts.threads)
             .map_err(|e| err(e.to_string()))?;
     }
+    let eps = execution_providers(&opts.provider, graph, input_shape);
+    if !eps.is_empty() {
+        b = b
+            .with_execution_providers(eps)
+            .map_err(|e| err(format!("{} execution provider: {e}", opts.provider.name())))?;
+    }
     b.commit_from_memory(bytes).map_err(|e| err(e.to_string()))
 }
 
 impl OrtBackend {
-    /// Creates CPU sessions for the serialised graphs whose external weights live in `weights_dir`.
-    pub fn cpu(
+    /// Creates sessions for the serialised graphs whose external weights live in `weights_dir`.
+    pub fn new(
         library: Option<&Path>,
         image_graph: &[u8],
         text_graph: &[u8],
@@ -169,12 +236,18 @@ impl OrtBackend {
         opts: &CpuOptions,
     ) -> Result<Self, BackendError> {
         let (env, _) = runtime(library)?;
-        let image = session(&env, "image", image_graph, weights_dir, opts)?;
-        let text = session(&env, "text", text_graph, weights_dir, opts)?;
+        let s = image_size;
+        let image = session(&env, "image", image_graph, weights_dir, opts, &|b| {
+            format!("pixel_values:{b}x3x{s}x{s}")
+        })?;
+        let text = session(&env, "text", text_graph, weights_dir, opts, &|b| {
+            format!("input_ids:{b}x16")
+        })?;
         Ok(OrtBackend {
             image,
             text,
             image_size,
+            name: opts.provider.name(),
         })
     }
 }
@@ -196,7 +269,7 @@ fn extract(
 
 impl Backend for OrtBackend {
     fn name(&self) -> &str {
-        "cpu"
+        self.name
     }
 
     fn run_image(

@@ -4,16 +4,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{BackendPreference, Config, ConfigOverrides, LogFormat};
-use crate::pipeline::{Detector, DetectorOptions};
-use crate::server::state::{EngineInfo, Fallback};
+use crate::config::{Config, ConfigOverrides, LogFormat};
+use crate::server::state::EngineInfo;
 use crate::server::{self, Listeners, Loader, StatusFn};
 
 /// Exit code for configuration errors (sysexits EX_CONFIG).
@@ -84,8 +82,8 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-/// The model loader used by the daemon: CPU execution (GPU tiers fall back with their reason).
-pub fn cpu_loader(cfg: Config) -> Loader {
+/// The model loader used by the daemon: the TensorRT → CUDA → CPU chain of `crate::engine`.
+pub fn engine_loader(cfg: Config) -> Loader {
     Box::new(move |status: StatusFn| {
         let dir = cfg.model_dir();
         if !dir.join("config.json").is_file() {
@@ -96,53 +94,22 @@ pub fn cpu_loader(cfg: Config) -> Loader {
                 cfg.model
             ));
         }
-        let mut fallbacks = Vec::new();
-        match cfg.optimization_backend {
-            BackendPreference::Cpu | BackendPreference::Eager => {}
-            other => {
-                for b in ["tensorrt", "cuda"] {
-                    let wanted = matches!(
-                        (other, b),
-                        (BackendPreference::Auto, _)
-                            | (BackendPreference::Tensorrt, "tensorrt")
-                            | (
-                                BackendPreference::Cuda | BackendPreference::TorchCompile,
-                                "cuda"
-                            )
-                    );
-                    if wanted {
-                        fallbacks.push(Fallback {
-                            backend: b.into(),
-                            reason: "GPU execution providers are not available in this build"
-                                .into(),
-                        });
-                    }
-                }
-            }
-        }
-        for f in &fallbacks {
-            tracing::warn!(backend = %f.backend, reason = %f.reason, "backend unavailable; falling back");
-        }
-        status("building engine (cpu)");
-        let t = Instant::now();
-        let opts = DetectorOptions {
-            library: cfg.onnxruntime_path.clone(),
-            threads: cfg.threads,
-            query_cache: cfg.query_cache_size,
-            max_queries: cfg.max_queries,
-            ..DetectorOptions::default()
-        };
-        let det = Detector::load(&dir, &opts).map_err(|e| e.to_string())?;
+        let engine = crate::engine::load(&cfg, &dir, &|s: &str| status(s))?;
+        let det = engine.detector;
         let info = EngineInfo {
             model_name: cfg.model.clone(),
             model_dir: dir.display().to_string(),
-            backend: det.backend_name().to_string(),
-            device: "cpu".into(),
-            gpu_available: false,
-            optimization_time: t.elapsed().as_secs_f64(),
+            backend: engine.backend.clone(),
+            device: match &engine.gpu.name {
+                Some(n) if engine.backend != "cpu" => n.clone(),
+                _ => "cpu".into(),
+            },
+            gpu_available: engine.gpu.available,
+            optimization_time: engine.build_time,
             speedup_estimate: 1.0,
             cached: false,
-            fallbacks,
+            fallbacks: engine.fallbacks,
+            gpu: Some(engine.gpu),
             onnxruntime_version: crate::backend::ort::runtime_version(),
             image_size: det.config.image_size,
             warmup_ms: 0.0,
@@ -180,7 +147,7 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
         let token = CancellationToken::new();
         spawn_signal_handler(token.clone())
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        let loader = cpu_loader(cfg.clone());
+        let loader = engine_loader(cfg.clone());
         server::run(cfg, listeners, loader, token)
             .await
             .map_err(|e| e.to_string())

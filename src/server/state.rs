@@ -23,12 +23,7 @@ pub enum Phase {
     Failed = 3,
 }
 
-/// A backend that was tried and not used, with the reason.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Fallback {
-    pub backend: String,
-    pub reason: String,
-}
+pub use crate::engine::Fallback;
 
 /// Facts about the loaded engine, shown by `/api/health` and `/api/optimization`.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -42,6 +37,7 @@ pub struct EngineInfo {
     pub speedup_estimate: f64,
     pub cached: bool,
     pub fallbacks: Vec<Fallback>,
+    pub gpu: Option<crate::gpu::GpuInfo>,
     pub onnxruntime_version: Option<String>,
     pub image_size: usize,
     pub warmup_ms: f64,
