@@ -8,9 +8,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::{Provider, TrtPrecision};
+use crate::cache;
 use crate::config::{BackendPreference, Config, TensorrtPrecision, TorchCompileMode};
 use crate::gpu::{self, GpuInfo};
-use crate::pipeline::{Detector, DetectorOptions};
+use crate::pipeline::{Artifact, Detector, DetectorOptions};
 
 /// A backend that was tried (or skipped) and not used, with the reason.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -25,8 +26,114 @@ pub struct Engine {
     pub backend: String,
     pub fallbacks: Vec<Fallback>,
     pub gpu: GpuInfo,
-    /// Seconds spent building the chosen engine (graphs + session creation / optimisation).
+    /// Seconds spent building the chosen engine (graphs + session creation / optimisation), or
+    /// loading it from the cache.
     pub build_time: f64,
+    /// The optimised artifact came from the cache.
+    pub cached: bool,
+    /// The cache entry in use (CPU provider with optimisation enabled).
+    pub entry: Option<cache::Entry>,
+}
+
+/// Documented static speedup estimates of the optimised engine over the eager baseline, shown
+/// until `optimize --benchmark` or `bench --compare` measures one on this machine.
+pub fn static_speedup(backend: &str) -> f64 {
+    match backend {
+        "tensorrt" => 3.0,
+        "cuda" => 1.5,
+        _ => 1.2,
+    }
+}
+
+/// The speedup to report: the measured one when the cache entry has it, else the static estimate.
+pub fn speedup_estimate(e: &Engine) -> f64 {
+    e.entry
+        .as_ref()
+        .and_then(|x| x.meta.speedup)
+        .unwrap_or_else(|| static_speedup(&e.backend))
+}
+
+/// The cache key of the CPU artifact for `dir` under `cfg`.
+pub fn cpu_key(cfg: &Config, dir: &Path) -> Result<cache::KeyParts, String> {
+    let onnxruntime = crate::backend::ort::ensure_runtime(cfg.onnxruntime_path.as_deref())
+        .map_err(|e| e.to_string())?;
+    Ok(cache::KeyParts {
+        model_fingerprint: cache::model_fingerprint(dir)
+            .map_err(|e| format!("cannot fingerprint {}: {e}", dir.display()))?,
+        onnxruntime,
+        provider: "cpu".into(),
+        precision: "fp32".into(),
+        max_batch: cfg.max_batch_size,
+        device: cache::cpu_name(),
+        graph_builder: crate::model::graphs::GRAPH_BUILDER_VERSION.into(),
+    })
+}
+
+/// Loads the CPU engine through the artifact cache: a valid entry is loaded without re-optimising;
+/// otherwise the graph is built, optimised by ONNX Runtime and saved atomically (in memory only when
+/// the cache directory is not writable). A broken entry is rebuilt, never a crash loop.
+fn load_cpu_cached(
+    cfg: &Config,
+    dir: &Path,
+    opts: DetectorOptions,
+    status: &dyn Fn(&str),
+) -> Result<(Detector, f64, bool, Option<cache::Entry>), crate::pipeline::DetectError> {
+    let parts = match cpu_key(cfg, dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "no cache key; building in memory");
+            let t = Instant::now();
+            let d = Detector::load(dir, &opts)?;
+            return Ok((d, t.elapsed().as_secs_f64(), false, None));
+        }
+    };
+    let key = parts.key();
+    if let Some(entry) = cache::lookup(&cfg.cache_dir, &key) {
+        status("loading cached engine (cpu)");
+        let t = Instant::now();
+        let o = DetectorOptions {
+            artifact: Artifact::Load(entry.graph()),
+            ..opts.clone()
+        };
+        match Detector::load(dir, &o) {
+            Ok(d) => {
+                tracing::info!(entry = %entry.dir.display(), "loaded the optimized engine from the cache");
+                return Ok((d, t.elapsed().as_secs_f64(), true, Some(entry)));
+            }
+            Err(e) => {
+                tracing::warn!(entry = %entry.dir.display(), error = %e, "cached engine does not load; rebuilding");
+                cache::remove(&cfg.cache_dir, &key);
+            }
+        }
+    }
+    status("building engine (cpu)");
+    let t = Instant::now();
+    let Some(st) = cache::staging(&cfg.cache_dir, &key) else {
+        let d = Detector::load(dir, &opts)?;
+        return Ok((d, t.elapsed().as_secs_f64(), false, None));
+    };
+    let o = DetectorOptions {
+        artifact: Artifact::Save(st.join(cache::GRAPH_FILE)),
+        ..opts
+    };
+    let d = Detector::load(dir, &o);
+    let elapsed = t.elapsed().as_secs_f64();
+    let d = match d {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&st);
+            return Err(e);
+        }
+    };
+    let entry = match cache::commit(&cfg.cache_dir, &st, &parts, elapsed) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot save the optimized engine; serving from memory");
+            let _ = std::fs::remove_dir_all(&st);
+            None
+        }
+    };
+    Ok((d, elapsed, false, entry))
 }
 
 /// The providers to try, in order, for a preference (the CPU always ends the chain).
@@ -90,8 +197,6 @@ pub fn load(cfg: &Config, dir: &Path, status: &dyn Fn(&str)) -> Result<Engine, S
             });
             continue;
         }
-        status(&format!("building engine ({name})"));
-        let t = Instant::now();
         let opts = DetectorOptions {
             library: cfg.onnxruntime_path.clone(),
             threads: cfg.threads,
@@ -101,14 +206,23 @@ pub fn load(cfg: &Config, dir: &Path, status: &dyn Fn(&str)) -> Result<Engine, S
             provider: provider.clone(),
             ..DetectorOptions::default()
         };
-        match Detector::load(dir, &opts) {
-            Ok(detector) => {
+        let loaded = if provider == Provider::Cpu && cfg.enable_optimization {
+            load_cpu_cached(cfg, dir, opts, status)
+        } else {
+            status(&format!("building engine ({name})"));
+            let t = Instant::now();
+            Detector::load(dir, &opts).map(|d| (d, t.elapsed().as_secs_f64(), false, None))
+        };
+        match loaded {
+            Ok((detector, build_time, cached, entry)) => {
                 return Ok(Engine {
                     detector,
                     backend: name.into(),
                     fallbacks,
                     gpu,
-                    build_time: t.elapsed().as_secs_f64(),
+                    build_time,
+                    cached,
+                    entry,
                 })
             }
             Err(e) => {

@@ -3,6 +3,7 @@
 //! See the README's Architecture section for the code map and invariants.
 
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod engine;

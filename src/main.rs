@@ -39,6 +39,24 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Optimize(args) => {
+            let filter = tracing_subscriber::EnvFilter::try_from_env("IV_LOG_LEVEL")
+                .unwrap_or_else(|_| "warn".into());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            match intelligent_video::cli::optimize::run(&args) {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve(args) => intelligent_video::cli::serve::serve(&args),
         Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),
     }

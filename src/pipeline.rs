@@ -9,7 +9,7 @@ use std::sync::Arc;
 use lru::LruCache;
 
 use crate::backend::ort::{CpuOptions, OrtBackend};
-use crate::backend::{Backend, BackendError, ImageBatch, Provider};
+use crate::backend::{Backend, BackendError, ImageBatch, ImageGraph, Provider};
 use crate::model::graphs::{self, Attention};
 use crate::model::tokenizer::QueryError;
 use crate::model::{ModelDir, ModelError, OwlConfig, QueryTokenizer};
@@ -64,6 +64,20 @@ pub struct DetectorOptions {
     pub optimize: bool,
     /// Execution provider.
     pub provider: Provider,
+    /// Optimised-image-graph artifact: write it here (`Save`) or load it from here (`Load`).
+    pub artifact: Artifact,
+}
+
+/// What to do with the optimised image-graph artifact.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Artifact {
+    /// Build in memory only.
+    #[default]
+    None,
+    /// Build, and let ONNX Runtime write the optimised graph to this `.onnx` path.
+    Save(PathBuf),
+    /// Load this previously saved optimised graph instead of building the image graph.
+    Load(PathBuf),
 }
 
 impl Default for DetectorOptions {
@@ -76,6 +90,7 @@ impl Default for DetectorOptions {
             attention: Attention::Fused,
             optimize: true,
             provider: Provider::Cpu,
+            artifact: Artifact::None,
         }
     }
 }
@@ -113,11 +128,23 @@ impl Detector {
     pub fn load(dir: &Path, opts: &DetectorOptions) -> Result<Self, DetectError> {
         let model = ModelDir::open(dir)?;
         let tokenizer = QueryTokenizer::from_dir(dir, model.config.text_len)?;
-        let g = graphs::build(&model.config, &model.checkpoint, opts.attention)?;
+        let text = graphs::build_text_graph(&model.config, &model.checkpoint)?;
+        let image_bytes = match &opts.artifact {
+            Artifact::Load(_) => Vec::new(),
+            _ => graphs::build_image_graph(&model.config, &model.checkpoint, opts.attention)?,
+        };
+        let image = match &opts.artifact {
+            Artifact::None => ImageGraph::Build(&image_bytes),
+            Artifact::Save(p) => ImageGraph::BuildAndSave {
+                bytes: &image_bytes,
+                path: p,
+            },
+            Artifact::Load(p) => ImageGraph::Load(p),
+        };
         let backend = OrtBackend::new(
             opts.library.as_deref(),
-            &g.image,
-            &g.text,
+            image,
+            &text,
             &model.dir,
             model.config.image_size,
             &CpuOptions {

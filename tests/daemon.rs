@@ -398,3 +398,77 @@ fn config_check_prints_effective_settings_or_exits_78() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(78));
 }
+
+#[test]
+fn optimized_artifact_is_cached_reused_and_rebuilt_when_corrupt() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let cache_s = cache.path().to_str().expect("utf8").to_string();
+    let body = std::fs::read(common::fixtures().join("images/wide_blur.png")).expect("img");
+    let target = detect_target(&["person"], "threshold=0.3");
+    let boot = |expect_cached: bool| -> serde_json::Value {
+        let mut d = Daemon::start(&[
+            ("IV_CACHE_DIR", cache_s.as_str()),
+            ("IV_WARMUP_ITERATIONS", "1"),
+        ]);
+        d.wait_ready();
+        let h = d.health().json();
+        assert_eq!(
+            h["optimization"]["cached"],
+            expect_cached,
+            "{h}; stderr:\n{}",
+            d.stderr()
+        );
+        let r = d.request("POST", &target, Some("image/png"), &body);
+        assert_eq!(r.status, 200);
+        d.signal(Signal::SIGTERM);
+        assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
+        r.json()["detections"].clone()
+    };
+    let cold = boot(false);
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .expect("ls")
+        .map(|e| e.expect("e").path())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "one entry, no temporary folders left: {entries:?}"
+    );
+    let entry = entries[0].clone();
+    for f in ["image.onnx", "image.weights", "meta.json"] {
+        assert!(entry.join(f).is_file(), "{f} missing");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry.join("meta.json")).expect("meta"))
+            .expect("json");
+    assert!(meta["optimization_time"].as_f64().is_some_and(|t| t > 0.0));
+    // Warm boot: served from the cache, same answers.
+    assert_eq!(boot(true), cold);
+    // Truncated weights: rebuilt with a warning, never a crash loop.
+    let w = entry.join("image.weights");
+    let len = std::fs::metadata(&w).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&w)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("truncate");
+    assert_eq!(boot(false), cold);
+    assert_eq!(boot(true), cold);
+    // Garbage graph with matching size: the load fails, the entry is rebuilt.
+    let g = entry.join("image.onnx");
+    let glen = std::fs::metadata(&g).expect("meta").len() as usize;
+    std::fs::write(&g, vec![0xABu8; glen]).expect("garbage");
+    assert_eq!(boot(false), cold);
+    // An unusable cache directory still serves (built in memory).
+    let file = cache.path().join("plain-file");
+    std::fs::write(&file, b"x").expect("write");
+    let mut d = Daemon::start(&[
+        ("IV_CACHE_DIR", file.to_str().expect("utf8")),
+        ("IV_WARMUP_ITERATIONS", "1"),
+    ]);
+    d.wait_ready();
+    assert_eq!(d.health().json()["optimization"]["cached"], false);
+    let r = d.request("POST", &target, Some("image/png"), &body);
+    assert_eq!(r.json()["detections"], cold);
+}

@@ -77,6 +77,24 @@ impl Provider {
     }
 }
 
+/// Where the image graph comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageGraph<'a> {
+    /// Serialised graph built from the checkpoint.
+    Build(&'a [u8]),
+    /// Built graph, and ONNX Runtime writes its optimised form to `path` (weights beside it in
+    /// `OPTIMIZED_WEIGHTS_FILE`).
+    BuildAndSave {
+        bytes: &'a [u8],
+        path: &'a std::path::Path,
+    },
+    /// A previously saved optimised graph (optimisations are not run again).
+    Load(&'a std::path::Path),
+}
+
+/// File name of the weights written beside a saved optimised graph.
+pub const OPTIMIZED_WEIGHTS_FILE: &str = "image.weights";
+
 /// Errors of an inference backend.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {

@@ -9,7 +9,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::{Backend, BackendError, ImageBatch, Provider, TrtPrecision};
+use super::{
+    Backend, BackendError, ImageBatch, ImageGraph, Provider, TrtPrecision, OPTIMIZED_WEIGHTS_FILE,
+};
 use crate::model::graphs::IMAGE_OUTPUTS;
 
 /// Environment variable naming the ONNX Runtime shared library to load.
@@ -95,6 +97,12 @@ pub fn runtime(
         })
         .clone()
         .map_err(BackendError::Library)
+}
+
+/// Loads ONNX Runtime (once) and returns its version.
+pub fn ensure_runtime(explicit: Option<&Path>) -> Result<String, BackendError> {
+    runtime(explicit)?;
+    Ok(runtime_version().unwrap_or_else(|| "unknown".into()))
 }
 
 /// ONNX Runtime's version (from the loaded library's file name, else its build info), once loaded.
@@ -192,25 +200,45 @@ pub struct OrtBackend {
 fn session(
     env: &ort::environment::Environment,
     graph: &'static str,
-    bytes: &[u8],
+    source: ImageGraph<'_>,
     weights_dir: &Path,
     opts: &CpuOptions,
     input_shape: &dyn Fn(usize) -> String,
 ) -> Result<Session, BackendError> {
     let err = |e: String| BackendError::Session { graph, message: e };
+    let level = match source {
+        // Already optimised when it was saved.
+        ImageGraph::Load(_) => GraphOptimizationLevel::Disable,
+        _ if opts.optimize => GraphOptimizationLevel::All,
+        _ => GraphOptimizationLevel::Level1,
+    };
     let mut b = Session::builder(env)
         .map_err(|e| err(e.to_string()))?
-        .with_optimization_level(if opts.optimize {
-            GraphOptimizationLevel::All
-        } else {
-            GraphOptimizationLevel::Level1
-        })
-        .map_err(|e| err(e.to_string()))?
-        .with_config_entry(
-            "session.model_external_initializers_file_folder_path",
-            weights_dir.to_string_lossy(),
-        )
+        .with_optimization_level(level)
         .map_err(|e| err(e.to_string()))?;
+    if !matches!(source, ImageGraph::Load(_)) {
+        b = b
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                weights_dir.to_string_lossy(),
+            )
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if let ImageGraph::BuildAndSave { path, .. } = source {
+        b = b
+            .with_optimized_model_path(path)
+            .map_err(|e| err(e.to_string()))?
+            .with_config_entry(
+                "session.optimized_model_external_initializers_file_name",
+                OPTIMIZED_WEIGHTS_FILE,
+            )
+            .map_err(|e| err(e.to_string()))?
+            .with_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                "1024",
+            )
+            .map_err(|e| err(e.to_string()))?;
+    }
     if opts.threads > 0 {
         b = b
             .with_intra_threads(opts.threads)
@@ -222,14 +250,21 @@ fn session(
             .with_execution_providers(eps)
             .map_err(|e| err(format!("{} execution provider: {e}", opts.provider.name())))?;
     }
-    b.commit_from_memory(bytes).map_err(|e| err(e.to_string()))
+    match source {
+        ImageGraph::Build(bytes) | ImageGraph::BuildAndSave { bytes, .. } => {
+            b.commit_from_memory(bytes).map_err(|e| err(e.to_string()))
+        }
+        ImageGraph::Load(path) => b
+            .commit_from_file(path)
+            .map_err(|e| err(format!("{}: {e}", path.display()))),
+    }
 }
 
 impl OrtBackend {
     /// Creates sessions for the serialised graphs whose external weights live in `weights_dir`.
     pub fn new(
         library: Option<&Path>,
-        image_graph: &[u8],
+        image_graph: ImageGraph<'_>,
         text_graph: &[u8],
         weights_dir: &Path,
         image_size: usize,
@@ -240,9 +275,14 @@ impl OrtBackend {
         let image = session(&env, "image", image_graph, weights_dir, opts, &|b| {
             format!("pixel_values:{b}x3x{s}x{s}")
         })?;
-        let text = session(&env, "text", text_graph, weights_dir, opts, &|b| {
-            format!("input_ids:{b}x16")
-        })?;
+        let text = session(
+            &env,
+            "text",
+            ImageGraph::Build(text_graph),
+            weights_dir,
+            opts,
+            &|b| format!("input_ids:{b}x16"),
+        )?;
         Ok(OrtBackend {
             image,
             text,

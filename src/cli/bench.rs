@@ -93,7 +93,8 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn synthetic_frame(w: u32, h: u32) -> Rgb {
+/// A deterministic textured frame.
+pub fn synthetic_frame(w: u32, h: u32) -> Rgb {
     let mut data = Vec::with_capacity((w * h * 3) as usize);
     let mut x: u32 = 12345;
     for yy in 0..h {
@@ -148,6 +149,39 @@ impl Progress {
     }
 }
 
+/// Times `batches` runs of the image graph on batches of `batch` copies of `frame` (after one
+/// untimed warmup run); `tick(i)` is called after run `i` (1-based).
+pub fn time_inference(
+    det: &mut Detector,
+    frame: &Rgb,
+    batches: usize,
+    batch: usize,
+    tick: &dyn Fn(usize),
+) -> anyhow::Result<Vec<Duration>> {
+    let mut px = Vec::new();
+    for _ in 0..batch {
+        det.preprocess_into(frame, &mut px);
+    }
+    det.run_images(&px, batch).context("warmup inference")?;
+    let mut lat = Vec::with_capacity(batches);
+    for i in 0..batches {
+        let t = Instant::now();
+        det.run_images(&px, batch).context("inference")?;
+        lat.push(t.elapsed());
+        tick(i + 1);
+    }
+    Ok(lat)
+}
+
+/// Median of durations in milliseconds.
+pub fn median_ms(v: &[Duration]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(f64::NAN)
+}
+
 fn measure_side(
     args: &BenchArgs,
     optimize: bool,
@@ -164,22 +198,11 @@ fn measure_side(
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let b = args.batch_size.max(1);
-    let mut px = Vec::new();
-    for _ in 0..b {
-        det.preprocess_into(frame, &mut px);
-    }
-    det.run_images(&px, b).context("warmup inference")?; // warmup
     let batches = args.num_images.max(1).div_ceil(b);
     let label = if optimize { "optimized" } else { "eager" };
     let bar = Progress::new(label, batches, args.json);
-    let mut lat = Vec::with_capacity(batches);
     let start = Instant::now();
-    for i in 0..batches {
-        let t = Instant::now();
-        det.run_images(&px, b).context("inference")?;
-        lat.push(t.elapsed());
-        bar.tick(i + 1);
-    }
+    let lat = time_inference(&mut det, frame, batches, b, &|i| bar.tick(i))?;
     let total = start.elapsed().as_secs_f64();
     Ok((
         SideResult {

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod detect;
+pub mod optimize;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ pub enum Command {
     Detect(detect::DetectArgs),
     /// Measure image-side throughput and latency (optionally against the eager baseline).
     Bench(bench::BenchArgs),
+    /// Build (or rebuild with --force) the optimized engine into the cache; --benchmark stores the measured speedup.
+    Optimize(optimize::OptimizeArgs),
     /// Run the detection daemon (Unix-socket API, loopback health HTTP, systemd notify).
     Serve(serve::ServeArgs),
     /// Configuration tools.

@@ -95,6 +95,8 @@ pub fn engine_loader(cfg: Config) -> Loader {
             ));
         }
         let engine = crate::engine::load(&cfg, &dir, &|s: &str| status(s))?;
+        let speedup_estimate = crate::engine::speedup_estimate(&engine);
+        let cached = engine.cached;
         let det = engine.detector;
         let info = EngineInfo {
             model_name: cfg.model.clone(),
@@ -106,8 +108,8 @@ pub fn engine_loader(cfg: Config) -> Loader {
             },
             gpu_available: engine.gpu.available,
             optimization_time: engine.build_time,
-            speedup_estimate: 1.0,
-            cached: false,
+            speedup_estimate,
+            cached,
             fallbacks: engine.fallbacks,
             gpu: Some(engine.gpu),
             onnxruntime_version: crate::backend::ort::runtime_version(),
