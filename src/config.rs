@@ -94,6 +94,14 @@ pub enum TensorrtPrecision {
     Int8,
 }
 
+/// `IV_CPU_PRECISION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuPrecision {
+    Fp32,
+    Int8,
+}
+
 /// `IV_TORCH_COMPILE_MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -121,6 +129,8 @@ pub struct Config {
     pub optimization_backend: BackendPreference,
     pub tensorrt_precision: TensorrtPrecision,
     pub torch_compile_mode: TorchCompileMode,
+    /// CPU engine precision: `fp32` (exact) or `int8` (opt-in speed mode).
+    pub cpu_precision: CpuPrecision,
     pub warmup_iterations: u32,
     pub cache_dir: PathBuf,
     pub max_batch_size: usize,
@@ -158,6 +168,7 @@ impl Default for Config {
             optimization_backend: BackendPreference::Auto,
             tensorrt_precision: TensorrtPrecision::Fp16,
             torch_compile_mode: TorchCompileMode::Default,
+            cpu_precision: CpuPrecision::Fp32,
             warmup_iterations: 5,
             cache_dir: "/var/cache/intelligent-video/optimized".into(),
             max_batch_size: 4,

@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::backend::{Provider, TrtPrecision};
 use crate::cache;
-use crate::config::{BackendPreference, Config, TensorrtPrecision, TorchCompileMode};
+use crate::config::{BackendPreference, Config, CpuPrecision, TensorrtPrecision, TorchCompileMode};
 use crate::gpu::{self, GpuInfo};
+use crate::model::graphs::Precision;
 use crate::pipeline::{Artifact, Detector, DetectorOptions};
 
 /// A backend that was tried (or skipped) and not used, with the reason.
@@ -62,7 +63,10 @@ pub fn cpu_key(cfg: &Config, dir: &Path) -> Result<cache::KeyParts, String> {
             .map_err(|e| format!("cannot fingerprint {}: {e}", dir.display()))?,
         onnxruntime,
         provider: "cpu".into(),
-        precision: "fp32".into(),
+        precision: match cfg.cpu_precision {
+            CpuPrecision::Fp32 => "fp32".into(),
+            CpuPrecision::Int8 => "int8".into(),
+        },
         max_batch: cfg.max_batch_size,
         device: cache::cpu_name(),
         graph_builder: crate::model::graphs::GRAPH_BUILDER_VERSION.into(),
@@ -204,6 +208,11 @@ pub fn load(cfg: &Config, dir: &Path, status: &dyn Fn(&str)) -> Result<Engine, S
             max_queries: cfg.max_queries,
             optimize: cfg.enable_optimization,
             provider: provider.clone(),
+            precision: if provider == Provider::Cpu && cfg.cpu_precision == CpuPrecision::Int8 {
+                Precision::Int8
+            } else {
+                Precision::Fp32
+            },
             ..DetectorOptions::default()
         };
         let loaded = if provider == Provider::Cpu && cfg.enable_optimization {

@@ -64,6 +64,8 @@ pub struct DetectorOptions {
     pub optimize: bool,
     /// Execution provider.
     pub provider: Provider,
+    /// Precision of the image tower (int8 is an opt-in speed mode).
+    pub precision: graphs::Precision,
     /// Optimised-image-graph artifact: write it here (`Save`) or load it from here (`Load`).
     pub artifact: Artifact,
 }
@@ -91,6 +93,7 @@ impl Default for DetectorOptions {
             optimize: true,
             provider: Provider::Cpu,
             artifact: Artifact::None,
+            precision: graphs::Precision::Fp32,
         }
     }
 }
@@ -131,7 +134,12 @@ impl Detector {
         let text = graphs::build_text_graph(&model.config, &model.checkpoint)?;
         let image_bytes = match &opts.artifact {
             Artifact::Load(_) => Vec::new(),
-            _ => graphs::build_image_graph(&model.config, &model.checkpoint, opts.attention)?,
+            _ => graphs::build_image_graph(
+                &model.config,
+                &model.checkpoint,
+                opts.attention,
+                opts.precision,
+            )?,
         };
         let image = match &opts.artifact {
             Artifact::None => ImageGraph::Build(&image_bytes),

@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Encoded image used for the preprocessing measurement (default: a synthetic 1920×1080 frame).
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// Image-tower precision: fp32 (exact) or int8 (quantized encoder projections).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "int8"])]
+    pub precision: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -191,6 +194,11 @@ fn measure_side(
         library: args.runtime.onnxruntime.clone(),
         threads: args.runtime.threads,
         optimize,
+        precision: if args.precision == "int8" {
+            crate::model::graphs::Precision::Int8
+        } else {
+            crate::model::graphs::Precision::Fp32
+        },
         ..DetectorOptions::default()
     };
     let t = Instant::now();

@@ -34,6 +34,9 @@ pub struct DetectArgs {
     /// Largest accepted image side in pixels.
     #[arg(long, default_value_t = ImageLimits::default().max_side)]
     pub max_side: u32,
+    /// Image-tower precision: fp32 (exact, default) or int8 (quantized encoder projections).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "int8"])]
+    pub precision: String,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Image files (JPEG, PNG, WebP, BMP).
@@ -78,6 +81,11 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
         library: args.runtime.onnxruntime.clone(),
         threads: args.runtime.threads,
         max_queries: args.queries.len().max(1),
+        precision: if args.precision == "int8" {
+            crate::model::graphs::Precision::Int8
+        } else {
+            crate::model::graphs::Precision::Fp32
+        },
         ..DetectorOptions::default()
     };
     let mut det = Detector::load(&args.model, &opts)

@@ -38,6 +38,35 @@ pub enum Attention {
     Unfused,
 }
 
+/// Numeric precision of the image tower's encoder projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Exact: every weight as stored (converted to f32).
+    #[default]
+    Fp32,
+    /// The encoder's q/k/v/out/fc1/fc2 weights quantized to int8 per output channel (symmetric,
+    /// scale = max|w|/127) by the graph builder, run as dynamically quantized MatMuls
+    /// (`com.microsoft.DynamicQuantizeMatMul`). Embeddings, layer norms, attention and heads stay f32.
+    Int8,
+}
+
+/// Quantizes a PyTorch `[out, in]` weight per output channel into the `[in, out]` int8 layout
+/// `DynamicQuantizeMatMul` reads, returning `(q, scales)`.
+pub fn quantize_per_channel(w: &[f32], dout: usize, din: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut scales = vec![0f32; dout];
+    let mut q = vec![0i8; din * dout];
+    for o in 0..dout {
+        let row = &w[o * din..(o + 1) * din];
+        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales[o] = scale;
+        for (i, v) in row.iter().enumerate() {
+            q[i * dout + o] = (v / scale).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    (q, scales)
+}
+
 /// The serialised graphs of one model.
 pub struct Graphs {
     pub image: Vec<u8>,
@@ -51,7 +80,7 @@ pub fn build(
     attention: Attention,
 ) -> Result<Graphs, ModelError> {
     Ok(Graphs {
-        image: build_image_graph(cfg, ckpt, attention)?,
+        image: build_image_graph(cfg, ckpt, attention, Precision::Fp32)?,
         text: build_text_graph(cfg, ckpt)?,
     })
 }
@@ -75,6 +104,7 @@ pub fn box_bias(grid: usize) -> Vec<f32> {
 struct Ctx<'a> {
     b: GraphBuilder,
     ckpt: &'a Checkpoint,
+    precision: Precision,
 }
 
 impl Ctx<'_> {
@@ -99,6 +129,36 @@ impl Ctx<'_> {
         } else {
             Ok(self.b.op("Gemm", &[x, &w], &[Attr::Int("transB", 1)]))
         }
+    }
+
+    /// An encoder projection: `linear`, or its int8 dynamically quantized form.
+    fn proj(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        din: usize,
+        dout: usize,
+    ) -> Result<String, ModelError> {
+        if self.precision == Precision::Fp32 {
+            return self.linear(x, prefix, din, dout, true);
+        }
+        let w = self
+            .ckpt
+            .read_f32_checked(&format!("{prefix}.weight"), &[dout, din])?;
+        let (q, scales) = quantize_per_channel(&w, dout, din);
+        let qn = self
+            .b
+            .const_i8(&format!("{prefix}.weight_int8"), &[din, dout], &q);
+        let sn = self.b.const_f32(&[dout], &scales);
+        let zn = self.b.const_i8(
+            &format!("{prefix}.weight_zero_point"),
+            &[dout],
+            &vec![0i8; dout],
+        );
+        let bias = self.w(&format!("{prefix}.bias"), &[dout])?;
+        Ok(self
+            .b
+            .ms_op("DynamicQuantizeMatMul", &[x, &qn, &sn, &zn, &bias], &[]))
     }
 
     fn layer_norm(
@@ -175,28 +235,16 @@ impl Ctx<'_> {
     ) -> Result<String, ModelError> {
         let d = t.hidden_size;
         let h = self.layer_norm(x, &format!("{prefix}.layer_norm1"), d, t.layer_norm_eps)?;
-        let q = self.linear(&h, &format!("{prefix}.self_attn.q_proj"), d, d, true)?;
-        let k = self.linear(&h, &format!("{prefix}.self_attn.k_proj"), d, d, true)?;
-        let v = self.linear(&h, &format!("{prefix}.self_attn.v_proj"), d, d, true)?;
+        let q = self.proj(&h, &format!("{prefix}.self_attn.q_proj"), d, d)?;
+        let k = self.proj(&h, &format!("{prefix}.self_attn.k_proj"), d, d)?;
+        let v = self.proj(&h, &format!("{prefix}.self_attn.v_proj"), d, d)?;
         let a = self.attention(&q, &k, &v, t, seq, attention);
-        let o = self.linear(&a, &format!("{prefix}.self_attn.out_proj"), d, d, true)?;
+        let o = self.proj(&a, &format!("{prefix}.self_attn.out_proj"), d, d)?;
         let x = self.b.op("Add", &[x, &o], &[]);
         let h = self.layer_norm(&x, &format!("{prefix}.layer_norm2"), d, t.layer_norm_eps)?;
-        let f = self.linear(
-            &h,
-            &format!("{prefix}.mlp.fc1"),
-            d,
-            t.intermediate_size,
-            true,
-        )?;
+        let f = self.proj(&h, &format!("{prefix}.mlp.fc1"), d, t.intermediate_size)?;
         let f = self.quick_gelu(&f);
-        let f = self.linear(
-            &f,
-            &format!("{prefix}.mlp.fc2"),
-            t.intermediate_size,
-            d,
-            true,
-        )?;
+        let f = self.proj(&f, &format!("{prefix}.mlp.fc2"), t.intermediate_size, d)?;
         Ok(self.b.op("Add", &[&x, &f], &[]))
     }
 
@@ -281,10 +329,12 @@ fn image_graph_ctx<'a>(
     cfg: &OwlConfig,
     ckpt: &'a Checkpoint,
     attention: Attention,
+    precision: Precision,
 ) -> Result<Ctx<'a>, ModelError> {
     let mut c = Ctx {
         b: GraphBuilder::new("owlv2_image"),
         ckpt,
+        precision,
     };
     let v = &cfg.vision;
     let d = v.hidden_size;
@@ -414,8 +464,9 @@ pub fn build_image_graph(
     cfg: &OwlConfig,
     ckpt: &Checkpoint,
     attention: Attention,
+    precision: Precision,
 ) -> Result<Vec<u8>, ModelError> {
-    let c = image_graph_ctx(cfg, ckpt, attention)?;
+    let c = image_graph_ctx(cfg, ckpt, attention, precision)?;
     Ok(c.b.finish(
         "OWLv2 image tower and heads",
         &[("graph_builder_version", GRAPH_BUILDER_VERSION.into())],
@@ -427,6 +478,7 @@ pub fn build_text_graph(cfg: &OwlConfig, ckpt: &Checkpoint) -> Result<Vec<u8>, M
     let mut c = Ctx {
         b: GraphBuilder::new("owlv2_text"),
         ckpt,
+        precision: Precision::Fp32,
     };
     let t = &cfg.text;
     let d = t.hidden_size;
@@ -501,6 +553,23 @@ pub fn build_text_graph(cfg: &OwlConfig, ckpt: &Checkpoint) -> Result<Vec<u8>, M
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_channel_quantization_round_trips_within_half_a_step() {
+        // 2 outputs x 3 inputs, PyTorch layout.
+        let w = [0.5f32, -1.0, 0.25, 0.0, 0.0, 0.0];
+        let (q, s) = quantize_per_channel(&w, 2, 3);
+        assert_eq!(s[0], 1.0 / 127.0);
+        assert_eq!(s[1], 1.0); // all-zero row: scale 1, values 0
+                               // [in, out] layout: q[i * 2 + o]
+        assert_eq!(q[0], 64); // 0.5 * 127 = 63.5 -> 64
+        assert_eq!(q[2], -127);
+        assert_eq!(q[4], 32); // 31.75 -> 32
+        assert!(q[1] == 0 && q[3] == 0 && q[5] == 0);
+        for (i, v) in w[..3].iter().enumerate() {
+            assert!((q[i * 2] as f32 * s[0] - v).abs() <= s[0] / 2.0 + 1e-7);
+        }
+    }
 
     #[test]
     fn box_bias_matches_reference_values() {

@@ -134,6 +134,18 @@ impl GraphBuilder {
         name
     }
 
+    /// An int8 initializer (owned data, e.g. quantized weights).
+    pub fn const_i8(&mut self, name: &str, dims: &[usize], values: &[i8]) -> String {
+        self.graph.initializer.push(TensorProto {
+            dims: dims.iter().map(|d| *d as i64).collect(),
+            data_type: data_type::INT8,
+            raw_data: values.iter().map(|v| *v as u8).collect(),
+            name: name.into(),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// A scalar float constant.
     pub fn scalar(&mut self, v: f32) -> String {
         self.const_f32(&[], &[v])
