@@ -86,6 +86,55 @@ pub struct BenchReport {
     pub eager: Option<SideResult>,
     pub speedup: Option<f64>,
     pub peak_rss_mb: Option<f64>,
+    /// With `--precision int8`: drift of every patch's score and box against the exact fp32 engine.
+    pub int8_drift: Option<Drift>,
+}
+
+/// Per-patch difference between two engines on the same frame and queries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drift {
+    pub patches: usize,
+    pub max_score: f64,
+    pub mean_score: f64,
+    /// Largest box-corner difference divided by max(H, W).
+    pub max_box_rel: f64,
+    pub mean_box_rel: f64,
+    /// Fraction of patches whose best query is the same.
+    pub same_label: f64,
+}
+
+const DRIFT_QUERIES: [&str; 3] = ["a person", "a forklift", "a red car"];
+
+fn patch_outputs(det: &mut Detector, frame: &Rgb) -> anyhow::Result<Vec<(usize, f32, [f32; 4])>> {
+    let qs: Vec<String> = DRIFT_QUERIES.iter().map(|s| s.to_string()).collect();
+    let emb = det.query_embeddings(&qs)?;
+    let q: Vec<&[f32]> = emb.iter().map(|e| &e[..]).collect();
+    let mut px = Vec::new();
+    det.preprocess_into(frame, &mut px);
+    let out = det.run_images(&px, 1)?;
+    Ok(crate::postprocess::patch_predictions(&out.heads(0), &q, frame.width, frame.height))
+}
+
+fn drift(a: &[(usize, f32, [f32; 4])], b: &[(usize, f32, [f32; 4])], side: f64) -> Drift {
+    let n = a.len().min(b.len()).max(1);
+    let (mut ms, mut ss, mut mb, mut sb, mut same) = (0f64, 0f64, 0f64, 0f64, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        let ds = (x.1 as f64 - y.1 as f64).abs();
+        ms = ms.max(ds);
+        ss += ds;
+        let db = (0..4).map(|k| (x.2[k] as f64 - y.2[k] as f64).abs() / side).fold(0.0, f64::max);
+        mb = mb.max(db);
+        sb += db;
+        same += usize::from(x.0 == y.0);
+    }
+    Drift {
+        patches: n,
+        max_score: ms,
+        mean_score: ss / n as f64,
+        max_box_rel: mb,
+        mean_box_rel: sb / n as f64,
+        same_label: same as f64 / n as f64,
+    }
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB.
@@ -261,7 +310,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     }
     let backend = det.backend_name().to_string();
     let image_size = det.config.image_size;
-    drop(det);
+    let mut det = det;
+    let int8_drift = if args.precision == "int8" {
+        let ours = patch_outputs(&mut det, &frame)?;
+        drop(det);
+        let mut exact = Detector::load(
+            &args.model,
+            &DetectorOptions {
+                library: args.runtime.onnxruntime.clone(),
+                threads: args.runtime.threads,
+                ..DetectorOptions::default()
+            },
+        )?;
+        let reference = patch_outputs(&mut exact, &frame)?;
+        Some(drift(&reference, &ours, f64::from(frame.width.max(frame.height))))
+    } else {
+        drop(det);
+        None
+    };
     let eager = if args.compare {
         Some(measure_side(args, false, &frame)?.0)
     } else {
@@ -286,6 +352,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         eager,
         speedup,
         peak_rss_mb: peak_rss_mb(),
+        int8_drift,
     })
 }
 
@@ -308,6 +375,12 @@ pub fn render_text(r: &BenchReport) -> String {
     }
     if let Some(x) = r.speedup {
         s.push_str(&format!("speedup (eager p50 / optimized p50): {x:.2}x\n"));
+    }
+    if let Some(d) = &r.int8_drift {
+        s.push_str(&format!(
+            "int8 drift vs fp32 over {} patches: score max {:.4} mean {:.4}; box max {:.4} mean {:.4} x max(H,W); same label {:.1}%\n",
+            d.patches, d.max_score, d.mean_score, d.max_box_rel, d.mean_box_rel, d.same_label * 100.0
+        ));
     }
     if let Some(m) = r.peak_rss_mb {
         s.push_str(&format!("peak RSS {m:.0} MiB\n"));
