@@ -27,6 +27,12 @@ test: $(ORT_LIB)
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --locked
 
+# Debian package (amd64 here; arm64 for DGX Spark: build on the Spark, or `cargo deb --target
+# aarch64-unknown-linux-gnu` with a cross toolchain and an arm64 libonnxruntime in target/onnxruntime).
+deb: build
+	cargo deb --no-build
+	@ls -1 target/debian/*.deb
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings

@@ -112,7 +112,12 @@ fn patch_outputs(det: &mut Detector, frame: &Rgb) -> anyhow::Result<Vec<(usize, 
     let mut px = Vec::new();
     det.preprocess_into(frame, &mut px);
     let out = det.run_images(&px, 1)?;
-    Ok(crate::postprocess::patch_predictions(&out.heads(0), &q, frame.width, frame.height))
+    Ok(crate::postprocess::patch_predictions(
+        &out.heads(0),
+        &q,
+        frame.width,
+        frame.height,
+    ))
 }
 
 fn drift(a: &[(usize, f32, [f32; 4])], b: &[(usize, f32, [f32; 4])], side: f64) -> Drift {
@@ -122,7 +127,9 @@ fn drift(a: &[(usize, f32, [f32; 4])], b: &[(usize, f32, [f32; 4])], side: f64) 
         let ds = (x.1 as f64 - y.1 as f64).abs();
         ms = ms.max(ds);
         ss += ds;
-        let db = (0..4).map(|k| (x.2[k] as f64 - y.2[k] as f64).abs() / side).fold(0.0, f64::max);
+        let db = (0..4)
+            .map(|k| (x.2[k] as f64 - y.2[k] as f64).abs() / side)
+            .fold(0.0, f64::max);
         mb = mb.max(db);
         sb += db;
         same += usize::from(x.0 == y.0);
@@ -323,7 +330,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             },
         )?;
         let reference = patch_outputs(&mut exact, &frame)?;
-        Some(drift(&reference, &ours, f64::from(frame.width.max(frame.height))))
+        Some(drift(
+            &reference,
+            &ours,
+            f64::from(frame.width.max(frame.height)),
+        ))
     } else {
         drop(det);
         None
