@@ -6,16 +6,21 @@ use std::process::ExitCode;
 use clap::Parser;
 use intelligent_video::cli::{Cli, Command};
 
+/// Logging for the one-shot commands: warnings and errors on stderr (`IV_LOG_LEVEL` overrides).
+fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IV_LOG_LEVEL")
+        .unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Detect(args) => {
-            let filter = tracing_subscriber::EnvFilter::try_from_env("IV_LOG_LEVEL")
-                .unwrap_or_else(|_| "warn".into());
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
+            init_cli_logging();
             match intelligent_video::cli::detect::run(&args) {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::from(1),
@@ -40,12 +45,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Optimize(args) => {
-            let filter = tracing_subscriber::EnvFilter::try_from_env("IV_LOG_LEVEL")
-                .unwrap_or_else(|_| "warn".into());
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
+            init_cli_logging();
             match intelligent_video::cli::optimize::run(&args) {
                 Ok(r) => {
                     println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());

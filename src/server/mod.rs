@@ -120,6 +120,37 @@ async fn refuse<S: tokio::io::AsyncWrite + Unpin>(mut s: S) {
     let _ = s.shutdown().await;
 }
 
+/// Serves one accepted connection (HTTP/1.1, header timeout, graceful-shutdown aware), or answers
+/// 503 and closes it when the listener's connection cap is reached.
+fn serve_connection<S>(
+    stream: S,
+    peer: http::Peer,
+    st: &Arc<AppState>,
+    conns: &Arc<Semaphore>,
+    graceful: &GracefulShutdown,
+    header_timeout: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = conns.clone().try_acquire_owned() else {
+        tokio::spawn(refuse(stream));
+        return;
+    };
+    let st = st.clone();
+    let svc = service_fn(move |req| http::handle(req, st.clone(), peer));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), svc);
+    let fut = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::debug!(error = %e, ?peer, "connection ended with an error");
+        }
+        drop(permit);
+    });
+}
+
 /// Runs the daemon until `shutdown` is cancelled (or loading fails).
 pub async fn run(
     cfg: Config,
@@ -180,25 +211,9 @@ pub async fn run(
                     _ = stop.cancelled() => break,
                     r = detect.accept() => match r {
                         Ok((stream, _)) => {
-                            let Ok(permit) = detect_conns.clone().try_acquire_owned() else {
-                                tokio::spawn(refuse(stream));
-                                continue;
-                            };
                             let cred = stream.peer_cred().ok();
                             let peer = http::Peer::Unix { uid: cred.map(|c| c.uid()), pid: cred.and_then(|c| c.pid()) };
-                            let st2 = st.clone();
-                            let svc = service_fn(move |req| http::handle(req, st2.clone(), peer));
-                            let conn = hyper::server::conn::http1::Builder::new()
-                                .timer(TokioTimer::new())
-                                .header_read_timeout(header_timeout)
-                                .serve_connection(TokioIo::new(stream), svc);
-                            let fut = graceful_ref.watch(conn);
-                            tokio::spawn(async move {
-                                if let Err(e) = fut.await {
-                                    tracing::debug!(error = %e, "unix connection ended with an error");
-                                }
-                                drop(permit);
-                            });
+                            serve_connection(stream, peer, &st, &detect_conns, graceful_ref, header_timeout);
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "accept on the detection socket failed");
@@ -206,25 +221,7 @@ pub async fn run(
                         }
                     },
                     r = http_l.accept() => match r {
-                        Ok((stream, _)) => {
-                            let Ok(permit) = http_conns.clone().try_acquire_owned() else {
-                                tokio::spawn(refuse(stream));
-                                continue;
-                            };
-                            let st2 = st.clone();
-                            let svc = service_fn(move |req| http::handle(req, st2.clone(), http::Peer::Tcp));
-                            let conn = hyper::server::conn::http1::Builder::new()
-                                .timer(TokioTimer::new())
-                                .header_read_timeout(header_timeout)
-                                .serve_connection(TokioIo::new(stream), svc);
-                            let fut = graceful_ref.watch(conn);
-                            tokio::spawn(async move {
-                                if let Err(e) = fut.await {
-                                    tracing::debug!(error = %e, "http connection ended with an error");
-                                }
-                                drop(permit);
-                            });
-                        }
+                        Ok((stream, _)) => serve_connection(stream, http::Peer::Tcp, &st, &http_conns, graceful_ref, header_timeout),
                         Err(e) => {
                             tracing::warn!(error = %e, "accept on the http socket failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
