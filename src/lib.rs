@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod server;
+pub mod store;

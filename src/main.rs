@@ -57,6 +57,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Model(cmd) => {
+            init_cli_logging();
+            match intelligent_video::cli::model::run(&cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve(args) => intelligent_video::cli::serve::serve(&args),
         Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),
     }

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod detect;
+pub mod model;
 pub mod optimize;
 pub mod serve;
 
@@ -26,6 +27,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Build (or rebuild with --force) the optimized engine into the cache; --benchmark stores the measured speedup.
     Optimize(optimize::OptimizeArgs),
+    /// Model store: pull, list, rm.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Run the detection daemon (Unix-socket API, loopback health HTTP, systemd notify).
     Serve(serve::ServeArgs),
     /// Configuration tools.
