@@ -242,8 +242,11 @@ pub async fn run(
         accept
     );
 
-    // Drain in-flight connections within the grace period.
+    // Drain in-flight connections within the grace period. Connections accepted just before the
+    // listeners closed get a moment to deliver their request first: hyper closes a connection that
+    // has no request in progress at once, which a client would see as a reset.
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    tokio::time::sleep(grace.min(Duration::from_millis(300))).await;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

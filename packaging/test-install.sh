@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# End-to-end package test: boots a real systemd in a container (debootstrap + systemd-nspawn),
+# installs the .deb with apt, points it at the tiny fixture model, and checks the service as users
+# see it: start returns after READY with the daemon's STATUS line, health, detection for a member of
+# intelligent-video-clients (refused for others), restart under a looping client, clean stop,
+# reinstall keeping an edited config, purge removing state and cache. Needs root, debootstrap and
+# systemd-container (installed by .ci/run). Usage: packaging/test-install.sh [DEB]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deb=${1:-$(ls -1t target/debian/intelligent-video_*.deb | head -n 1)}
+work=${IV_TEST_ROOT:-/var/tmp/iv-test-install}
+base=$work/base
+root=$work/root
+mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+
+fail() { echo "FAIL: $*"; [ -f "$work/console.log" ] && tail -n 30 "$work/console.log"; exit 1; }
+step() { echo "== $*"; }
+
+if [ ! -x "$base/lib/systemd/systemd" ]; then
+    step "debootstrap bookworm ($mirror)"
+    rm -rf "$base"
+    mkdir -p "$work"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,curl,adduser \
+        bookworm "$base" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log"; fail debootstrap; }
+fi
+rm -rf "$root"
+cp -a "$base" "$root"
+echo "iv-test" >"$root/etc/hostname"
+mkdir -p "$root/opt/ivtest"
+cp "$deb" "$root/opt/ivtest/pkg.deb"
+mkdir -p "$root/opt/ivtest/model" && cp models/fixtures/tiny-a/* "$root/opt/ivtest/model/"
+cp models/fixtures/images/small_pad.png "$root/opt/ivtest/img.png"
+
+step "boot systemd in the container"
+systemd-nspawn -D "$root" --register=no --keep-unit -b --console=pipe >"$work/console.log" 2>&1 &
+nspawn=$!
+cleanup() { kill "$nspawn" 2>/dev/null || true; wait "$nspawn" 2>/dev/null || true; }
+trap cleanup EXIT
+pid=""
+for _ in $(seq 300); do
+    pid=$(pgrep -P "$nspawn" | head -n 1 || true)
+    if [ -n "$pid" ]; then
+        state=$(nsenter -t "$pid" -a systemctl is-system-running 2>/dev/null || true)
+        case $state in running|degraded) break ;; esac
+    fi
+    sleep 0.2
+done
+[ -n "$pid" ] || fail "container did not boot"
+ct() { nsenter -t "$pid" -a "$@"; }
+echo "container systemd pid $pid ($(ct systemctl is-system-running || true))"
+
+step "apt install ./intelligent-video.deb"
+ct env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq /opt/ivtest/pkg.deb >"$work/apt.log" 2>&1 || { tail -n 20 "$work/apt.log"; fail "apt install"; }
+ct getent passwd intelligent-video >/dev/null || fail "system user missing"
+ct getent group intelligent-video-clients >/dev/null || fail "client group missing"
+ct systemctl is-enabled intelligent-video.socket >/dev/null || fail "socket unit not enabled"
+
+step "configure the tiny fixture model"
+ct mkdir -p /var/lib/intelligent-video/models/acme
+ct cp -r /opt/ivtest/model /var/lib/intelligent-video/models/acme/tiny
+ct chown -R intelligent-video:intelligent-video /var/lib/intelligent-video/models
+ct sh -c 'printf "\nmodel = \"acme/tiny\"\nwarmup_iterations = 2\n" >> /etc/intelligent-video/config.toml'
+ct intelligent-video config check >/dev/null || fail "config check"
+
+step "systemctl start returns after READY"
+ct systemctl start intelligent-video.socket
+ct systemctl start intelligent-video || { ct journalctl -u intelligent-video --no-pager | tail -n 30; fail "start"; }
+[ "$(ct systemctl show -p ActiveState --value intelligent-video)" = active ] || fail "not active after start"
+ct systemctl status intelligent-video --no-pager | tee "$work/status.txt" | grep -q 'Status: "serving on cpu"' || { cat "$work/status.txt"; fail "STATUS line not shown"; }
+
+step "health"
+ct curl -sf http://127.0.0.1:8000/api/health | grep -q '"status":"healthy"' || fail "health"
+
+step "detection as a client-group member; refused for another user"
+ct useradd -m -G intelligent-video-clients alice
+ct useradd -m bob
+ct runuser -u alice -- curl -sf --unix-socket /run/intelligent-video.sock -H 'content-type: image/png' \
+    --data-binary @/opt/ivtest/img.png 'http://localhost/v1/detect?query=person&threshold=0' | grep -q '"detections":\[{' || fail "alice detect"
+if ct runuser -u bob -- curl -s --unix-socket /run/intelligent-video.sock -H 'content-type: image/png' \
+    --data-binary @/opt/ivtest/img.png 'http://localhost/v1/detect?query=person' >/dev/null 2>&1; then
+    fail "bob was not refused"
+fi
+
+step "restart while a client loops"
+ct runuser -u alice -- sh -c 'for i in $(seq 150); do
+    code=$(curl -s -o /dev/null -w "%{http_code}" --max-time 60 --unix-socket /run/intelligent-video.sock \
+        -H "content-type: image/png" --data-binary @/opt/ivtest/img.png "http://localhost/v1/detect?query=person")
+    echo "$? $code"
+done > /home/alice/loop.txt' &
+loop=$!
+sleep 1
+ct systemctl restart intelligent-video
+wait "$loop" || true
+ct cat /home/alice/loop.txt >"$work/loop.txt"
+total=$(wc -l <"$work/loop.txt")
+ok=$(grep -c '^0 200$' "$work/loop.txt" || true)
+busy=$(grep -c '^0 503$' "$work/loop.txt" || true)
+echo "requests $total: 200=$ok 503=$busy"
+[ "$total" -eq 150 ] || fail "client loop incomplete"
+[ $((ok + busy)) -eq "$total" ] || { grep -v -e '^0 200$' -e '^0 503$' "$work/loop.txt" | head; fail "lost or failed requests across restart"; }
+[ "$ok" -gt 0 ] || fail "no successful request"
+
+step "systemctl stop exits cleanly"
+ct systemctl stop intelligent-video
+[ "$(ct systemctl show -p Result --value intelligent-video)" = success ] || fail "stop result"
+[ "$(ct systemctl show -p ExecMainStatus --value intelligent-video)" = 0 ] || fail "exit status"
+ct journalctl -u intelligent-video --no-pager -o cat >"$work/journal.txt" 2>&1 || true
+grep -q "shutdown requested" "$work/journal.txt" || { tail -n 20 "$work/journal.txt"; fail "no drain logged"; }
+
+step "reinstall keeps an edited config.toml"
+ct sh -c 'echo "# edited by the admin" >> /etc/intelligent-video/config.toml'
+ct env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall /opt/ivtest/pkg.deb >>"$work/apt.log" 2>&1 || fail "reinstall"
+ct grep -q "# edited by the admin" /etc/intelligent-video/config.toml || fail "edited config lost"
+
+step "purge removes config, models and cache; the user stays"
+ct env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq intelligent-video >>"$work/apt.log" 2>&1 || fail "purge"
+for d in /etc/intelligent-video /var/lib/intelligent-video /var/cache/intelligent-video; do
+    ct test ! -e "$d" || fail "$d left after purge"
+done
+ct getent passwd intelligent-video >/dev/null || fail "user removed by purge"
+echo "test-install passed"
