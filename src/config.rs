@@ -290,6 +290,22 @@ impl Config {
         }
     }
 
+    /// The model directory when the model is installed, else the message that names the command
+    /// to install it (the daemon never downloads).
+    pub fn installed_model_dir(&self) -> Result<PathBuf, String> {
+        let dir = self.model_dir();
+        if dir.join("config.json").is_file() {
+            Ok(dir)
+        } else {
+            Err(format!(
+                "model {} is not installed at {}; run `intelligent-video model pull {}` first",
+                self.model,
+                dir.display(),
+                self.model
+            ))
+        }
+    }
+
     /// The effective log format: journald when stderr is the journal, text otherwise.
     pub fn effective_log_format(&self) -> LogFormat {
         self.log_format.unwrap_or_else(|| {

@@ -16,56 +16,50 @@ fn init_cli_logging() {
         .init();
 }
 
+/// Exit code of a one-shot command: errors print one `error: …` line on stderr and exit 1.
+fn finish<T>(result: anyhow::Result<T>, ok: impl FnOnce(T) -> ExitCode) -> ExitCode {
+    match result {
+        Ok(v) => ok(v),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Detect(args) => {
             init_cli_logging();
-            match intelligent_video::cli::detect::run(&args) {
-                Ok(0) => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
+            finish(intelligent_video::cli::detect::run(&args), |failed| {
+                if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
                     ExitCode::from(1)
                 }
-            }
+            })
         }
-        Command::Bench(args) => match intelligent_video::cli::bench::run(&args) {
-            Ok(r) => {
-                if args.json {
-                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                } else {
-                    print!("{}", intelligent_video::cli::bench::render_text(&r));
-                }
-                ExitCode::SUCCESS
+        Command::Bench(args) => finish(intelligent_video::cli::bench::run(&args), |r| {
+            if args.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print!("{}", intelligent_video::cli::bench::render_text(&r));
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+            ExitCode::SUCCESS
+        }),
         Command::Optimize(args) => {
             init_cli_logging();
-            match intelligent_video::cli::optimize::run(&args) {
-                Ok(r) => {
-                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            finish(intelligent_video::cli::optimize::run(&args), |r| {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                ExitCode::SUCCESS
+            })
         }
         Command::Model(cmd) => {
             init_cli_logging();
-            match intelligent_video::cli::model::run(&cmd) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            finish(intelligent_video::cli::model::run(&cmd), |()| {
+                ExitCode::SUCCESS
+            })
         }
         Command::Serve(args) => intelligent_video::cli::serve::serve(&args),
         Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),

@@ -38,6 +38,23 @@ pub struct PostParams {
     pub nms_iou: Option<f32>,
 }
 
+impl PostParams {
+    /// Validated settings: the threshold and the NMS IoU must be finite numbers in `[0, 1]`.
+    pub fn new(threshold: f32, nms_iou: Option<f32>) -> Result<Self, String> {
+        if !threshold.is_finite() || !(0.0..=1.0).contains(&threshold) {
+            return Err(format!(
+                "threshold must be a number in [0, 1], got {threshold}"
+            ));
+        }
+        if let Some(n) = nms_iou {
+            if !n.is_finite() || !(0.0..=1.0).contains(&n) {
+                return Err(format!("nms IoU must be a number in [0, 1], got {n}"));
+            }
+        }
+        Ok(PostParams { threshold, nms_iou })
+    }
+}
+
 /// `logits[p * Q + q] = (dot(ce[p], query[q]) + shift[p]) * scale[p]`.
 pub fn class_logits(heads: &ImageHeads<'_>, queries: &[&[f32]]) -> Vec<f32> {
     let p = heads.logit_shift.len();
@@ -222,6 +239,20 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert!(d.iter().all(|x| x.query_index == 0 && x.label == "x"));
         assert!(d[0].score > d[1].score);
+    }
+
+    #[test]
+    fn params_are_validated() {
+        assert!(PostParams::new(0.0, Some(1.0)).is_ok());
+        for (t, n) in [
+            (1.5, None),
+            (-0.1, None),
+            (f32::NAN, None),
+            (0.1, Some(2.0)),
+            (0.1, Some(f32::NAN)),
+        ] {
+            assert!(PostParams::new(t, n).is_err(), "{t} {n:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::daemon::{
-    detect_target, enc, parse_response, request_bytes, tcp_request, Daemon, Response,
+    detect_target, enc, read_response, request_bytes, tcp_request, Daemon, Response,
 };
 use intelligent_video::preprocess::{decode, ImageLimits};
 
@@ -31,30 +31,7 @@ fn send_raw(sock: &Path, raw: &[u8]) -> std::io::Result<Response> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.set_write_timeout(Some(Duration::from_secs(60)))?;
     let write_err = s.write_all(raw).err();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        if let Some(r) = parse_response(&buf) {
-            if r.header("content-length").is_some() {
-                return Ok(r);
-            }
-        }
-        let n = match s.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) => return Err(write_err.unwrap_or(e)),
-        };
-        if n == 0 {
-            return parse_response(&buf).ok_or_else(|| {
-                write_err.unwrap_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("incomplete response: {:?}", String::from_utf8_lossy(&buf)),
-                    )
-                })
-            });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    read_response(&mut s).map_err(|e| write_err.unwrap_or(e))
 }
 
 fn request(

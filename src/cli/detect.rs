@@ -53,25 +53,9 @@ pub struct ImageResult<'a> {
     pub detections: &'a [Detection],
 }
 
-/// Validates a threshold and an NMS IoU.
-pub fn post_params(threshold: f32, nms: Option<f32>) -> anyhow::Result<PostParams> {
-    if !threshold.is_finite() || !(0.0..=1.0).contains(&threshold) {
-        bail!("threshold must be a number in [0, 1], got {threshold}");
-    }
-    if let Some(n) = nms {
-        if !n.is_finite() || !(0.0..=1.0).contains(&n) {
-            bail!("nms IoU must be a number in [0, 1], got {n}");
-        }
-    }
-    Ok(PostParams {
-        threshold,
-        nms_iou: nms,
-    })
-}
-
 /// Runs the command; returns the number of images that failed.
 pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
-    let params = post_params(args.threshold, args.nms)?;
+    let params = PostParams::new(args.threshold, args.nms).map_err(anyhow::Error::msg)?;
     let limits = ImageLimits {
         max_encoded_bytes: args.max_image_bytes,
         max_pixels: args.max_pixels,

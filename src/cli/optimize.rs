@@ -48,15 +48,7 @@ pub struct OptimizeReport {
 pub fn run(args: &OptimizeArgs) -> anyhow::Result<OptimizeReport> {
     let cfg =
         Config::load(args.config.as_deref(), &args.overrides).context("invalid configuration")?;
-    let dir = cfg.model_dir();
-    if !dir.join("config.json").is_file() {
-        bail!(
-            "model {} is not installed at {}; run `intelligent-video model pull {}` first",
-            cfg.model,
-            dir.display(),
-            cfg.model
-        );
-    }
+    let dir = cfg.installed_model_dir().map_err(anyhow::Error::msg)?;
     if !cfg.enable_optimization {
         bail!("enable_optimization is false: there is no optimized artifact to build");
     }

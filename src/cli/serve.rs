@@ -85,15 +85,7 @@ fn init_logging(cfg: &Config) {
 /// The model loader used by the daemon: the TensorRT → CUDA → CPU chain of `crate::engine`.
 pub fn engine_loader(cfg: Config) -> Loader {
     Box::new(move |status: StatusFn| {
-        let dir = cfg.model_dir();
-        if !dir.join("config.json").is_file() {
-            return Err(format!(
-                "model {} is not installed at {}; run `intelligent-video model pull {}` first",
-                cfg.model,
-                dir.display(),
-                cfg.model
-            ));
-        }
+        let dir = cfg.installed_model_dir()?;
         let engine = crate::engine::load(&cfg, &dir, &|s: &str| status(s))?;
         let speedup_estimate = crate::engine::speedup_estimate(&engine);
         let cached = engine.cached;

@@ -287,25 +287,8 @@ fn post_params(
     threshold: Option<f32>,
     nms: Option<f32>,
 ) -> Result<PostParams, ApiError> {
-    let threshold = threshold.unwrap_or(st.config.default_threshold);
-    if !threshold.is_finite() || !(0.0..=1.0).contains(&threshold) {
-        return Err(bad(
-            "invalid_parameter",
-            format!("threshold must be in [0, 1], got {threshold}"),
-        ));
-    }
-    if let Some(n) = nms {
-        if !n.is_finite() || !(0.0..=1.0).contains(&n) {
-            return Err(bad(
-                "invalid_parameter",
-                format!("nms must be in [0, 1], got {n}"),
-            ));
-        }
-    }
-    Ok(PostParams {
-        threshold,
-        nms_iou: nms,
-    })
+    PostParams::new(threshold.unwrap_or(st.config.default_threshold), nms)
+        .map_err(|m| bad("invalid_parameter", m))
 }
 
 fn check_queries(st: &AppState, queries: &[String]) -> Result<(), ApiError> {
@@ -478,7 +461,7 @@ async fn detect(
         pixels,
         width,
         height,
-        queries: queries.clone(),
+        queries,
         params,
         enqueued: Instant::now(),
         reply: tx,

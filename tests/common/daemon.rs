@@ -68,7 +68,8 @@ pub fn parse_response(raw: &[u8]) -> Option<Response> {
     })
 }
 
-fn read_response<S: Read>(s: &mut S) -> std::io::Result<Response> {
+/// Reads one response (until its Content-Length is complete, or the peer closes).
+pub fn read_response<S: Read>(s: &mut S) -> std::io::Result<Response> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     loop {
