@@ -1,31 +1,41 @@
-//! The optimized-artifact cache (`IV_CACHE_DIR`): one folder per key holding the ONNX Runtime-
-//! optimised image graph (`image.onnx` + `image.weights`) and `meta.json` (created,
-//! optimization_time, measured speedup). The key hashes everything that makes an artifact valid:
-//! the model files, ONNX Runtime's version, the provider and its precision/batch profile, the GPU or
-//! CPU it was built on, and the graph builder's version. Writes are atomic (a temporary folder
-//! renamed into place); a corrupt, truncated or mismatched entry is removed and rebuilt.
+//! The optimized-artifact cache (`IV_CACHE_DIR`): one folder per key holding a provider's saved
+//! graphs and `meta.json` (created, optimization_time, measured speedup, and the size of every file
+//! of the entry). CPU entries hold the ONNX Runtime-optimised image and text graphs with their
+//! weights (prepacked too); TensorRT entries hold EP-context models with their engine files. The
+//! key hashes everything that makes an artifact valid: the model files, ONNX Runtime's version, the
+//! provider and its precision/batch profile, the GPU (name, compute capability) or CPU it was built
+//! on, the TensorRT/CUDA/cuDNN versions, and the graph builder's version. Writes are atomic (a
+//! temporary folder renamed into place); a corrupt, truncated or mismatched entry is removed and
+//! rebuilt.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::OPTIMIZED_WEIGHTS_FILE;
-
-/// The graph file inside an entry.
-pub const GRAPH_FILE: &str = "image.onnx";
 const META_FILE: &str = "meta.json";
+/// Version of the entry layout; part of the key so an older layout is never read.
+pub const LAYOUT: u32 = 2;
 
 /// Everything an artifact depends on.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct KeyParts {
+    pub layout: u32,
     pub model_fingerprint: String,
     pub onnxruntime: String,
     pub provider: String,
     pub precision: String,
+    /// Largest image batch of the engine's profile.
     pub max_batch: usize,
+    /// Largest query batch of the text engine's profile (TensorRT; 0 where shapes are dynamic).
+    pub max_queries: usize,
+    /// CPU model name, or GPU name with compute capability.
     pub device: String,
+    pub tensorrt: Option<String>,
+    pub cuda: Option<String>,
+    pub cudnn: Option<String>,
     pub graph_builder: String,
 }
 
@@ -85,8 +95,8 @@ pub struct Meta {
     pub parts: serde_json::Value,
     pub created: u64,
     pub optimization_time: f64,
-    pub graph_bytes: u64,
-    pub weights_bytes: u64,
+    /// Every file of the entry with its size in bytes.
+    pub files: BTreeMap<String, u64>,
     pub speedup: Option<f64>,
 }
 
@@ -97,12 +107,6 @@ pub struct Entry {
     pub meta: Meta,
 }
 
-impl Entry {
-    pub fn graph(&self) -> PathBuf {
-        self.dir.join(GRAPH_FILE)
-    }
-}
-
 fn entry_dir(cache_dir: &Path, key: &str) -> PathBuf {
     cache_dir.join(key)
 }
@@ -111,19 +115,36 @@ fn file_len(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
 
-/// Looks an entry up. A present but invalid entry (bad meta, missing or truncated files, other
-/// key) is removed with a warning and `None` is returned, so the caller rebuilds it.
-pub fn lookup(cache_dir: &Path, key: &str) -> Option<Entry> {
+/// The files of a folder (not recursive) with their sizes.
+fn list_files(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
+    let mut files = BTreeMap::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        if m.is_file() {
+            files.insert(e.file_name().to_string_lossy().into_owned(), m.len());
+        }
+    }
+    Ok(files)
+}
+
+/// Looks an entry up. A present but invalid entry (bad meta, other key, a `required` file missing,
+/// any file missing or of another size) is removed with a warning and `None` is returned, so the
+/// caller rebuilds it.
+pub fn lookup(cache_dir: &Path, key: &str, required: &[String]) -> Option<Entry> {
     let dir = entry_dir(cache_dir, key);
     if !dir.exists() {
         return None;
     }
     let valid = (|| {
         let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).ok()?).ok()?;
-        (meta.key == key
-            && file_len(&dir.join(GRAPH_FILE)) == Some(meta.graph_bytes)
-            && file_len(&dir.join(OPTIMIZED_WEIGHTS_FILE)).unwrap_or(0) == meta.weights_bytes)
-            .then_some(meta)
+        let complete = meta.key == key
+            && required.iter().all(|r| meta.files.contains_key(r))
+            && meta
+                .files
+                .iter()
+                .all(|(name, len)| file_len(&dir.join(name)) == Some(*len));
+        complete.then_some(meta)
     })();
     match valid {
         Some(meta) => Some(Entry { dir, meta }),
@@ -158,14 +179,22 @@ pub fn staging(cache_dir: &Path, key: &str) -> Option<PathBuf> {
     }
 }
 
-/// Writes `meta.json` into the staging folder and renames it into place.
+/// Records the staging folder's files in `meta.json` and renames the folder into place. Fails when
+/// a `required` file was not written.
 pub fn commit(
     cache_dir: &Path,
     staging: &Path,
     parts: &KeyParts,
     optimization_time: f64,
+    required: &[String],
 ) -> std::io::Result<Entry> {
     let key = parts.key();
+    let files = list_files(staging)?;
+    if let Some(missing) = required.iter().find(|r| !files.contains_key(*r)) {
+        return Err(std::io::Error::other(format!(
+            "the optimized artifact {missing} was not written"
+        )));
+    }
     let meta = Meta {
         key: key.clone(),
         parts: serde_json::to_value(parts).unwrap_or_default(),
@@ -174,9 +203,7 @@ pub fn commit(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         optimization_time,
-        graph_bytes: file_len(&staging.join(GRAPH_FILE))
-            .ok_or_else(|| std::io::Error::other("optimised graph was not written"))?,
-        weights_bytes: file_len(&staging.join(OPTIMIZED_WEIGHTS_FILE)).unwrap_or(0),
+        files,
         speedup: None,
     };
     write_meta(staging, &meta)?;
@@ -204,12 +231,17 @@ mod tests {
 
     fn parts() -> KeyParts {
         KeyParts {
+            layout: LAYOUT,
             model_fingerprint: "m".into(),
             onnxruntime: "1.31.1".into(),
             provider: "cpu".into(),
             precision: "fp32".into(),
             max_batch: 4,
+            max_queries: 0,
             device: "cpu x".into(),
+            tensorrt: None,
+            cuda: None,
+            cudnn: None,
             graph_builder: "g1".into(),
         }
     }
@@ -218,6 +250,10 @@ mod tests {
     fn key_changes_with_every_part() {
         let base = parts().key();
         let variants = [
+            KeyParts {
+                layout: LAYOUT + 1,
+                ..parts()
+            },
             KeyParts {
                 model_fingerprint: "m2".into(),
                 ..parts()
@@ -239,7 +275,23 @@ mod tests {
                 ..parts()
             },
             KeyParts {
-                device: "NVIDIA GB10 12.1".into(),
+                max_queries: 64,
+                ..parts()
+            },
+            KeyParts {
+                device: "NVIDIA GB10 (sm 12.1)".into(),
+                ..parts()
+            },
+            KeyParts {
+                tensorrt: Some("10.13.0".into()),
+                ..parts()
+            },
+            KeyParts {
+                cuda: Some("13.0".into()),
+                ..parts()
+            },
+            KeyParts {
+                cudnn: Some("9.8.0".into()),
                 ..parts()
             },
             KeyParts {
@@ -247,9 +299,13 @@ mod tests {
                 ..parts()
             },
         ];
-        for v in variants {
-            assert_ne!(v.key(), base, "{v:?}");
+        let mut keys: Vec<String> = variants.iter().map(KeyParts::key).collect();
+        for (v, k) in variants.iter().zip(&keys) {
+            assert_ne!(*k, base, "{v:?}");
         }
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), variants.len(), "every variant has its own key");
         assert_eq!(parts().key(), base);
     }
 
@@ -258,20 +314,44 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let p = parts();
         let key = p.key();
-        assert!(lookup(dir.path(), &key).is_none());
+        let required = vec!["image.onnx".to_string(), "text.onnx".to_string()];
+        assert!(lookup(dir.path(), &key, &required).is_none());
         let st = staging(dir.path(), &key).expect("writable");
-        std::fs::write(st.join(GRAPH_FILE), b"graph").expect("w");
-        std::fs::write(st.join(OPTIMIZED_WEIGHTS_FILE), b"weights!").expect("w");
-        let mut e = commit(dir.path(), &st, &p, 1.5).expect("commit");
+        std::fs::write(st.join("image.onnx"), b"graph").expect("w");
+        std::fs::write(st.join("image.weights"), b"weights!").expect("w");
+        // A required file missing: nothing is committed.
+        let err = commit(dir.path(), &st, &p, 1.5, &required).expect_err("text.onnx missing");
+        assert!(err.to_string().contains("text.onnx"), "{err}");
+        std::fs::write(st.join("text.onnx"), b"text").expect("w");
+        let mut e = commit(dir.path(), &st, &p, 1.5, &required).expect("commit");
         assert!(!st.exists(), "staging renamed away");
+        assert_eq!(e.meta.files.get("image.weights"), Some(&8));
+        assert_eq!(e.meta.files.len(), 3);
         set_speedup(&mut e, 1.7).expect("speedup");
-        let found = lookup(dir.path(), &key).expect("found");
+        let found = lookup(dir.path(), &key, &required).expect("found");
         assert_eq!(found.meta.optimization_time, 1.5);
         assert_eq!(found.meta.speedup, Some(1.7));
-        // Truncate the weights: the entry is dropped.
-        std::fs::write(found.dir.join(OPTIMIZED_WEIGHTS_FILE), b"w").expect("w");
-        assert!(lookup(dir.path(), &key).is_none());
-        assert!(!found.dir.exists());
+        // An entry lacking what another provider requires is not valid for it.
+        let trt = vec!["image_ctx.onnx".to_string()];
+        assert!(lookup(dir.path(), &key, &trt).is_none());
+        assert!(!found.dir.exists(), "the unusable entry is removed");
+        // Truncate a weights file: the entry is dropped.
+        let st = staging(dir.path(), &key).expect("writable");
+        for f in ["image.onnx", "text.onnx", "image.weights"] {
+            std::fs::write(st.join(f), b"data").expect("w");
+        }
+        let e = commit(dir.path(), &st, &p, 1.0, &required).expect("commit");
+        std::fs::write(e.dir.join("image.weights"), b"w").expect("w");
+        assert!(lookup(dir.path(), &key, &required).is_none());
+        assert!(!e.dir.exists());
+        // An unreadable meta.json: dropped too.
+        let st = staging(dir.path(), &key).expect("writable");
+        for f in ["image.onnx", "text.onnx"] {
+            std::fs::write(st.join(f), b"data").expect("w");
+        }
+        let e = commit(dir.path(), &st, &p, 1.0, &required).expect("commit");
+        std::fs::write(e.dir.join(META_FILE), b"{not json").expect("w");
+        assert!(lookup(dir.path(), &key, &required).is_none());
     }
 
     #[test]

@@ -54,49 +54,115 @@ pub fn speedup_estimate(e: &Engine) -> f64 {
         .unwrap_or_else(|| static_speedup(&e.backend))
 }
 
-/// The cache key of the CPU artifact for `dir` under `cfg`.
-pub fn cpu_key(cfg: &Config, dir: &Path) -> Result<cache::KeyParts, String> {
+/// Folder of the TensorRT libraries' most likely home: beside the loaded ONNX Runtime.
+fn ort_dir() -> Option<std::path::PathBuf> {
+    crate::backend::ort::runtime_path().and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// The GPU as a cache-key part: name and compute capability.
+fn gpu_device(gpu: &GpuInfo) -> String {
+    format!(
+        "{} (sm {})",
+        gpu.name.as_deref().unwrap_or("unknown GPU"),
+        gpu.compute_capability.as_deref().unwrap_or("?")
+    )
+}
+
+/// The cache key of `provider`'s artifact for the model in `dir` under `cfg`.
+pub fn artifact_key(
+    cfg: &Config,
+    dir: &Path,
+    provider: &Provider,
+    gpu: &GpuInfo,
+) -> Result<cache::KeyParts, String> {
     let onnxruntime = crate::backend::ort::ensure_runtime(cfg.onnxruntime_path.as_deref())
         .map_err(|e| e.to_string())?;
+    let libs = ort_dir();
+    let (precision, device, tensorrt, max_queries) = match provider {
+        Provider::Cpu => (
+            match cfg.cpu_precision {
+                CpuPrecision::Fp32 => "fp32",
+                CpuPrecision::Int8 => "int8",
+            },
+            cache::cpu_name(),
+            None,
+            0,
+        ),
+        Provider::TensorRt {
+            precision,
+            max_queries,
+            ..
+        } => (
+            match precision {
+                TrtPrecision::Fp32 => "fp32",
+                TrtPrecision::Fp16 => "fp16",
+                TrtPrecision::Int8 => "int8",
+            },
+            gpu_device(gpu),
+            Some(gpu::tensorrt_version(libs.as_deref())?),
+            *max_queries,
+        ),
+        Provider::Cuda { .. } => ("fp32", gpu_device(gpu), None, 0),
+    };
+    let on_gpu = *provider != Provider::Cpu;
     Ok(cache::KeyParts {
+        layout: cache::LAYOUT,
         model_fingerprint: cache::model_fingerprint(dir)
             .map_err(|e| format!("cannot fingerprint {}: {e}", dir.display()))?,
         onnxruntime,
-        provider: "cpu".into(),
-        precision: match cfg.cpu_precision {
-            CpuPrecision::Fp32 => "fp32".into(),
-            CpuPrecision::Int8 => "int8".into(),
-        },
+        provider: provider.name().into(),
+        precision: precision.into(),
         max_batch: cfg.max_batch_size,
-        device: cache::cpu_name(),
+        max_queries,
+        device,
+        tensorrt,
+        cuda: on_gpu
+            .then(|| gpu::cuda_runtime_version(libs.as_deref()).ok())
+            .flatten(),
+        cudnn: on_gpu
+            .then(|| gpu::cudnn_version(libs.as_deref()).ok())
+            .flatten(),
         graph_builder: crate::model::graphs::GRAPH_BUILDER_VERSION.into(),
     })
 }
 
-/// Loads the CPU engine through the artifact cache: a valid entry is loaded without re-optimising;
-/// otherwise the graph is built, optimised by ONNX Runtime and saved atomically (in memory only when
-/// the cache directory is not writable). A broken entry is rebuilt, never a crash loop.
-fn load_cpu_cached(
+type Loaded = (Detector, f64, bool, Option<cache::Entry>);
+
+/// Loads an engine through the artifact cache: a valid entry is loaded without optimising or
+/// building again; otherwise the graphs are built, optimised (CPU) or compiled (TensorRT) and saved
+/// atomically (in memory only when the cache directory is not writable). A broken entry is rebuilt,
+/// never a crash loop. `force` drops the entry first.
+fn load_cached(
     cfg: &Config,
     dir: &Path,
     opts: DetectorOptions,
+    gpu: &GpuInfo,
+    force: bool,
     status: &dyn Fn(&str),
-) -> Result<(Detector, f64, bool, Option<cache::Entry>), crate::pipeline::DetectError> {
-    let parts = match cpu_key(cfg, dir) {
+) -> Result<Loaded, crate::pipeline::DetectError> {
+    let name = opts.provider.name();
+    let in_memory = |opts: &DetectorOptions| {
+        let t = Instant::now();
+        Detector::load(dir, opts).map(|d| (d, t.elapsed().as_secs_f64(), false, None))
+    };
+    let parts = match artifact_key(cfg, dir, &opts.provider, gpu) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "no cache key; building in memory");
-            let t = Instant::now();
-            let d = Detector::load(dir, &opts)?;
-            return Ok((d, t.elapsed().as_secs_f64(), false, None));
+            status(&format!("building engine ({name})"));
+            return in_memory(&opts);
         }
     };
     let key = parts.key();
-    if let Some(entry) = cache::lookup(&cfg.cache_dir, &key) {
-        status("loading cached engine (cpu)");
+    let required = ["image", "text"].map(|g| opts.provider.artifact_file(g));
+    if force {
+        cache::remove(&cfg.cache_dir, &key);
+    }
+    if let Some(entry) = cache::lookup(&cfg.cache_dir, &key, &required) {
+        status(&format!("loading cached engine ({name})"));
         let t = Instant::now();
         let o = DetectorOptions {
-            artifact: Artifact::Load(entry.graph()),
+            artifact: Artifact::Load(entry.dir.clone()),
             ..opts.clone()
         };
         match Detector::load(dir, &o) {
@@ -110,14 +176,13 @@ fn load_cpu_cached(
             }
         }
     }
-    status("building engine (cpu)");
-    let t = Instant::now();
+    status(&format!("building engine ({name})"));
     let Some(st) = cache::staging(&cfg.cache_dir, &key) else {
-        let d = Detector::load(dir, &opts)?;
-        return Ok((d, t.elapsed().as_secs_f64(), false, None));
+        return in_memory(&opts);
     };
+    let t = Instant::now();
     let o = DetectorOptions {
-        artifact: Artifact::Save(st.join(cache::GRAPH_FILE)),
+        artifact: Artifact::Save(st.clone()),
         ..opts
     };
     let d = Detector::load(dir, &o);
@@ -129,7 +194,7 @@ fn load_cpu_cached(
             return Err(e);
         }
     };
-    let entry = match cache::commit(&cfg.cache_dir, &st, &parts, elapsed) {
+    let entry = match cache::commit(&cfg.cache_dir, &st, &parts, elapsed, &required) {
         Ok(e) => Some(e),
         Err(e) => {
             tracing::warn!(error = %e, "cannot save the optimized engine; serving from memory");
@@ -148,8 +213,12 @@ pub fn chain(cfg: &Config) -> Vec<Provider> {
             TensorrtPrecision::Fp16 => TrtPrecision::Fp16,
             TensorrtPrecision::Int8 => TrtPrecision::Int8,
         },
-        cache_dir: cfg.enable_optimization.then(|| cfg.cache_dir.clone()),
         max_batch: cfg.max_batch_size,
+        max_queries: cfg.max_queries,
+        // Shared by all engine builds; created when TensorRT is tried.
+        timing_cache: cfg
+            .enable_optimization
+            .then(|| cfg.cache_dir.join("tensorrt-timing")),
     };
     let cuda = Provider::Cuda {
         cuda_graphs: cfg.torch_compile_mode == TorchCompileMode::ReduceOverhead,
@@ -176,8 +245,36 @@ pub fn alias_notice(pref: BackendPreference) -> Option<&'static str> {
     }
 }
 
-/// Loads `dir` on the first provider of the chain that works.
-pub fn load(cfg: &Config, dir: &Path, status: &dyn Fn(&str)) -> Result<Engine, String> {
+/// Why `provider` cannot be tried here, checked before anything is built: no GPU, an ONNX Runtime
+/// build without the provider, or (TensorRT) no TensorRT library.
+fn unavailable(cfg: &Config, provider: &Provider, gpu: &GpuInfo) -> Option<String> {
+    if *provider == Provider::Cpu {
+        return None;
+    }
+    if !gpu.available {
+        return Some(gpu.reason.clone().unwrap_or_else(|| "no GPU".into()));
+    }
+    if let Err(e) =
+        crate::backend::ort::provider_available(provider, cfg.onnxruntime_path.as_deref())
+    {
+        return Some(e.to_string());
+    }
+    if let Provider::TensorRt { .. } = provider {
+        if let Err(e) = gpu::tensorrt_version(ort_dir().as_deref()) {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// Loads `dir` on the first provider of the chain that works (`force`: rebuild the cached
+/// artifact).
+pub fn load(
+    cfg: &Config,
+    dir: &Path,
+    force: bool,
+    status: &dyn Fn(&str),
+) -> Result<Engine, String> {
     if let Some(n) = alias_notice(cfg.optimization_backend) {
         tracing::info!("{n}");
     }
@@ -190,16 +287,25 @@ pub fn load(cfg: &Config, dir: &Path, status: &dyn Fn(&str)) -> Result<Engine, S
     }
     let mut fallbacks = Vec::new();
     let mut last_err = String::new();
-    for provider in chain(cfg) {
+    for mut provider in chain(cfg) {
         let name = provider.name();
-        if provider != Provider::Cpu && !gpu.available {
-            let reason = gpu.reason.clone().unwrap_or_else(|| "no GPU".into());
+        if let Some(reason) = unavailable(cfg, &provider, &gpu) {
             tracing::warn!(backend = name, %reason, "backend unavailable; falling back");
             fallbacks.push(Fallback {
                 backend: name.into(),
                 reason,
             });
             continue;
+        }
+        if let Provider::TensorRt {
+            timing_cache: tc @ Some(_),
+            ..
+        } = &mut provider
+        {
+            if let Some(Err(e)) = tc.as_deref().map(std::fs::create_dir_all) {
+                tracing::warn!(error = %e, "no TensorRT timing cache folder; timing cache in memory");
+                *tc = None;
+            }
         }
         let opts = DetectorOptions {
             library: cfg.onnxruntime_path.clone(),
@@ -215,8 +321,8 @@ pub fn load(cfg: &Config, dir: &Path, status: &dyn Fn(&str)) -> Result<Engine, S
             },
             ..DetectorOptions::default()
         };
-        let loaded = if provider == Provider::Cpu && cfg.enable_optimization {
-            load_cpu_cached(cfg, dir, opts, status)
+        let loaded = if cfg.enable_optimization && provider.caches_artifacts() {
+            load_cached(cfg, dir, opts, &gpu, force, status)
         } else {
             status(&format!("building engine ({name})"));
             let t = Instant::now();
@@ -272,11 +378,16 @@ mod tests {
             Provider::TensorRt {
                 precision,
                 max_batch,
-                cache_dir,
+                max_queries,
+                timing_cache,
             } => {
                 assert_eq!(*precision, TrtPrecision::Int8);
                 assert_eq!(*max_batch, 8);
-                assert_eq!(cache_dir.as_deref(), Some(c.cache_dir.as_path()));
+                assert_eq!(*max_queries, c.max_queries);
+                assert_eq!(
+                    timing_cache.as_deref(),
+                    Some(c.cache_dir.join("tensorrt-timing").as_path())
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -1,6 +1,8 @@
 //! NVIDIA GPU discovery through the CUDA driver API (`cudarc`, loaded dynamically at run time, so
 //! the binary builds and runs with no CUDA installed). Reports the first device's name, compute
-//! capability, memory and the driver version, or why no GPU is usable. Knows nothing of inference.
+//! capability, memory and the driver version, or why no GPU is usable; and the versions of the
+//! TensorRT, CUDA runtime and cuDNN libraries the GPU execution providers would load (they are part
+//! of the optimized-engine cache key). Knows nothing of inference.
 
 use serde::Serialize;
 
@@ -86,8 +88,151 @@ pub fn discover() -> GpuInfo {
     }
 }
 
+/// A GPU library's version, read by calling its version function after `dlopen`.
+#[derive(Debug, Clone, Copy)]
+enum VersionFn {
+    /// `int32_t getInferLibVersion()` (TensorRT).
+    TensorRt,
+    /// `cudaError_t cudaRuntimeGetVersion(int*)` (CUDA runtime).
+    CudaRuntime,
+    /// `size_t cudnnGetVersion()` (cuDNN).
+    Cudnn,
+}
+
+/// The sonames tried, newest first, for each library.
+const TENSORRT_LIBS: &[&str] = &["libnvinfer.so.10", "libnvinfer.so"];
+const CUDART_LIBS: &[&str] = &["libcudart.so.13", "libcudart.so.12", "libcudart.so"];
+const CUDNN_LIBS: &[&str] = &["libcudnn.so.9", "libcudnn.so"];
+
+/// TensorRT's `NV_TENSORRT_VERSION` as `major.minor.patch` (10.x encodes `M*10000+m*100+p`, 8.x
+/// `M*1000+m*100+p`).
+pub fn format_tensorrt_version(v: i64) -> String {
+    if v >= 100_000 {
+        format!("{}.{}.{}", v / 10_000, (v / 100) % 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 1000, (v / 100) % 10, v % 100)
+    }
+}
+
+/// `cudaRuntimeGetVersion`'s `1000*major + 10*minor` as `major.minor`.
+pub fn format_cuda_version(v: i64) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+/// cuDNN 9's `major*10000 + minor*100 + patch` (8.x: `major*1000 + minor*100 + patch`).
+pub fn format_cudnn_version(v: i64) -> String {
+    if v >= 90_000 {
+        format!("{}.{}.{}", v / 10_000, (v / 100) % 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 1000, (v / 100) % 10, v % 100)
+    }
+}
+
+/// Loads the first library of `names` found (first in `extra_dir`, then the loader's search path)
+/// and reads its version; the error names the first soname, like the loader would.
+fn library_version(
+    names: &[&str],
+    extra_dir: Option<&std::path::Path>,
+    f: VersionFn,
+) -> Result<String, String> {
+    let mut candidates: Vec<std::ffi::OsString> = Vec::new();
+    for n in names {
+        if let Some(d) = extra_dir {
+            candidates.push(d.join(n).into_os_string());
+        }
+        candidates.push((*n).into());
+    }
+    for c in candidates {
+        // SAFETY: loading a vendor library runs its initialisers; these are NVIDIA's own libraries,
+        // opened exactly as ONNX Runtime's GPU providers would open them.
+        let Ok(lib) = (unsafe { libloading::Library::new(&c) }) else {
+            continue;
+        };
+        // SAFETY: each symbol is looked up with the C signature documented by its vendor header
+        // (NvInfer.h, cuda_runtime_api.h, cudnn.h) and called with valid arguments.
+        let v: Option<i64> = unsafe {
+            match f {
+                VersionFn::TensorRt => lib
+                    .get::<unsafe extern "C" fn() -> i32>(b"getInferLibVersion\0")
+                    .ok()
+                    .map(|s| i64::from(s())),
+                VersionFn::CudaRuntime => lib
+                    .get::<unsafe extern "C" fn(*mut std::ffi::c_int) -> std::ffi::c_int>(
+                        b"cudaRuntimeGetVersion\0",
+                    )
+                    .ok()
+                    .and_then(|s| {
+                        let mut v: std::ffi::c_int = 0;
+                        (s(&mut v) == 0).then_some(i64::from(v))
+                    }),
+                VersionFn::Cudnn => lib
+                    .get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0")
+                    .ok()
+                    .map(|s| s() as i64),
+            }
+        };
+        let name = std::path::Path::new(&c).display().to_string();
+        return match (v, f) {
+            (Some(v), VersionFn::TensorRt) => Ok(format_tensorrt_version(v)),
+            (Some(v), VersionFn::CudaRuntime) => Ok(format_cuda_version(v)),
+            (Some(v), VersionFn::Cudnn) => Ok(format_cudnn_version(v)),
+            (None, _) => Err(format!("{name} loaded but reports no version")),
+        };
+    }
+    Err(format!("{} not found", names[0]))
+}
+
+/// TensorRT's version (`libnvinfer`), looked up beside ONNX Runtime first.
+pub fn tensorrt_version(ort_dir: Option<&std::path::Path>) -> Result<String, String> {
+    library_version(TENSORRT_LIBS, ort_dir, VersionFn::TensorRt)
+}
+
+/// The CUDA runtime's version (`libcudart`), looked up beside ONNX Runtime first.
+pub fn cuda_runtime_version(ort_dir: Option<&std::path::Path>) -> Result<String, String> {
+    library_version(CUDART_LIBS, ort_dir, VersionFn::CudaRuntime)
+}
+
+/// cuDNN's version (`libcudnn`), looked up beside ONNX Runtime first.
+pub fn cudnn_version(ort_dir: Option<&std::path::Path>) -> Result<String, String> {
+    library_version(CUDNN_LIBS, ort_dir, VersionFn::Cudnn)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn library_versions_are_decoded() {
+        assert_eq!(format_tensorrt_version(101_300), "10.13.0");
+        assert_eq!(format_tensorrt_version(100_902), "10.9.2");
+        assert_eq!(format_tensorrt_version(8_601), "8.6.1");
+        assert_eq!(format_cuda_version(12_080), "12.8");
+        assert_eq!(format_cuda_version(13_000), "13.0");
+        assert_eq!(format_cudnn_version(90_800), "9.8.0");
+        assert_eq!(format_cudnn_version(8_907), "8.9.7");
+    }
+
+    #[test]
+    fn missing_libraries_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let e = library_version(
+            &["libiv-does-not-exist.so.7"],
+            Some(dir.path()),
+            VersionFn::TensorRt,
+        )
+        .expect_err("no such library");
+        assert_eq!(e, "libiv-does-not-exist.so.7 not found");
+        // A library without the symbol is found but reports no version.
+        let e =
+            library_version(&["libc.so.6"], None, VersionFn::Cudnn).expect_err("libc has no cuDNN");
+        assert!(e.ends_with("loaded but reports no version"), "{e}");
+        // Whatever this machine has, the probe answers with a version or the missing soname.
+        match tensorrt_version(None) {
+            Ok(v) => assert!(v.split('.').count() == 3, "{v}"),
+            Err(e) => assert!(e.contains("libnvinfer"), "{e}"),
+        }
+    }
+
     #[test]
     fn discovery_never_panics_and_explains_absence() {
         let g = super::discover();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use lru::LruCache;
 
 use crate::backend::ort::{CpuOptions, OrtBackend};
-use crate::backend::{Backend, BackendError, ImageBatch, ImageGraph, Provider};
+use crate::backend::{Backend, BackendError, GraphSource, ImageBatch, Provider};
 use crate::model::graphs::{self, Attention};
 use crate::model::tokenizer::QueryError;
 use crate::model::{ModelDir, ModelError, OwlConfig, QueryTokenizer};
@@ -66,19 +66,20 @@ pub struct DetectorOptions {
     pub provider: Provider,
     /// Precision of the image tower (int8 is an opt-in speed mode).
     pub precision: graphs::Precision,
-    /// Optimised-image-graph artifact: write it here (`Save`) or load it from here (`Load`).
+    /// Optimised artifact of both graphs: save it into this cache-entry folder, or load it from
+    /// one (file names from `Provider::artifact_file`).
     pub artifact: Artifact,
 }
 
-/// What to do with the optimised image-graph artifact.
+/// What to do with the optimised artifact.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Artifact {
     /// Build in memory only.
     #[default]
     None,
-    /// Build, and let ONNX Runtime write the optimised graph to this `.onnx` path.
+    /// Build, and save both graphs' optimised forms into this folder.
     Save(PathBuf),
-    /// Load this previously saved optimised graph instead of building the image graph.
+    /// Load both graphs from this folder instead of building them.
     Load(PathBuf),
 }
 
@@ -129,44 +130,96 @@ impl std::fmt::Debug for Detector {
 impl Detector {
     /// Loads a model directory onto ONNX Runtime with the chosen execution provider.
     pub fn load(dir: &Path, opts: &DetectorOptions) -> Result<Self, DetectError> {
+        let t = std::time::Instant::now();
         let model = ModelDir::open(dir)?;
-        let tokenizer = QueryTokenizer::from_dir(dir, model.config.text_len)?;
-        let text = graphs::build_text_graph(&model.config, &model.checkpoint)?;
-        let image_bytes = match &opts.artifact {
-            Artifact::Load(_) => Vec::new(),
-            _ => graphs::build_image_graph(
-                &model.config,
-                &model.checkpoint,
-                opts.attention,
-                opts.precision,
-            )?,
-        };
-        let image = match &opts.artifact {
-            Artifact::None => ImageGraph::Build(&image_bytes),
-            Artifact::Save(p) => ImageGraph::BuildAndSave {
-                bytes: &image_bytes,
-                path: p,
-            },
-            Artifact::Load(p) => ImageGraph::Load(p),
-        };
-        let backend = OrtBackend::new(
-            opts.library.as_deref(),
-            image,
-            &text,
-            &model.dir,
-            model.config.image_size,
-            &CpuOptions {
-                threads: opts.threads,
-                optimize: opts.optimize,
-                provider: opts.provider.clone(),
-            },
-        )?;
+        // The tokenizer (tens of milliseconds of JSON) loads while the sessions are created.
+        let text_len = model.config.text_len;
+        let (tokenizer, backend) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(move || QueryTokenizer::from_dir(dir, text_len));
+            let backend = Self::load_backend(&model, opts, t);
+            let tokenizer = tokenizer.join().unwrap_or_else(|_| {
+                Err(ModelError::Tokenizer(
+                    "the tokenizer loader panicked".into(),
+                ))
+            });
+            (tokenizer, backend)
+        });
+        // A model error comes first: it is not the execution provider's fault.
+        let (tokenizer, backend) = (tokenizer?, backend?);
         Ok(Self::with_backend(
             model,
             tokenizer,
             Box::new(backend),
             opts,
         ))
+    }
+
+    /// Builds (or loads) both graphs and creates their sessions.
+    fn load_backend(
+        model: &ModelDir,
+        opts: &DetectorOptions,
+        t: std::time::Instant,
+    ) -> Result<OrtBackend, DetectError> {
+        // TensorRT has no kernel for com.microsoft.MultiHeadAttention (the node would fall back to
+        // CUDA between TensorRT islands); it fuses plain attention itself.
+        let attention = match opts.provider {
+            Provider::TensorRt { .. } => Attention::Unfused,
+            _ => opts.attention,
+        };
+        let (image_bytes, text_bytes) = match &opts.artifact {
+            Artifact::Load(_) => (Vec::new(), Vec::new()),
+            _ => (
+                graphs::build_image_graph(
+                    &model.config,
+                    &model.checkpoint,
+                    attention,
+                    opts.precision,
+                )?,
+                graphs::build_text_graph(&model.config, &model.checkpoint)?,
+            ),
+        };
+        let paths = match &opts.artifact {
+            Artifact::None => None,
+            Artifact::Save(d) | Artifact::Load(d) => Some((
+                d.join(opts.provider.artifact_file("image")),
+                d.join(opts.provider.artifact_file("text")),
+            )),
+        };
+        let (image, text) = match (&opts.artifact, &paths) {
+            (Artifact::Save(_), Some((ip, tp))) => (
+                GraphSource::BuildAndSave {
+                    bytes: &image_bytes,
+                    path: ip,
+                },
+                GraphSource::BuildAndSave {
+                    bytes: &text_bytes,
+                    path: tp,
+                },
+            ),
+            (Artifact::Load(_), Some((ip, tp))) => (GraphSource::Load(ip), GraphSource::Load(tp)),
+            _ => (
+                GraphSource::Build(&image_bytes),
+                GraphSource::Build(&text_bytes),
+            ),
+        };
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "model opened and graphs built"
+        );
+        let backend = OrtBackend::new(
+            opts.library.as_deref(),
+            image,
+            text,
+            &model.dir,
+            model.config.image_size,
+            model.config.text_len,
+            &CpuOptions {
+                threads: opts.threads,
+                optimize: opts.optimize,
+                provider: opts.provider.clone(),
+            },
+        )?;
+        Ok(backend)
     }
 
     /// Assembles a detector around any backend (tests use fakes).

@@ -12,8 +12,9 @@ fn gpu_providers_fail_loudly_on_the_cpu_build() {
     for provider in [
         Provider::TensorRt {
             precision: TrtPrecision::Fp16,
-            cache_dir: None,
             max_batch: 4,
+            max_queries: 16,
+            timing_cache: None,
         },
         Provider::Cuda {
             cuda_graphs: false,
@@ -29,6 +30,10 @@ fn gpu_providers_fail_loudly_on_the_cpu_build() {
             Err(DetectError::Backend(e)) => {
                 let msg = e.to_string();
                 assert!(msg.contains(name), "{name}: {msg}");
+                // The CPU build is named as the reason, before any session is tried.
+                if !gpu.available {
+                    assert!(msg.contains("was built without"), "{name}: {msg}");
+                }
                 eprintln!("{name}: {msg}");
             }
             Err(other) => panic!("{name}: unexpected error {other}"),

@@ -435,7 +435,13 @@ fn optimized_artifact_is_cached_reused_and_rebuilt_when_corrupt() {
         "one entry, no temporary folders left: {entries:?}"
     );
     let entry = entries[0].clone();
-    for f in ["image.onnx", "image.weights", "meta.json"] {
+    for f in [
+        "image.onnx",
+        "image.weights",
+        "text.onnx",
+        "text.weights",
+        "meta.json",
+    ] {
         assert!(entry.join(f).is_file(), "{f} missing");
     }
     let meta: serde_json::Value =

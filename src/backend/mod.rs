@@ -50,10 +50,12 @@ pub enum Provider {
     /// TensorRT EP (CUDA EP behind it for unsupported nodes).
     TensorRt {
         precision: TrtPrecision,
-        /// Engine, timing and EP-context cache folder.
-        cache_dir: Option<std::path::PathBuf>,
-        /// Largest batch of the optimisation profile (profiles cover 1..=max_batch).
+        /// Largest image batch of the optimisation profile (profiles cover 1..=max_batch).
         max_batch: usize,
+        /// Largest query count of the text graph's profile (1..=max_queries).
+        max_queries: usize,
+        /// TensorRT timing cache folder (shared by every engine build; none = in memory).
+        timing_cache: Option<std::path::PathBuf>,
     },
     /// CUDA EP; TF32 is always off (exact fp32).
     Cuda {
@@ -75,25 +77,45 @@ impl Provider {
             Provider::Cpu => "cpu",
         }
     }
+
+    /// Whether this provider has a saved artifact worth caching: the ONNX Runtime-optimised graphs
+    /// on the CPU, the built engines (as EP-context models) for TensorRT. The CUDA provider's
+    /// session set-up is cheap and its optimised graph is not portable, so it is not cached.
+    pub fn caches_artifacts(&self) -> bool {
+        !matches!(self, Provider::Cuda { .. })
+    }
+
+    /// File name of `graph`'s artifact inside a cache entry: the optimised ONNX graph (weights in
+    /// `<graph>.weights` beside it) on the CPU, the EP-context model (engine files beside it) for
+    /// TensorRT.
+    pub fn artifact_file(&self, graph: &str) -> String {
+        match self {
+            Provider::TensorRt { .. } => format!("{graph}_ctx.onnx"),
+            _ => format!("{graph}.onnx"),
+        }
+    }
 }
 
-/// Where the image graph comes from.
+/// Where a graph's session comes from.
 #[derive(Debug, Clone, Copy)]
-pub enum ImageGraph<'a> {
+pub enum GraphSource<'a> {
     /// Serialised graph built from the checkpoint.
     Build(&'a [u8]),
-    /// Built graph, and ONNX Runtime writes its optimised form to `path` (weights beside it in
-    /// `OPTIMIZED_WEIGHTS_FILE`).
+    /// Built graph whose optimised form is saved at `path` while the session is created: the ONNX
+    /// Runtime-optimised graph (CPU; weights, prepacked too, in `<graph>.weights` beside it) or the
+    /// TensorRT EP-context model (engine files beside it).
     BuildAndSave {
         bytes: &'a [u8],
         path: &'a std::path::Path,
     },
-    /// A previously saved optimised graph (optimisations are not run again).
+    /// A previously saved artifact (nothing is optimised or built again).
     Load(&'a std::path::Path),
 }
 
 /// File name of the weights written beside a saved optimised graph.
-pub const OPTIMIZED_WEIGHTS_FILE: &str = "image.weights";
+pub fn weights_file(graph: &str) -> String {
+    format!("{graph}.weights")
+}
 
 /// Errors of an inference backend.
 #[derive(Debug, Clone, thiserror::Error)]

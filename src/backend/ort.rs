@@ -9,9 +9,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::{
-    Backend, BackendError, ImageBatch, ImageGraph, Provider, TrtPrecision, OPTIMIZED_WEIGHTS_FILE,
-};
+use ort::ep::{ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
+
+use super::{Backend, BackendError, GraphSource, ImageBatch, Provider, TrtPrecision};
 use crate::model::graphs::IMAGE_OUTPUTS;
 
 /// Environment variable naming the ONNX Runtime shared library to load.
@@ -132,58 +132,168 @@ pub struct CpuOptions {
     pub provider: Provider,
 }
 
+/// What a session does with its artifact, as the TensorRT options see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ArtifactMode<'a> {
+    /// Nothing saved or loaded.
+    None,
+    /// Dump the EP-context model here, engines beside it.
+    Save(&'a Path),
+    /// Load this EP-context model.
+    Load(&'a Path),
+}
+
+impl<'a> From<GraphSource<'a>> for ArtifactMode<'a> {
+    fn from(s: GraphSource<'a>) -> Self {
+        match s {
+            GraphSource::Build(_) => ArtifactMode::None,
+            GraphSource::BuildAndSave { path, .. } => ArtifactMode::Save(path),
+            GraphSource::Load(path) => ArtifactMode::Load(path),
+        }
+    }
+}
+
+/// A graph's single input as TensorRT's optimisation profile needs it: `name`, the dims after the
+/// batch (`3x960x960`), and the largest batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileInput {
+    pub name: &'static str,
+    pub dims: String,
+    pub max_batch: usize,
+}
+
+/// ONNX Runtime TensorRT provider options (`trt_*` keys) for one graph. Building: fp16/int8 flags,
+/// a profile for batch 1..=max, the shared timing cache; saving: engine cache and an EP-context
+/// model (`embed_mode` 0: the engine stays a file beside the context model, found by a relative
+/// path, so the entry folder can be renamed into place); loading: the EP-context model only.
+pub fn tensorrt_options(
+    precision: TrtPrecision,
+    graph: &str,
+    input: &ProfileInput,
+    artifact: ArtifactMode<'_>,
+    timing_cache: Option<&Path>,
+) -> Vec<(&'static str, String)> {
+    let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+    let mut o = vec![
+        (
+            "trt_fp16_enable",
+            flag(matches!(precision, TrtPrecision::Fp16 | TrtPrecision::Int8)),
+        ),
+        ("trt_int8_enable", flag(precision == TrtPrecision::Int8)),
+        ("trt_layer_norm_fp32_fallback", flag(true)),
+    ];
+    if let ArtifactMode::Load(path) = artifact {
+        o.push(("trt_ep_context_file_path", path.display().to_string()));
+        return o;
+    }
+    let shape = |b: usize| format!("{}:{b}x{}", input.name, input.dims);
+    o.push(("trt_profile_min_shapes", shape(1)));
+    o.push(("trt_profile_opt_shapes", shape(1)));
+    o.push(("trt_profile_max_shapes", shape(input.max_batch.max(1))));
+    if let Some(t) = timing_cache {
+        o.push(("trt_timing_cache_enable", flag(true)));
+        o.push(("trt_timing_cache_path", t.display().to_string()));
+    }
+    if let ArtifactMode::Save(path) = artifact {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        o.push(("trt_engine_cache_enable", flag(true)));
+        o.push(("trt_engine_cache_path", dir.display().to_string()));
+        o.push(("trt_engine_cache_prefix", graph.to_string()));
+        o.push(("trt_dump_ep_context_model", flag(true)));
+        o.push(("trt_ep_context_file_path", path.display().to_string()));
+        o.push(("trt_ep_context_embed_mode", "0".into()));
+    }
+    o
+}
+
+/// ONNX Runtime CUDA provider options: TF32 off (exact fp32), CUDA graphs for the image graph with
+/// `reduce-overhead`, exhaustive cuDNN search with `max-autotune`.
+pub fn cuda_options(
+    cuda_graphs: bool,
+    exhaustive_conv: bool,
+    graph: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("use_tf32", "0".into()),
+        (
+            "enable_cuda_graph",
+            if cuda_graphs && graph == "image" {
+                "1"
+            } else {
+                "0"
+            }
+            .into(),
+        ),
+        (
+            "cudnn_conv_algo_search",
+            if exhaustive_conv {
+                "EXHAUSTIVE"
+            } else {
+                "HEURISTIC"
+            }
+            .into(),
+        ),
+    ]
+}
+
+/// Fails with a clear reason when the loaded ONNX Runtime was built without `provider`'s
+/// execution provider (the PyPI `onnxruntime` wheel is CPU-only).
+pub fn provider_available(provider: &Provider, library: Option<&Path>) -> Result<(), BackendError> {
+    runtime(library)?;
+    let (ep_name, available) = match provider {
+        Provider::Cpu => return Ok(()),
+        Provider::TensorRt { .. } => (
+            "TensorrtExecutionProvider",
+            ort::ep::TensorRT::is_available(),
+        ),
+        Provider::Cuda { .. } => ("CUDAExecutionProvider", ort::ep::CUDA::is_available()),
+    };
+    match available {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(BackendError::Library(format!(
+            "{} execution provider unavailable: the ONNX Runtime at {} was built without {ep_name} (install a GPU build, see the README)",
+            provider.name(),
+            runtime_path().map(|p| p.display().to_string()).unwrap_or_default()
+        ))),
+        Err(e) => Err(BackendError::Library(format!("{}: {e}", provider.name()))),
+    }
+}
+
 /// The execution providers to register for `provider`, each failing loudly (no silent CPU fallback
 /// inside ONNX Runtime: the daemon's own fallback chain records the reason).
 fn execution_providers(
     provider: &Provider,
     graph: &'static str,
-    input_shape: &dyn Fn(usize) -> String,
+    input: &ProfileInput,
+    artifact: ArtifactMode<'_>,
 ) -> Vec<ort::ep::ExecutionProviderDispatch> {
+    fn cuda(o: Vec<(&'static str, String)>) -> ort::ep::ExecutionProviderDispatch {
+        o.into_iter()
+            .fold(ort::ep::CUDA::default(), |ep, (k, v)| {
+                ep.with_arbitrary_config(k, v)
+            })
+            .build()
+            .error_on_failure()
+    }
     match provider {
         Provider::Cpu => Vec::new(),
         Provider::Cuda {
             cuda_graphs,
             exhaustive_conv,
-        } => vec![ort::ep::CUDA::default()
-            .with_tf32(false)
-            .with_cuda_graph(*cuda_graphs && graph == "image")
-            .with_conv_algorithm_search(if *exhaustive_conv {
-                ort::ep::cuda::ConvAlgorithmSearch::Exhaustive
-            } else {
-                ort::ep::cuda::ConvAlgorithmSearch::Heuristic
-            })
-            .build()
-            .error_on_failure()],
+        } => vec![cuda(cuda_options(*cuda_graphs, *exhaustive_conv, graph))],
         Provider::TensorRt {
             precision,
-            cache_dir,
-            max_batch,
+            timing_cache,
+            ..
         } => {
-            let mut trt = ort::ep::TensorRT::default()
-                .with_fp16(matches!(precision, TrtPrecision::Fp16 | TrtPrecision::Int8))
-                .with_int8(matches!(precision, TrtPrecision::Int8))
-                .with_layer_norm_fp32_fallback(true)
-                .with_profile_min_shapes(input_shape(1))
-                .with_profile_opt_shapes(input_shape(1))
-                .with_profile_max_shapes(input_shape((*max_batch).max(1)));
-            if let Some(dir) = cache_dir {
-                let d = dir.join("tensorrt");
-                let d = d.to_string_lossy().to_string();
-                trt = trt
-                    .with_engine_cache(true)
-                    .with_engine_cache_path(&d)
-                    .with_engine_cache_prefix(graph)
-                    .with_timing_cache(true)
-                    .with_timing_cache_path(&d)
-                    .with_dump_ep_context_model(true)
-                    .with_ep_context_file_path(format!("{d}/{graph}_ctx.onnx"));
-            }
+            let trt = tensorrt_options(*precision, graph, input, artifact, timing_cache.as_deref())
+                .into_iter()
+                .fold(ort::ep::TensorRT::default(), |ep, (k, v)| {
+                    ep.with_arbitrary_config(k, v)
+                });
             vec![
                 trt.build().error_on_failure(),
-                ort::ep::CUDA::default()
-                    .with_tf32(false)
-                    .build()
-                    .error_on_failure(),
+                cuda(cuda_options(false, false, graph)),
             ]
         }
     }
@@ -200,15 +310,16 @@ pub struct OrtBackend {
 fn session(
     env: &ort::environment::Environment,
     graph: &'static str,
-    source: ImageGraph<'_>,
+    source: GraphSource<'_>,
     weights_dir: &Path,
     opts: &CpuOptions,
-    input_shape: &dyn Fn(usize) -> String,
+    input: &ProfileInput,
 ) -> Result<Session, BackendError> {
     let err = |e: String| BackendError::Session { graph, message: e };
+    let trt = matches!(opts.provider, Provider::TensorRt { .. });
     let level = match source {
-        // Already optimised when it was saved.
-        ImageGraph::Load(_) => GraphOptimizationLevel::Disable,
+        // Already optimised (or compiled) when it was saved.
+        GraphSource::Load(_) => GraphOptimizationLevel::Disable,
         _ if opts.optimize => GraphOptimizationLevel::All,
         _ => GraphOptimizationLevel::Level1,
     };
@@ -216,7 +327,7 @@ fn session(
         .map_err(|e| err(e.to_string()))?
         .with_optimization_level(level)
         .map_err(|e| err(e.to_string()))?;
-    if !matches!(source, ImageGraph::Load(_)) {
+    if !matches!(source, GraphSource::Load(_)) {
         b = b
             .with_config_entry(
                 "session.model_external_initializers_file_folder_path",
@@ -224,19 +335,24 @@ fn session(
             )
             .map_err(|e| err(e.to_string()))?;
     }
-    if let ImageGraph::BuildAndSave { path, .. } = source {
+    // ONNX Runtime's optimised-model saving (CPU); TensorRT saves through its EP-context options.
+    if let (GraphSource::BuildAndSave { path, .. }, false) = (source, trt) {
         b = b
             .with_optimized_model_path(path)
             .map_err(|e| err(e.to_string()))?
             .with_config_entry(
                 "session.optimized_model_external_initializers_file_name",
-                OPTIMIZED_WEIGHTS_FILE,
+                super::weights_file(graph),
             )
             .map_err(|e| err(e.to_string()))?
             .with_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes",
                 "1024",
             )
+            .map_err(|e| err(e.to_string()))?
+            // Prepacked GEMM weights go into the weights file too, so a warm start maps them
+            // instead of packing every matrix again.
+            .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
             .map_err(|e| err(e.to_string()))?;
     }
     if opts.threads > 0 {
@@ -244,49 +360,80 @@ fn session(
             .with_intra_threads(opts.threads)
             .map_err(|e| err(e.to_string()))?;
     }
-    let eps = execution_providers(&opts.provider, graph, input_shape);
+    let eps = execution_providers(&opts.provider, graph, input, source.into());
     if !eps.is_empty() {
         b = b
             .with_execution_providers(eps)
             .map_err(|e| err(format!("{} execution provider: {e}", opts.provider.name())))?;
     }
     match source {
-        ImageGraph::Build(bytes) | ImageGraph::BuildAndSave { bytes, .. } => {
+        GraphSource::Build(bytes) | GraphSource::BuildAndSave { bytes, .. } => {
             b.commit_from_memory(bytes).map_err(|e| err(e.to_string()))
         }
-        ImageGraph::Load(path) => b
+        GraphSource::Load(path) => b
             .commit_from_file(path)
             .map_err(|e| err(format!("{}: {e}", path.display()))),
     }
 }
 
 impl OrtBackend {
-    /// Creates sessions for the serialised graphs whose external weights live in `weights_dir`.
+    /// Creates the image and text sessions; built graphs take their external weights from
+    /// `weights_dir`.
     pub fn new(
         library: Option<&Path>,
-        image_graph: ImageGraph<'_>,
-        text_graph: &[u8],
+        image_graph: GraphSource<'_>,
+        text_graph: GraphSource<'_>,
         weights_dir: &Path,
         image_size: usize,
+        text_len: usize,
         opts: &CpuOptions,
     ) -> Result<Self, BackendError> {
         let (env, _) = runtime(library)?;
+        provider_available(&opts.provider, library)?;
+        let (max_batch, max_queries) = match &opts.provider {
+            Provider::TensorRt {
+                max_batch,
+                max_queries,
+                ..
+            } => (*max_batch, *max_queries),
+            _ => (1, 1),
+        };
         let s = image_size;
-        let image = session(&env, "image", image_graph, weights_dir, opts, &|b| {
-            format!("pixel_values:{b}x3x{s}x{s}")
-        })?;
-        let text = session(
-            &env,
-            "text",
-            ImageGraph::Build(text_graph),
-            weights_dir,
-            opts,
-            &|b| format!("input_ids:{b}x16"),
-        )?;
+        let image_input = ProfileInput {
+            name: "pixel_values",
+            dims: format!("3x{s}x{s}"),
+            max_batch,
+        };
+        let text_input = ProfileInput {
+            name: "input_ids",
+            dims: text_len.to_string(),
+            max_batch: max_queries,
+        };
+        // The two sessions are independent: create them side by side.
+        let (image, text) = std::thread::scope(|scope| {
+            let env = &env;
+            let text = scope.spawn(move || {
+                let t = std::time::Instant::now();
+                let r = session(env, "text", text_graph, weights_dir, opts, &text_input);
+                tracing::debug!(ms = t.elapsed().as_millis() as u64, "text session created");
+                r
+            });
+            let t = std::time::Instant::now();
+            let image = session(env, "image", image_graph, weights_dir, opts, &image_input);
+            tracing::debug!(ms = t.elapsed().as_millis() as u64, "image session created");
+            let text = text.join().unwrap_or_else(|_| {
+                Err(BackendError::Session {
+                    graph: "text",
+                    message: "session creation panicked".into(),
+                })
+            });
+            (image, text)
+        });
+        let (image, text) = (image?, text?);
         Ok(OrtBackend {
             image,
             text,
-            image_size,
+            image_size: s,
             name: opts.provider.name(),
         })
     }
@@ -380,5 +527,140 @@ impl Backend for OrtBackend {
             .run(ort::inputs!["input_ids" => input])
             .map_err(|e| BackendError::Run(e.to_string()))?;
         extract(&outputs, "query_embeds", "text")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(o: &'a [(&'static str, String)], k: &str) -> Option<&'a str> {
+        o.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str())
+    }
+
+    fn image_input() -> ProfileInput {
+        ProfileInput {
+            name: "pixel_values",
+            dims: "3x960x960".into(),
+            max_batch: 4,
+        }
+    }
+
+    #[test]
+    fn tensorrt_build_and_save_options() {
+        let ctx = Path::new("/c/.tmp-k-1/image_ctx.onnx");
+        let timing = Path::new("/c/tensorrt-timing");
+        let o = tensorrt_options(
+            TrtPrecision::Fp16,
+            "image",
+            &image_input(),
+            ArtifactMode::Save(ctx),
+            Some(timing),
+        );
+        assert_eq!(get(&o, "trt_fp16_enable"), Some("1"));
+        assert_eq!(get(&o, "trt_int8_enable"), Some("0"));
+        assert_eq!(
+            get(&o, "trt_profile_min_shapes"),
+            Some("pixel_values:1x3x960x960")
+        );
+        assert_eq!(
+            get(&o, "trt_profile_opt_shapes"),
+            Some("pixel_values:1x3x960x960")
+        );
+        assert_eq!(
+            get(&o, "trt_profile_max_shapes"),
+            Some("pixel_values:4x3x960x960")
+        );
+        assert_eq!(get(&o, "trt_timing_cache_enable"), Some("1"));
+        assert_eq!(get(&o, "trt_timing_cache_path"), Some("/c/tensorrt-timing"));
+        // The engine cache is the context model's folder, as TensorRT's EP requires for a dump.
+        assert_eq!(get(&o, "trt_engine_cache_enable"), Some("1"));
+        assert_eq!(get(&o, "trt_engine_cache_path"), Some("/c/.tmp-k-1"));
+        assert_eq!(get(&o, "trt_engine_cache_prefix"), Some("image"));
+        assert_eq!(get(&o, "trt_dump_ep_context_model"), Some("1"));
+        assert_eq!(
+            get(&o, "trt_ep_context_file_path"),
+            Some("/c/.tmp-k-1/image_ctx.onnx")
+        );
+        assert_eq!(get(&o, "trt_ep_context_embed_mode"), Some("0"));
+        // Keys are unique.
+        let mut keys: Vec<_> = o.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), o.len());
+    }
+
+    #[test]
+    fn tensorrt_load_and_in_memory_options() {
+        let ctx = Path::new("/c/abc/text_ctx.onnx");
+        let text = ProfileInput {
+            name: "input_ids",
+            dims: "16".into(),
+            max_batch: 64,
+        };
+        let o = tensorrt_options(
+            TrtPrecision::Int8,
+            "text",
+            &text,
+            ArtifactMode::Load(ctx),
+            Some(Path::new("/t")),
+        );
+        assert_eq!(get(&o, "trt_int8_enable"), Some("1"));
+        assert_eq!(
+            get(&o, "trt_fp16_enable"),
+            Some("1"),
+            "int8 falls back to fp16"
+        );
+        assert_eq!(
+            get(&o, "trt_ep_context_file_path"),
+            Some("/c/abc/text_ctx.onnx")
+        );
+        for k in [
+            "trt_dump_ep_context_model",
+            "trt_engine_cache_enable",
+            "trt_profile_max_shapes",
+            "trt_timing_cache_enable",
+        ] {
+            assert_eq!(get(&o, k), None, "{k} is not set when loading");
+        }
+        let o = tensorrt_options(TrtPrecision::Fp32, "text", &text, ArtifactMode::None, None);
+        assert_eq!(get(&o, "trt_fp16_enable"), Some("0"));
+        assert_eq!(get(&o, "trt_profile_max_shapes"), Some("input_ids:64x16"));
+        assert_eq!(get(&o, "trt_dump_ep_context_model"), None);
+        assert_eq!(get(&o, "trt_timing_cache_enable"), None);
+    }
+
+    #[test]
+    fn cuda_options_follow_the_compile_mode() {
+        let o = cuda_options(true, false, "image");
+        assert_eq!(get(&o, "use_tf32"), Some("0"));
+        assert_eq!(get(&o, "enable_cuda_graph"), Some("1"));
+        assert_eq!(get(&o, "cudnn_conv_algo_search"), Some("HEURISTIC"));
+        // CUDA graphs need fixed shapes: never for the text graph (query count varies).
+        assert_eq!(
+            get(&cuda_options(true, false, "text"), "enable_cuda_graph"),
+            Some("0")
+        );
+        let o = cuda_options(false, true, "image");
+        assert_eq!(get(&o, "enable_cuda_graph"), Some("0"));
+        assert_eq!(get(&o, "cudnn_conv_algo_search"), Some("EXHAUSTIVE"));
+    }
+
+    #[test]
+    fn artifact_files_per_provider() {
+        let trt = Provider::TensorRt {
+            precision: TrtPrecision::Fp16,
+            max_batch: 1,
+            max_queries: 1,
+            timing_cache: None,
+        };
+        assert_eq!(trt.artifact_file("image"), "image_ctx.onnx");
+        assert_eq!(Provider::Cpu.artifact_file("text"), "text.onnx");
+        assert!(trt.caches_artifacts() && Provider::Cpu.caches_artifacts());
+        assert!(!Provider::Cuda {
+            cuda_graphs: false,
+            exhaustive_conv: false
+        }
+        .caches_artifacts());
     }
 }

@@ -52,18 +52,8 @@ pub fn run(args: &OptimizeArgs) -> anyhow::Result<OptimizeReport> {
     if !cfg.enable_optimization {
         bail!("enable_optimization is false: there is no optimized artifact to build");
     }
-    if args.force {
-        if let Ok(parts) = engine::cpu_key(&cfg, &dir) {
-            crate::cache::remove(&cfg.cache_dir, &parts.key());
-        }
-        let trt = cfg.cache_dir.join("tensorrt");
-        if trt.exists() {
-            std::fs::remove_dir_all(&trt)
-                .with_context(|| format!("cannot remove {}", trt.display()))?;
-        }
-    }
-    let mut eng =
-        engine::load(&cfg, &dir, &|s: &str| eprintln!("{s}")).map_err(anyhow::Error::msg)?;
+    let mut eng = engine::load(&cfg, &dir, args.force, &|s: &str| eprintln!("{s}"))
+        .map_err(anyhow::Error::msg)?;
     let mut report = OptimizeReport {
         model: cfg.model.clone(),
         backend: eng.backend.clone(),

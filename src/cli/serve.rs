@@ -86,7 +86,7 @@ fn init_logging(cfg: &Config) {
 pub fn engine_loader(cfg: Config) -> Loader {
     Box::new(move |status: StatusFn| {
         let dir = cfg.installed_model_dir()?;
-        let engine = crate::engine::load(&cfg, &dir, &|s: &str| status(s))?;
+        let engine = crate::engine::load(&cfg, &dir, false, &|s: &str| status(s))?;
         let speedup_estimate = crate::engine::speedup_estimate(&engine);
         let cached = engine.cached;
         let det = engine.detector;
