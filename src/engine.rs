@@ -267,6 +267,23 @@ fn unavailable(cfg: &Config, provider: &Provider, gpu: &GpuInfo) -> Option<Strin
     None
 }
 
+/// The first provider of `cfg`'s chain that passes the pre-checks, with the skipped tiers (for
+/// commands that build their own sessions, like `bench`).
+pub fn first_available(cfg: &Config) -> (Provider, Vec<Fallback>) {
+    let gpu = gpu::discover();
+    let mut fallbacks = Vec::new();
+    for provider in chain(cfg) {
+        match unavailable(cfg, &provider, &gpu) {
+            None => return (provider, fallbacks),
+            Some(reason) => fallbacks.push(Fallback {
+                backend: provider.name().into(),
+                reason,
+            }),
+        }
+    }
+    (Provider::Cpu, fallbacks)
+}
+
 /// Loads `dir` on the first provider of the chain that works (`force`: rebuild the cached
 /// artifact).
 pub fn load(
@@ -361,6 +378,28 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_available_skips_gpu_tiers_with_reasons_here() {
+        let gpu = gpu::discover();
+        let mut c = Config {
+            enable_optimization: false,
+            optimization_backend: BackendPreference::Cpu,
+            ..Config::default()
+        };
+        assert_eq!(first_available(&c), (Provider::Cpu, Vec::new()));
+        if gpu.available {
+            return; // the GPU tiers may be usable on this machine
+        }
+        c.optimization_backend = BackendPreference::Auto;
+        let (p, fb) = first_available(&c);
+        assert_eq!(p, Provider::Cpu);
+        let names: Vec<&str> = fb.iter().map(|f| f.backend.as_str()).collect();
+        assert_eq!(names, vec!["tensorrt", "cuda"]);
+        for f in &fb {
+            assert_eq!(Some(&f.reason), gpu.reason.as_ref());
+        }
+    }
 
     #[test]
     fn chains_follow_the_preference_and_end_on_cpu() {

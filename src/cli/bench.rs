@@ -30,7 +30,11 @@ pub struct BenchArgs {
     /// Encoded image used for the preprocessing measurement (default: a synthetic 1920×1080 frame).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Image-tower precision: fp32 (exact) or int8 (quantized encoder projections).
+    /// Backend, chosen like the daemon's `IV_OPTIMIZATION_BACKEND` (auto: TensorRT → CUDA → CPU,
+    /// skipping tiers this machine cannot run; the skipped ones are reported).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tensorrt", "cuda", "cpu"])]
+    pub backend: String,
+    /// Image-tower precision: fp32 (exact) or int8 (quantized encoder projections; CPU only).
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "int8"])]
     pub precision: String,
     /// Print one JSON object instead of text.
@@ -77,6 +81,8 @@ pub struct SideResult {
 pub struct BenchReport {
     pub model: String,
     pub backend: String,
+    /// GPU tiers skipped by `--backend auto|tensorrt|cuda`, with the reason.
+    pub fallbacks: Vec<crate::engine::Fallback>,
     pub image_size: usize,
     pub threads: usize,
     pub preprocess_image: String,
@@ -241,12 +247,42 @@ pub fn median_ms(v: &[Duration]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The provider `--backend` selects on this machine, and the tiers skipped on the way.
+fn select_provider(
+    args: &BenchArgs,
+) -> anyhow::Result<(crate::backend::Provider, Vec<crate::engine::Fallback>)> {
+    use crate::config::{BackendPreference, Config};
+    let cfg = Config {
+        optimization_backend: match args.backend.as_str() {
+            "tensorrt" => BackendPreference::Tensorrt,
+            "cuda" => BackendPreference::Cuda,
+            "cpu" => BackendPreference::Cpu,
+            _ => BackendPreference::Auto,
+        },
+        onnxruntime_path: args.runtime.onnxruntime.clone(),
+        max_batch_size: args.batch_size.max(1),
+        // No cache: bench measures engines built in memory.
+        enable_optimization: false,
+        ..Config::default()
+    };
+    let (provider, fallbacks) = crate::engine::first_available(&cfg);
+    if args.precision == "int8" && provider != crate::backend::Provider::Cpu {
+        anyhow::bail!(
+            "--precision int8 is a CPU mode; {} was selected (use --backend cpu)",
+            provider.name()
+        );
+    }
+    Ok((provider, fallbacks))
+}
+
 fn measure_side(
     args: &BenchArgs,
+    provider: &crate::backend::Provider,
     optimize: bool,
     frame: &Rgb,
 ) -> anyhow::Result<(SideResult, Detector)> {
     let opts = DetectorOptions {
+        provider: provider.clone(),
         library: args.runtime.onnxruntime.clone(),
         threads: args.runtime.threads,
         optimize,
@@ -296,7 +332,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             None,
         ),
     };
-    let (optimized, det) = measure_side(args, true, &frame)?;
+    let (provider, fallbacks) = select_provider(args)?;
+    for f in &fallbacks {
+        tracing::warn!(backend = %f.backend, reason = %f.reason, "backend unavailable; falling back");
+    }
+    let (optimized, det) = measure_side(args, &provider, true, &frame)?;
     // Preprocessing (decode + preprocess when a file is given).
     let n = 20;
     let mut both = Vec::with_capacity(n);
@@ -340,7 +380,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         None
     };
     let eager = if args.compare {
-        Some(measure_side(args, false, &frame)?.0)
+        Some(measure_side(args, &provider, false, &frame)?.0)
     } else {
         None
     };
@@ -350,6 +390,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     Ok(BenchReport {
         model: args.model.display().to_string(),
         backend,
+        fallbacks,
         image_size,
         threads: if args.runtime.threads == 0 {
             rayon::current_num_threads()
@@ -373,6 +414,9 @@ pub fn render_text(r: &BenchReport) -> String {
         "model {} ({}x{}), backend {}, {} threads\npreprocess ({}): decode+preprocess p50 {:.2} ms, preprocess only p50 {:.2} ms\n",
         r.model, r.image_size, r.image_size, r.backend, r.threads, r.preprocess_image, r.decode_and_preprocess.p50_ms, r.preprocess_only.p50_ms
     );
+    for f in &r.fallbacks {
+        s.push_str(&format!("skipped {}: {}\n", f.backend, f.reason));
+    }
     for side in std::iter::once(&r.optimized).chain(r.eager.iter()) {
         s.push_str(&format!(
             "{:>9}: {:.3} images/s, batch {} latency p50 {:.1} ms p95 {:.1} ms (load {:.2} s)\n",

@@ -1,0 +1,94 @@
+//! `bench`: the report's numbers hang together, the backend choice reports the skipped GPU tiers,
+//! `--precision int8` reports its drift, and bad arguments fail with a message.
+
+mod common;
+
+use std::process::Command;
+
+fn bench(extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+        .arg("bench")
+        .arg("--model")
+        .arg(common::model_dir("tiny-a"))
+        .args(["--num-images", "3"])
+        .args(extra)
+        .output()
+        .expect("runs")
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON report")
+}
+
+#[test]
+fn compare_report_and_backend_choice() {
+    let gpu = intelligent_video::gpu::discover();
+    let r = json(&bench(&["--compare", "--json"]));
+    let opt = &r["optimized"];
+    let eager = &r["eager"];
+    assert_eq!(opt["images"], 3);
+    assert_eq!(eager["images"], 3);
+    let (o, e) = (
+        opt["batch_latency"]["p50_ms"].as_f64().expect("p50"),
+        eager["batch_latency"]["p50_ms"].as_f64().expect("p50"),
+    );
+    assert!(o > 0.0 && e > 0.0);
+    let speedup = r["speedup"].as_f64().expect("speedup");
+    assert!((speedup - e / o).abs() < 1e-9, "{speedup} vs {}", e / o);
+    assert!(opt["batch_latency"]["p95_ms"].as_f64() >= opt["batch_latency"]["p50_ms"].as_f64());
+    assert!(r["peak_rss_mb"].as_f64().is_some_and(|m| m > 1.0));
+    if !gpu.available {
+        assert_eq!(r["backend"], "cpu");
+        let skipped: Vec<&str> = r["fallbacks"]
+            .as_array()
+            .expect("fallbacks")
+            .iter()
+            .map(|f| f["backend"].as_str().expect("name"))
+            .collect();
+        assert_eq!(skipped, vec!["tensorrt", "cuda"]);
+        assert_eq!(r["fallbacks"][0]["reason"].as_str(), gpu.reason.as_deref());
+    }
+    let r = json(&bench(&["--backend", "cpu", "--json"]));
+    assert_eq!(r["backend"], "cpu");
+    assert_eq!(r["fallbacks"], serde_json::json!([]));
+    assert!(r["eager"].is_null() && r["speedup"].is_null());
+}
+
+#[test]
+fn int8_reports_drift_over_every_patch() {
+    let r = json(&bench(&[
+        "--backend",
+        "cpu",
+        "--precision",
+        "int8",
+        "--json",
+    ]));
+    let d = &r["int8_drift"];
+    // tiny-a: 96×96 at patch 16 → 36 patches.
+    assert_eq!(d["patches"], 36);
+    let same = d["same_label"].as_f64().expect("same_label");
+    assert!((0.0..=1.0).contains(&same));
+    let max = d["max_score"].as_f64().expect("max");
+    let mean = d["mean_score"].as_f64().expect("mean");
+    assert!(0.0 <= mean && mean <= max && max < 1.0, "{mean} {max}");
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = bench(&["--backend", "gpu"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--backend"));
+    let out = Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+        .args(["bench", "--model", "/nonexistent/model", "--json"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model"), "{err}");
+    assert!(out.stdout.is_empty());
+}
