@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{golden_json, goldens, max_abs_diff, model_dir};
+use common::{golden_json, golden_pixels, golden_queries, goldens, max_abs_diff, model_dir};
 use intelligent_video::pipeline::{Artifact, Detector, DetectorOptions};
 
 fn load(model: &str, artifact: Artifact) -> Detector {
@@ -23,12 +23,7 @@ fn saved_artifact_matches_in_memory_build_and_goldens() {
     for model in ["tiny-a", "tiny-b"] {
         let j = golden_json(model);
         let g = goldens(model);
-        let qs: Vec<String> = j["queries"]
-            .as_array()
-            .expect("queries")
-            .iter()
-            .map(|q| q.as_str().expect("str").to_string())
-            .collect();
+        let qs = golden_queries(&j);
         let entry = tempfile::tempdir().expect("tmp");
         let mut fresh = load(model, Artifact::None);
         let mut saved = load(model, Artifact::Save(entry.path().to_path_buf()));
@@ -59,11 +54,7 @@ fn saved_artifact_matches_in_memory_build_and_goldens() {
 
         for img in j["images"].as_array().expect("images") {
             let name = img["name"].as_str().expect("name");
-            let px: Vec<f32> = g[&format!("pixel_values/{name}")]
-                .data
-                .iter()
-                .map(|v| *v as f32)
-                .collect();
+            let px = golden_pixels(&g, name);
             let x = fresh.run_images(&px, 1).expect("runs");
             let y = loaded.run_images(&px, 1).expect("runs");
             let y64: Vec<f64> = y.class_embeds.iter().map(|v| f64::from(*v)).collect();

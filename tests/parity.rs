@@ -3,21 +3,14 @@
 
 mod common;
 
-use common::{golden_json, goldens, max_abs_diff, model_dir};
+use common::{
+    golden_json, golden_pixels, golden_queries as queries, goldens, max_abs_diff, model_dir,
+};
 use intelligent_video::pipeline::{Detector, DetectorOptions};
 use intelligent_video::postprocess::{self, PostParams};
 use intelligent_video::preprocess::{self, ImageLimits};
 
 const MODELS: [&str; 2] = ["tiny-a", "tiny-b"];
-
-fn queries(j: &serde_json::Value) -> Vec<String> {
-    j["queries"]
-        .as_array()
-        .expect("queries")
-        .iter()
-        .map(|q| q.as_str().expect("str").to_string())
-        .collect()
-}
 
 fn load(model: &str) -> Detector {
     Detector::load(&model_dir(model), &DetectorOptions::default()).expect("model loads")
@@ -100,11 +93,7 @@ fn image_heads_match_transformers_on_reference_pixels() {
         let q: Vec<&[f32]> = emb.iter().map(|e| &e[..]).collect();
         for img in j["images"].as_array().expect("images") {
             let name = img["name"].as_str().expect("name");
-            let px: Vec<f32> = g[&format!("pixel_values/{name}")]
-                .data
-                .iter()
-                .map(|v| *v as f32)
-                .collect();
+            let px = golden_pixels(&g, name);
             let out = det.run_images(&px, 1).expect("image graph runs");
             let heads = out.heads(0);
             let d = max_abs_diff(heads.class_embeds, &g[&format!("class_embeds/{name}")].data);

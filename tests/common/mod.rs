@@ -68,3 +68,22 @@ pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 pub mod daemon;
+
+/// The queries of `golden/<model>.json`.
+pub fn golden_queries(j: &serde_json::Value) -> Vec<String> {
+    j["queries"]
+        .as_array()
+        .expect("queries")
+        .iter()
+        .map(|q| q.as_str().expect("str").to_string())
+        .collect()
+}
+
+/// transformers' `pixel_values` of golden image `name`, as the image graph's input.
+pub fn golden_pixels(g: &HashMap<String, Golden>, name: &str) -> Vec<f32> {
+    g[&format!("pixel_values/{name}")]
+        .data
+        .iter()
+        .map(|v| *v as f32)
+        .collect()
+}
