@@ -6,6 +6,7 @@ mod common;
 use common::{
     golden_json, golden_pixels, golden_queries as queries, goldens, max_abs_diff, model_dir,
 };
+use intelligent_video::model::graphs::Attention;
 use intelligent_video::pipeline::{Detector, DetectorOptions};
 use intelligent_video::postprocess::{self, PostParams};
 use intelligent_video::preprocess::{self, ImageLimits};
@@ -84,10 +85,27 @@ fn query_embeddings_match_transformers() {
 
 #[test]
 fn image_heads_match_transformers_on_reference_pixels() {
+    check_image_heads(Attention::Fused);
+}
+
+/// The plain-ONNX attention form (what TensorRT is given) is exact too.
+#[test]
+fn unfused_attention_image_heads_match_transformers() {
+    check_image_heads(Attention::Unfused);
+}
+
+fn check_image_heads(attention: Attention) {
     for model in MODELS {
         let j = golden_json(model);
         let g = goldens(model);
-        let mut det = load(model);
+        let mut det = Detector::load(
+            &model_dir(model),
+            &DetectorOptions {
+                attention,
+                ..DetectorOptions::default()
+            },
+        )
+        .expect("model loads");
         let qs = queries(&j);
         let emb = det.query_embeddings(&qs).expect("embeddings");
         let q: Vec<&[f32]> = emb.iter().map(|e| &e[..]).collect();
