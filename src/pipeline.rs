@@ -178,28 +178,30 @@ impl Detector {
                 graphs::build_text_graph(&model.config, &model.checkpoint)?,
             ),
         };
-        let paths = match &opts.artifact {
-            Artifact::None => None,
-            Artifact::Save(d) | Artifact::Load(d) => Some((
-                d.join(opts.provider.artifact_file("image")),
-                d.join(opts.provider.artifact_file("text")),
-            )),
+        let dir = match &opts.artifact {
+            Artifact::Save(d) | Artifact::Load(d) => d.as_path(),
+            Artifact::None => Path::new(""),
         };
-        let (image, text) = match (&opts.artifact, &paths) {
-            (Artifact::Save(_), Some((ip, tp))) => (
+        let image_file = dir.join(opts.provider.artifact_file("image"));
+        let text_file = dir.join(opts.provider.artifact_file("text"));
+        let (image, text) = match &opts.artifact {
+            Artifact::None => (
+                GraphSource::Build(&image_bytes),
+                GraphSource::Build(&text_bytes),
+            ),
+            Artifact::Save(_) => (
                 GraphSource::BuildAndSave {
                     bytes: &image_bytes,
-                    path: ip,
+                    path: &image_file,
                 },
                 GraphSource::BuildAndSave {
                     bytes: &text_bytes,
-                    path: tp,
+                    path: &text_file,
                 },
             ),
-            (Artifact::Load(_), Some((ip, tp))) => (GraphSource::Load(ip), GraphSource::Load(tp)),
-            _ => (
-                GraphSource::Build(&image_bytes),
-                GraphSource::Build(&text_bytes),
+            Artifact::Load(_) => (
+                GraphSource::Load(&image_file),
+                GraphSource::Load(&text_file),
             ),
         };
         tracing::debug!(

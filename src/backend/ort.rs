@@ -132,27 +132,6 @@ pub struct CpuOptions {
     pub provider: Provider,
 }
 
-/// What a session does with its artifact, as the TensorRT options see it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ArtifactMode<'a> {
-    /// Nothing saved or loaded.
-    None,
-    /// Dump the EP-context model here, engines beside it.
-    Save(&'a Path),
-    /// Load this EP-context model.
-    Load(&'a Path),
-}
-
-impl<'a> From<GraphSource<'a>> for ArtifactMode<'a> {
-    fn from(s: GraphSource<'a>) -> Self {
-        match s {
-            GraphSource::Build(_) => ArtifactMode::None,
-            GraphSource::BuildAndSave { path, .. } => ArtifactMode::Save(path),
-            GraphSource::Load(path) => ArtifactMode::Load(path),
-        }
-    }
-}
-
 /// A graph's single input as TensorRT's optimisation profile needs it: `name`, the dims after the
 /// batch (`3x960x960`), and the largest batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +149,7 @@ pub fn tensorrt_options(
     precision: TrtPrecision,
     graph: &str,
     input: &ProfileInput,
-    artifact: ArtifactMode<'_>,
+    source: GraphSource<'_>,
     timing_cache: Option<&Path>,
 ) -> Vec<(&'static str, String)> {
     let flag = |b: bool| if b { "1" } else { "0" }.to_string();
@@ -182,7 +161,7 @@ pub fn tensorrt_options(
         ("trt_int8_enable", flag(precision == TrtPrecision::Int8)),
         ("trt_layer_norm_fp32_fallback", flag(true)),
     ];
-    if let ArtifactMode::Load(path) = artifact {
+    if let GraphSource::Load(path) = source {
         o.push(("trt_ep_context_file_path", path.display().to_string()));
         return o;
     }
@@ -194,7 +173,7 @@ pub fn tensorrt_options(
         o.push(("trt_timing_cache_enable", flag(true)));
         o.push(("trt_timing_cache_path", t.display().to_string()));
     }
-    if let ArtifactMode::Save(path) = artifact {
+    if let GraphSource::BuildAndSave { path, .. } = source {
         let dir = path.parent().unwrap_or(Path::new("."));
         o.push(("trt_engine_cache_enable", flag(true)));
         o.push(("trt_engine_cache_path", dir.display().to_string()));
@@ -265,7 +244,7 @@ fn execution_providers(
     provider: &Provider,
     graph: &'static str,
     input: &ProfileInput,
-    artifact: ArtifactMode<'_>,
+    source: GraphSource<'_>,
 ) -> Vec<ort::ep::ExecutionProviderDispatch> {
     fn cuda(o: Vec<(&'static str, String)>) -> ort::ep::ExecutionProviderDispatch {
         o.into_iter()
@@ -286,7 +265,7 @@ fn execution_providers(
             timing_cache,
             ..
         } => {
-            let trt = tensorrt_options(*precision, graph, input, artifact, timing_cache.as_deref())
+            let trt = tensorrt_options(*precision, graph, input, source, timing_cache.as_deref())
                 .into_iter()
                 .fold(ort::ep::TensorRT::default(), |ep, (k, v)| {
                     ep.with_arbitrary_config(k, v)
@@ -360,7 +339,7 @@ fn session(
             .with_intra_threads(opts.threads)
             .map_err(|e| err(e.to_string()))?;
     }
-    let eps = execution_providers(&opts.provider, graph, input, source.into());
+    let eps = execution_providers(&opts.provider, graph, input, source);
     if !eps.is_empty() {
         b = b
             .with_execution_providers(eps)
@@ -554,7 +533,10 @@ mod tests {
             TrtPrecision::Fp16,
             "image",
             &image_input(),
-            ArtifactMode::Save(ctx),
+            GraphSource::BuildAndSave {
+                bytes: &[],
+                path: ctx,
+            },
             Some(timing),
         );
         assert_eq!(get(&o, "trt_fp16_enable"), Some("1"));
@@ -602,7 +584,7 @@ mod tests {
             TrtPrecision::Int8,
             "text",
             &text,
-            ArtifactMode::Load(ctx),
+            GraphSource::Load(ctx),
             Some(Path::new("/t")),
         );
         assert_eq!(get(&o, "trt_int8_enable"), Some("1"));
@@ -623,7 +605,13 @@ mod tests {
         ] {
             assert_eq!(get(&o, k), None, "{k} is not set when loading");
         }
-        let o = tensorrt_options(TrtPrecision::Fp32, "text", &text, ArtifactMode::None, None);
+        let o = tensorrt_options(
+            TrtPrecision::Fp32,
+            "text",
+            &text,
+            GraphSource::Build(&[]),
+            None,
+        );
         assert_eq!(get(&o, "trt_fp16_enable"), Some("0"));
         assert_eq!(get(&o, "trt_profile_max_shapes"), Some("input_ids:64x16"));
         assert_eq!(get(&o, "trt_dump_ep_context_model"), None);
