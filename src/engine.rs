@@ -81,8 +81,9 @@ pub fn artifact_key(
     let (precision, device, tensorrt, max_queries) = match provider {
         Provider::Cpu => (
             match cfg.cpu_precision {
-                CpuPrecision::Fp32 => "fp32",
-                CpuPrecision::Int8 => "int8",
+                CpuPrecision::Fp32 => Precision::Fp32.name(),
+                // The weight range depends on the CPU's int8 kernels (7 bits without VNNI).
+                CpuPrecision::Int8 => Precision::int8().name(),
             },
             cache::cpu_name(),
             None,
@@ -332,7 +333,7 @@ pub fn load(
             optimize: cfg.enable_optimization,
             provider: provider.clone(),
             precision: if provider == Provider::Cpu && cfg.cpu_precision == CpuPrecision::Int8 {
-                Precision::Int8
+                Precision::int8()
             } else {
                 Precision::Fp32
             },

@@ -287,7 +287,7 @@ fn measure_side(
         threads: args.runtime.threads,
         optimize,
         precision: if args.precision == "int8" {
-            crate::model::graphs::Precision::Int8
+            crate::model::graphs::Precision::int8()
         } else {
             crate::model::graphs::Precision::Fp32
         },

@@ -66,7 +66,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
         threads: args.runtime.threads,
         max_queries: args.queries.len().max(1),
         precision: if args.precision == "int8" {
-            crate::model::graphs::Precision::Int8
+            crate::model::graphs::Precision::int8()
         } else {
             crate::model::graphs::Precision::Fp32
         },
