@@ -8,6 +8,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::model::tokenizer::QueryRules;
 use crate::preprocess::ImageLimits;
 
 /// Default configuration file.
@@ -156,6 +157,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let limits = ImageLimits::default();
+        let queries = QueryRules::default();
         Config {
             model: DEFAULT_MODEL.into(),
             model_store: "/var/lib/intelligent-video/models".into(),
@@ -177,8 +179,8 @@ impl Default for Config {
             max_body_bytes: limits.max_encoded_bytes,
             max_pixels: limits.max_pixels,
             max_side: limits.max_side,
-            max_queries: 64,
-            max_query_bytes: 1024,
+            max_queries: queries.max_queries,
+            max_query_bytes: queries.max_query_bytes,
             default_threshold: 0.1,
             log_format: None,
             log_level: "info".into(),

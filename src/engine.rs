@@ -140,7 +140,7 @@ fn load_cached(
     gpu: &GpuInfo,
     force: bool,
     status: &dyn Fn(&str),
-) -> Result<Loaded, crate::pipeline::DetectError> {
+) -> Result<Loaded, crate::pipeline::PipelineError> {
     let name = opts.provider.name();
     let in_memory = |opts: &DetectorOptions| {
         let t = Instant::now();
@@ -329,7 +329,6 @@ pub fn load(
             library: cfg.onnxruntime_path.clone(),
             threads: cfg.threads,
             query_cache: cfg.query_cache_size,
-            max_queries: cfg.max_queries,
             optimize: cfg.enable_optimization,
             provider: provider.clone(),
             precision: if provider == Provider::Cpu && cfg.cpu_precision == CpuPrecision::Int8 {
@@ -362,7 +361,7 @@ pub fn load(
                 let reason = e.to_string();
                 tracing::warn!(backend = name, %reason, "backend failed; falling back");
                 // A model error is not the provider's fault: the CPU would fail the same way.
-                if matches!(e, crate::pipeline::DetectError::Model(_)) {
+                if matches!(e, crate::pipeline::PipelineError::Model(_)) {
                     return Err(reason);
                 }
                 last_err = reason.clone();

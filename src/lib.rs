@@ -14,4 +14,5 @@ pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod server;
+pub mod service;
 pub mod store;

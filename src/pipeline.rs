@@ -11,38 +11,29 @@ use lru::LruCache;
 use crate::backend::ort::{CpuOptions, OrtBackend};
 use crate::backend::{Backend, BackendError, GraphSource, ImageBatch, Provider};
 use crate::model::graphs::{self, Attention};
-use crate::model::tokenizer::QueryError;
+use crate::model::tokenizer::{QueryError, QueryRules};
 use crate::model::{ModelDir, ModelError, OwlConfig, QueryTokenizer};
 use crate::postprocess::{self, Detection, PostParams};
-use crate::preprocess::{self, ImageError, PreprocessConfig, Rgb};
+use crate::preprocess::{self, PreprocessConfig, Rgb};
 
-/// Errors of a detection request or of loading the pipeline.
+/// Errors of loading the pipeline or of running it.
 #[derive(Debug, thiserror::Error)]
-pub enum DetectError {
+pub enum PipelineError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Query(#[from] QueryError),
     #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("at least one query is required")]
-    NoQueries,
-    #[error("{count} queries given, at most {max} allowed")]
-    TooManyQueries { count: usize, max: usize },
 }
 
-impl DetectError {
+impl PipelineError {
     /// Stable snake_case name for APIs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            DetectError::Model(e) => e.kind(),
-            DetectError::Query(_) => "invalid_query",
-            DetectError::Image(e) => e.kind(),
-            DetectError::Backend(e) => e.kind(),
-            DetectError::NoQueries => "missing_query",
-            DetectError::TooManyQueries { .. } => "too_many_queries",
+            PipelineError::Model(e) => e.kind(),
+            PipelineError::Query(e) => e.kind(),
+            PipelineError::Backend(e) => e.kind(),
         }
     }
 }
@@ -56,8 +47,6 @@ pub struct DetectorOptions {
     pub threads: usize,
     /// Query embeddings kept in the LRU cache.
     pub query_cache: usize,
-    /// Most queries per request.
-    pub max_queries: usize,
     /// Attention form of the image graph.
     pub attention: Attention,
     /// Full ONNX Runtime graph optimisations (false = basic only, the eager baseline).
@@ -89,7 +78,6 @@ impl Default for DetectorOptions {
             library: None,
             threads: 0,
             query_cache: 1024,
-            max_queries: 64,
             attention: Attention::Fused,
             optimize: true,
             provider: Provider::Cpu,
@@ -115,7 +103,6 @@ pub struct Detector {
     backend: Box<dyn Backend>,
     cache: LruCache<String, Arc<[f32]>>,
     stats: CacheStats,
-    max_queries: usize,
 }
 
 impl std::fmt::Debug for Detector {
@@ -129,7 +116,7 @@ impl std::fmt::Debug for Detector {
 
 impl Detector {
     /// Loads a model directory onto ONNX Runtime with the chosen execution provider.
-    pub fn load(dir: &Path, opts: &DetectorOptions) -> Result<Self, DetectError> {
+    pub fn load(dir: &Path, opts: &DetectorOptions) -> Result<Self, PipelineError> {
         let t = std::time::Instant::now();
         let model = ModelDir::open(dir)?;
         // The tokenizer (tens of milliseconds of JSON) loads while the sessions are created.
@@ -159,7 +146,7 @@ impl Detector {
         model: &ModelDir,
         opts: &DetectorOptions,
         t: std::time::Instant,
-    ) -> Result<OrtBackend, DetectError> {
+    ) -> Result<OrtBackend, PipelineError> {
         // TensorRT has no kernel for com.microsoft.MultiHeadAttention (the node would fall back to
         // CUDA between TensorRT islands); it fuses plain attention itself.
         let attention = match opts.provider {
@@ -247,7 +234,6 @@ impl Detector {
                 NonZeroUsize::new(opts.query_cache.max(1)).unwrap_or(NonZeroUsize::MIN),
             ),
             stats: CacheStats::default(),
-            max_queries: opts.max_queries,
         }
     }
 
@@ -275,23 +261,9 @@ impl Detector {
         Ok(t.ids)
     }
 
-    /// Checks a query list without running anything.
-    pub fn validate_queries(&self, queries: &[String]) -> Result<(), DetectError> {
-        if queries.is_empty() {
-            return Err(DetectError::NoQueries);
-        }
-        if queries.len() > self.max_queries {
-            return Err(DetectError::TooManyQueries {
-                count: queries.len(),
-                max: self.max_queries,
-            });
-        }
-        Ok(())
-    }
-
     /// Query embeddings for `queries`, from the cache or one text-graph run for the missing ones.
-    pub fn query_embeddings(&mut self, queries: &[String]) -> Result<Vec<Arc<[f32]>>, DetectError> {
-        self.validate_queries(queries)?;
+    /// The list is assumed to follow the `QueryRules` (checked by the caller, once).
+    pub fn query_embeddings(&mut self, queries: &[String]) -> Result<Vec<Arc<[f32]>>, PipelineError> {
         let mut missing: Vec<&String> = Vec::new();
         for q in queries {
             if self.cache.get(q).is_some() {
@@ -319,7 +291,7 @@ impl Detector {
             .iter()
             .map(|q| {
                 self.cache.get(q).cloned().ok_or_else(|| {
-                    DetectError::Backend(BackendError::Run(
+                    PipelineError::Backend(BackendError::Run(
                         "query cache smaller than the request".into(),
                     ))
                 })
@@ -337,7 +309,7 @@ impl Detector {
         &mut self,
         pixel_values: &[f32],
         batch: usize,
-    ) -> Result<ImageBatch, DetectError> {
+    ) -> Result<ImageBatch, PipelineError> {
         Ok(self.backend.run_image(pixel_values, batch)?)
     }
 
@@ -354,13 +326,16 @@ impl Detector {
         postprocess::detect(&batch.heads(i), &q, labels, img.0, img.1, params)
     }
 
-    /// Detects `queries` in every image (one image-graph batch).
+    /// Detects `queries` in every image (one image-graph batch), after checking them against
+    /// `rules`.
     pub fn detect(
         &mut self,
         images: &[&Rgb],
         queries: &[String],
+        rules: &QueryRules,
         params: &PostParams,
-    ) -> Result<Vec<Vec<Detection>>, DetectError> {
+    ) -> Result<Vec<Vec<Detection>>, PipelineError> {
+        rules.check(queries)?;
         let emb = self.query_embeddings(queries)?;
         if images.is_empty() {
             return Ok(Vec::new());

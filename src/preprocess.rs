@@ -1,5 +1,5 @@
 //! Image decoding (with explicit limits checked before decoding) and OWLv2 preprocessing into
-//! `pixel_values`, exactly as transformers' `Owlv2ImageProcessor` (see `../shared/owlv2-spec.md`):
+//! `pixel_values`, exactly as transformers' `Owlv2ImageProcessor` (see `docs/owlv2.md`):
 //! RGB (alpha composited onto white), rescale, pad bottom/right to a square with 0.0, anti-alias
 //! Gaussian blur when downscaling (reflect borders), bilinear resize (`align_corners=False`),
 //! per-channel normalisation.
@@ -100,22 +100,25 @@ pub struct Rgb {
     pub data: Vec<u8>,
 }
 
-fn check_dims(width: u32, height: u32, limits: &ImageLimits) -> Result<(), ImageError> {
-    if width == 0 || height == 0 {
-        return Err(ImageError::ZeroSize { width, height });
+impl ImageLimits {
+    /// Checks decoded (or declared) dimensions: none zero, within the side and pixel limits.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), ImageError> {
+        if width == 0 || height == 0 {
+            return Err(ImageError::ZeroSize { width, height });
+        }
+        if width > self.max_side
+            || height > self.max_side
+            || u64::from(width) * u64::from(height) > self.max_pixels
+        {
+            return Err(ImageError::TooManyPixels {
+                width,
+                height,
+                max_side: self.max_side,
+                max_pixels: self.max_pixels,
+            });
+        }
+        Ok(())
     }
-    if width > limits.max_side
-        || height > limits.max_side
-        || u64::from(width) * u64::from(height) > limits.max_pixels
-    {
-        return Err(ImageError::TooManyPixels {
-            width,
-            height,
-            max_side: limits.max_side,
-            max_pixels: limits.max_pixels,
-        });
-    }
-    Ok(())
 }
 
 impl Rgb {
@@ -126,7 +129,7 @@ impl Rgb {
         data: Vec<u8>,
         limits: &ImageLimits,
     ) -> Result<Self, ImageError> {
-        check_dims(width, height, limits)?;
+        limits.check(width, height)?;
         let expected = u64::from(width) * u64::from(height) * 3;
         if data.len() as u64 != expected {
             return Err(ImageError::RawSize {
@@ -171,7 +174,7 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb, ImageError> {
             .into_dimensions()
             .map_err(|e| ImageError::Decode(e.to_string()))?,
     };
-    check_dims(width, height, limits)?;
+    limits.check(width, height)?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_side);

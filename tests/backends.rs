@@ -4,7 +4,7 @@
 mod common;
 
 use intelligent_video::backend::{Provider, TrtPrecision};
-use intelligent_video::pipeline::{DetectError, Detector, DetectorOptions};
+use intelligent_video::pipeline::{Detector, DetectorOptions, PipelineError};
 
 #[test]
 fn gpu_providers_fail_loudly_on_the_cpu_build() {
@@ -27,7 +27,7 @@ fn gpu_providers_fail_loudly_on_the_cpu_build() {
             ..DetectorOptions::default()
         };
         match Detector::load(&common::model_dir("tiny-a"), &opts) {
-            Err(DetectError::Backend(e)) => {
+            Err(PipelineError::Backend(e)) => {
                 let msg = e.to_string();
                 assert!(msg.contains(name), "{name}: {msg}");
                 // The CPU build is named as the reason, before any session is tried.

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::model_dir;
+use intelligent_video::model::tokenizer::QueryRules;
 use intelligent_video::pipeline::{Detector, DetectorOptions};
 use intelligent_video::postprocess::PostParams;
 use intelligent_video::preprocess::{self, ImageLimits};
@@ -81,6 +82,7 @@ fn prints_one_json_line_per_image_matching_the_library() {
             .detect(
                 &[&rgb],
                 &qs,
+                &QueryRules::default(),
                 &PostParams {
                     threshold: 0.2,
                     nms_iou: None,

@@ -8,6 +8,7 @@ use common::{
 };
 use intelligent_video::model::graphs::Attention;
 use intelligent_video::pipeline::{Detector, DetectorOptions};
+use intelligent_video::model::tokenizer::QueryRules;
 use intelligent_video::postprocess::{self, PostParams};
 use intelligent_video::preprocess::{self, ImageLimits};
 
@@ -205,6 +206,7 @@ fn detections_match_transformers_end_to_end() {
                 .detect(
                     &[&rgb],
                     &qs,
+                    &QueryRules::default(),
                     &PostParams {
                         threshold: 0.1,
                         nms_iou: None,

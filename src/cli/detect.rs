@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::RuntimeArgs;
+use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
 use crate::pipeline::{Detector, DetectorOptions};
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, ImageLimits};
@@ -64,7 +65,6 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
     let opts = DetectorOptions {
         library: args.runtime.onnxruntime.clone(),
         threads: args.runtime.threads,
-        max_queries: args.queries.len().max(1),
         precision: if args.precision == "int8" {
             crate::model::graphs::Precision::int8()
         } else {
@@ -74,6 +74,12 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
     };
     let mut det = Detector::load(&args.model, &opts)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    // Any number of queries on the command line; each within the tokenizer's guard.
+    let rules = QueryRules {
+        max_queries: args.queries.len().max(1),
+        max_query_bytes: MAX_QUERY_BYTES,
+    };
+    rules.check(&args.queries).context("invalid query")?;
     det.query_embeddings(&args.queries)
         .context("invalid query")?;
     let stdout = std::io::stdout();
@@ -95,7 +101,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
             let img =
                 preprocess::decode(&bytes, &limits).with_context(|| path.display().to_string())?;
             let dets = det
-                .detect(&[&img], &args.queries, &params)
+                .detect(&[&img], &args.queries, &rules, &params)
                 .with_context(|| path.display().to_string())?;
             let line = serde_json::to_string(&ImageResult {
                 image: path.display().to_string(),

@@ -1,4 +1,4 @@
-//! Builds the two OWLv2 ONNX graphs natively from a checkpoint (see `../shared/owlv2-spec.md`):
+//! Builds the two OWLv2 ONNX graphs natively from a checkpoint (see `docs/owlv2.md`):
 //!
 //! - **image graph**: `pixel_values [B,3,S,S]` → `class_embeds [B,P,C]` (normalised), `logit_shift [B,P]`,
 //!   `logit_scale [B,P]` (elu+1 applied), `pred_boxes [B,P,4]` (box bias and sigmoid applied),
@@ -645,7 +645,8 @@ mod tests {
         }
         let (q, s) = quantize_per_channel(&w, 2, 3, Int8Weights::Reduced);
         assert_eq!(s[0], 1.0 / 63.0);
-        assert_eq!((q[0], q[2], q[4]), (32, -63, 16)); // 31.5 -> 32, -63, 15.75 -> 16
+        // 0.5 / (1/63) is 31.499998 in f32 (rounds to 31); 0.25 → 15.75 → 16.
+        assert_eq!((q[0], q[2], q[4]), (31, -63, 16));
         for (i, v) in w[..3].iter().enumerate() {
             assert!((q[i * 2] as f32 * s[0] - v).abs() <= s[0] / 2.0 + 1e-7);
         }
@@ -681,7 +682,7 @@ mod tests {
         let g = 60;
         let b = box_bias(g);
         assert_eq!(b.len(), g * g * 4);
-        // Last patch: c = 1 → 9.2102747 in f32 (spec); first patch x: c = 1/60.
+        // Last patch: c = 1 → 9.2102747 in f32 (docs/owlv2.md#heads); first patch x: c = 1/60.
         let last = &b[(g * g - 1) * 4..];
         assert!((last[0] - 9.210_275).abs() < 2e-6, "{}", last[0]);
         assert!((last[1] - 9.210_275).abs() < 2e-6);

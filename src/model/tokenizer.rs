@@ -41,9 +41,13 @@ const TEMPLATE: &str = r#"{
 /// Maximum accepted query length in bytes before tokenization (guards the tokenizer).
 pub const MAX_QUERY_BYTES: usize = 4096;
 
-/// Tokenizer errors seen by callers (bad queries).
-#[derive(Debug, thiserror::Error, PartialEq)]
+/// Bad queries: the request-level rules of `QueryRules` and the tokenizer's own refusals.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum QueryError {
+    #[error("at least one query is required")]
+    Missing,
+    #[error("{count} queries given, at most {max} allowed")]
+    TooMany { count: usize, max: usize },
     #[error("query {index} is empty")]
     Empty { index: usize },
     #[error("query {index} is {len} bytes long (at most {max})")]
@@ -54,6 +58,64 @@ pub enum QueryError {
     },
     #[error("query {index} could not be tokenized: {message}")]
     Tokenize { index: usize, message: String },
+}
+
+impl QueryError {
+    /// Stable snake_case name for APIs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QueryError::Missing => "missing_query",
+            QueryError::TooMany { .. } => "too_many_queries",
+            _ => "invalid_query",
+        }
+    }
+}
+
+/// The rules a list of text queries must follow before anything is tokenized or run: at least one
+/// query, at most `max_queries`, each at most `max_query_bytes` long and not blank. The one place
+/// these rules live; the service checks them at admission, `detect` before loading anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryRules {
+    pub max_queries: usize,
+    pub max_query_bytes: usize,
+}
+
+impl Default for QueryRules {
+    /// The daemon's defaults (`max_queries`, `max_query_bytes`).
+    fn default() -> Self {
+        QueryRules {
+            max_queries: 64,
+            max_query_bytes: 1024,
+        }
+    }
+}
+
+impl QueryRules {
+    /// Checks `queries` in order: the count first, then each query.
+    pub fn check(&self, queries: &[String]) -> Result<(), QueryError> {
+        if queries.is_empty() {
+            return Err(QueryError::Missing);
+        }
+        if queries.len() > self.max_queries {
+            return Err(QueryError::TooMany {
+                count: queries.len(),
+                max: self.max_queries,
+            });
+        }
+        for (index, q) in queries.iter().enumerate() {
+            if q.len() > self.max_query_bytes {
+                return Err(QueryError::TooLong {
+                    index,
+                    len: q.len(),
+                    max: self.max_query_bytes,
+                });
+            }
+            if q.trim().is_empty() {
+                return Err(QueryError::Empty { index });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Result of tokenizing one query.

@@ -12,7 +12,7 @@ use crate::model::checkpoint::WeightData;
 
 /// ONNX opset of the default domain used by every graph we build (LayerNormalization needs 17).
 pub const OPSET: i64 = 17;
-/// IR version written into models (ONNX Runtime 1.31 reads up to 11; the spec asks ≤ 10).
+/// IR version written into models (ONNX Runtime 1.31 reads up to 11; `docs/owlv2.md` asks ≤ 10).
 pub const IR_VERSION: i64 = 8;
 /// Microsoft contrib-op domain (fused attention).
 pub const MS_DOMAIN: &str = "com.microsoft";

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::pipeline::DetectError;
+use crate::service::DetectError;
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,14 +42,18 @@ impl ApiError {
 
 impl From<&DetectError> for ApiError {
     fn from(e: &DetectError) -> Self {
-        let status = match e {
-            DetectError::Image(i) if i.is_too_large() => 413,
-            DetectError::Image(_)
-            | DetectError::Query(_)
-            | DetectError::NoQueries
-            | DetectError::TooManyQueries { .. } => 400,
-            DetectError::Model(_) | DetectError::Backend(_) => 500,
+        let (status, retry_after) = match e {
+            DetectError::Image(i) if i.is_too_large() => (413, None),
+            DetectError::Image(_) | DetectError::Query(_) | DetectError::InvalidParameter(_) => {
+                (400, None)
+            }
+            DetectError::QueueFull | DetectError::Stopped => (503, Some(1)),
+            DetectError::Timeout(_) => (504, None),
+            DetectError::Backend(_) | DetectError::Internal(_) => (500, None),
         };
-        ApiError::new(status, e.kind(), e.to_string())
+        ApiError {
+            retry_after,
+            ..ApiError::new(status, e.kind(), e.to_string())
+        }
     }
 }

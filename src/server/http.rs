@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -15,14 +15,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::oneshot;
-
 use super::error::ApiError;
 use super::state::{AppState, Phase};
-use super::worker::Job;
-use crate::pipeline::DetectError;
-use crate::postprocess::{Detection, PostParams};
-use crate::preprocess::{self, Rgb};
+use crate::postprocess::Detection;
+use crate::service::{DetectError, DetectRequest, DetectService, ImageInput, Timing};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -87,10 +83,7 @@ async fn route(req: Request<Incoming>, st: &Arc<AppState>, peer: Peer) -> Resp {
         (&Method::GET, "/api/health") => health(st),
         (&Method::GET, "/api/optimization") => optimization(st),
         (&Method::GET, "/metrics") => {
-            let depth = st
-                .config
-                .max_queue
-                .saturating_sub(st.queue.available_permits()) as u64;
+            let depth = st.queue_depth() as u64;
             let mut r = Response::new(Full::new(Bytes::from(st.metrics.render(depth))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -101,18 +94,7 @@ async fn route(req: Request<Incoming>, st: &Arc<AppState>, peer: Peer) -> Resp {
         (&Method::POST, "/v1/detect") => match peer {
             Peer::Unix { .. } => {
                 let started = Instant::now();
-                let timeout = Duration::from_millis(st.config.request_timeout_ms);
-                let result = match tokio::time::timeout(timeout, detect(req, st, started)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ApiError::new(
-                        504,
-                        "timeout",
-                        format!(
-                            "request took longer than {} ms",
-                            st.config.request_timeout_ms
-                        ),
-                    )),
-                };
+                let result = detect(req, st, started).await;
                 st.metrics
                     .observe_total(started.elapsed().as_secs_f64() * 1e3);
                 match result {
@@ -162,7 +144,7 @@ fn health(st: &AppState) -> Resp {
     let e = st.engine();
     let body = json!({
         "status": phase_name(p),
-        "model_loaded": st.worker.get().is_some(),
+        "model_loaded": st.service.get().is_some(),
         "gpu_available": e.gpu_available,
         "optimization": {
             "backend": e.backend,
@@ -273,53 +255,6 @@ struct JsonRequest {
     nms: Option<f32>,
 }
 
-enum ImageInput {
-    Encoded(Bytes),
-    Raw {
-        width: u32,
-        height: u32,
-        data: Bytes,
-    },
-}
-
-fn post_params(
-    st: &AppState,
-    threshold: Option<f32>,
-    nms: Option<f32>,
-) -> Result<PostParams, ApiError> {
-    PostParams::new(threshold.unwrap_or(st.config.default_threshold), nms)
-        .map_err(|m| bad("invalid_parameter", m))
-}
-
-fn check_queries(st: &AppState, queries: &[String]) -> Result<(), ApiError> {
-    let c = &st.config;
-    if queries.is_empty() {
-        return Err(ApiError::from(&DetectError::NoQueries));
-    }
-    if queries.len() > c.max_queries {
-        return Err(ApiError::from(&DetectError::TooManyQueries {
-            count: queries.len(),
-            max: c.max_queries,
-        }));
-    }
-    for (i, q) in queries.iter().enumerate() {
-        if q.len() > c.max_query_bytes {
-            return Err(bad(
-                "invalid_query",
-                format!(
-                    "query {i} is {} bytes long (at most {})",
-                    q.len(),
-                    c.max_query_bytes
-                ),
-            ));
-        }
-        if q.trim().is_empty() {
-            return Err(bad("invalid_query", format!("query {i} is empty")));
-        }
-    }
-    Ok(())
-}
-
 async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
     let too_large = |n: String| {
         ApiError::new(
@@ -348,38 +283,32 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError
     }
 }
 
-async fn detect(
-    req: Request<Incoming>,
-    st: &Arc<AppState>,
-    started: Instant,
-) -> Result<String, ApiError> {
-    match st.phase() {
-        Phase::Ready => {}
-        Phase::Starting => {
-            return Err(ApiError::unavailable(
-                "not_ready",
-                "the model is still loading",
-                5,
-            ))
-        }
-        Phase::Stopping => {
-            return Err(ApiError::unavailable(
-                "shutting_down",
-                "the daemon is shutting down",
-                1,
-            ))
-        }
-        Phase::Failed => {
-            return Err(ApiError::unavailable(
-                "not_ready",
-                "the model failed to load",
-                30,
-            ))
-        }
+/// The service, or why this request cannot be served now.
+fn ready_service(st: &AppState) -> Result<&DetectService, ApiError> {
+    let service = st.service.get();
+    match (st.phase(), service) {
+        (Phase::Ready, Some(s)) => Ok(s),
+        (Phase::Stopping, _) => Err(ApiError::unavailable(
+            "shutting_down",
+            "the daemon is shutting down",
+            1,
+        )),
+        (Phase::Failed, _) => Err(ApiError::unavailable(
+            "not_ready",
+            "the model failed to load",
+            30,
+        )),
+        _ => Err(ApiError::unavailable(
+            "not_ready",
+            "the model is still loading",
+            5,
+        )),
     }
-    let url = parse_url(req.uri().query())?;
-    let ctype = req
-        .headers()
+}
+
+/// The request's media type, lower-case, without parameters.
+fn media_type(req: &Request<Incoming>) -> String {
+    req.headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|s| {
@@ -389,9 +318,19 @@ async fn detect(
                 .trim()
                 .to_ascii_lowercase()
         })
-        .unwrap_or_default();
-    let body = read_body(req, st.config.max_body_bytes).await?;
-    let (input, queries, params) = match ctype.as_str() {
+        .unwrap_or_default()
+}
+
+/// Parses a `/v1/detect` request (URL, content type, body) into the service's request.
+async fn parse_detect(
+    req: Request<Incoming>,
+    max_body: usize,
+    received: Instant,
+) -> Result<DetectRequest, ApiError> {
+    let url = parse_url(req.uri().query())?;
+    let ctype = media_type(&req);
+    let body = read_body(req, max_body).await?;
+    let (image, queries, threshold, nms) = match ctype.as_str() {
         "application/json" => {
             let j: JsonRequest = serde_json::from_slice(&body).map_err(|e| bad("invalid_json", format!("malformed JSON body: {e}")))?;
             let raw = base64::engine::general_purpose::STANDARD
@@ -399,20 +338,17 @@ async fn detect(
                 .map_err(|e| bad("invalid_base64", format!("image_base64 is not valid base64: {e}")))?;
             let mut queries = url.queries;
             queries.extend(j.queries);
-            let params = post_params(st, j.threshold.or(url.threshold), j.nms.or(url.nms))?;
-            (ImageInput::Encoded(Bytes::from(raw)), queries, params)
+            (ImageInput::Encoded(Bytes::from(raw)), queries, j.threshold.or(url.threshold), j.nms.or(url.nms))
         }
         "application/x-raw-rgb" => {
             let (Some(width), Some(height)) = (url.width, url.height) else {
                 return Err(bad("invalid_parameter", "application/x-raw-rgb needs width= and height= parameters"));
             };
-            let params = post_params(st, url.threshold, url.nms)?;
-            (ImageInput::Raw { width, height, data: body }, url.queries, params)
+            (ImageInput::Raw { width, height, data: body }, url.queries, url.threshold, url.nms)
         }
         // curl --data-binary sends application/x-www-form-urlencoded by default: treat it as image bytes.
         "" | "image/jpeg" | "image/png" | "image/webp" | "image/bmp" | "application/octet-stream" | "application/x-www-form-urlencoded" => {
-            let params = post_params(st, url.threshold, url.nms)?;
-            (ImageInput::Encoded(body), url.queries, params)
+            (ImageInput::Encoded(body), url.queries, url.threshold, url.nms)
         }
         other => {
             return Err(ApiError::new(
@@ -422,71 +358,38 @@ async fn detect(
             ))
         }
     };
-    check_queries(st, &queries)?;
-    let permit = st.queue.clone().try_acquire_owned().map_err(|_| {
-        ApiError::unavailable(
-            "queue_full",
-            "too many requests in flight; retry shortly",
-            1,
-        )
-    })?;
-    let (Some(worker), Some(pre)) = (st.worker.get(), st.preprocess.get().copied()) else {
-        return Err(ApiError::unavailable(
-            "not_ready",
-            "the model is still loading",
-            5,
-        ));
-    };
-    let limits = st.config.image_limits();
-    let t_pre = Instant::now();
-    let prepared =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<f32>, u32, u32), ApiError> {
-            let rgb = match input {
-                ImageInput::Encoded(b) => preprocess::decode(&b, &limits),
-                ImageInput::Raw {
-                    width,
-                    height,
-                    data,
-                } => Rgb::from_raw(width, height, data.to_vec(), &limits),
-            }
-            .map_err(|e| ApiError::from(&DetectError::Image(e)))?;
-            Ok((preprocess::preprocess(&rgb, &pre), rgb.width, rgb.height))
-        })
-        .await
-        .map_err(|e| ApiError::new(500, "internal", format!("preprocessing task failed: {e}")))??;
-    let (pixels, width, height) = prepared;
-    let preprocess_ms = t_pre.elapsed().as_secs_f64() * 1e3;
-    let (tx, rx) = oneshot::channel();
-    let job = Job {
-        pixels,
-        width,
-        height,
+    Ok(DetectRequest {
+        image,
         queries,
-        params,
-        enqueued: Instant::now(),
-        reply: tx,
-    };
-    worker.submit(job).map_err(|_| {
-        ApiError::unavailable("shutting_down", "the inference worker has stopped", 1)
-    })?;
-    let out = rx.await.map_err(|_| {
-        ApiError::unavailable("shutting_down", "the inference worker has stopped", 1)
-    })??;
-    drop(permit);
-    let total = started.elapsed().as_secs_f64() * 1e3;
+        threshold,
+        nms,
+        received,
+    })
+}
+
+/// `/v1/detect`: parse within the request's deadline, then hand the request to the service.
+async fn detect(
+    req: Request<Incoming>,
+    st: &AppState,
+    started: Instant,
+) -> Result<String, ApiError> {
+    let service = ready_service(st)?;
+    let timeout = service.config().request_timeout;
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let request = tokio::time::timeout_at(deadline, parse_detect(req, st.config.max_body_bytes, started))
+        .await
+        .map_err(|_| ApiError::from(&DetectError::Timeout(timeout.as_millis() as u64)))??;
+    let out = service
+        .detect(request)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
     let resp = DetectResponse {
-        width,
-        height,
+        width: out.width,
+        height: out.height,
         detections: &out.detections,
         backend: st.engine().backend,
         batch_size: out.batch_size,
-        timing_ms: Timing {
-            queue: out.queue_ms,
-            preprocess: preprocess_ms,
-            inference: out.inference_ms,
-            postprocess: out.postprocess_ms,
-            total,
-        },
+        timing_ms: out.timing_ms,
     };
     serde_json::to_string(&resp)
         .map_err(|e| ApiError::new(500, "internal", format!("cannot encode the response: {e}")))
@@ -501,15 +404,6 @@ struct DetectResponse<'a> {
     backend: String,
     batch_size: usize,
     timing_ms: Timing,
-}
-
-#[derive(Serialize)]
-struct Timing {
-    queue: f64,
-    preprocess: f64,
-    inference: f64,
-    postprocess: f64,
-    total: f64,
 }
 
 #[cfg(test)]

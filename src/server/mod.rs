@@ -1,16 +1,15 @@
-//! The daemon (`intelligent-video serve`): listeners, lifecycle (load → warmup → READY → drain on
-//! SIGTERM), systemd notifications and watchdog, and the accept loops. Request handling is in
-//! `http`, batching and inference in `worker`, shared state in `state`.
+//! The daemon (`intelligent-video serve`): listeners, lifecycle (load → start the detection
+//! service → warmup → READY → drain on SIGTERM), systemd notifications and watchdog, and the accept
+//! loops. Request parsing and routing are in `http`, shared state in `state`; detection itself
+//! (admission, preprocessing, batching, inference) is `crate::service`.
 //!
-//! `run` takes its listeners, a model loader and a cancellation token, so tests drive it in-process
-//! with temporary sockets and their own token; only `main` exits the process.
+//! `run` takes its listeners, a model loader and a cancellation token; only `main` exits the
+//! process.
 
 pub mod error;
 pub mod http;
 pub mod listen;
-pub mod metrics;
 pub mod state;
-pub mod worker;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +27,8 @@ use state::{AppState, EngineInfo, Phase};
 
 use crate::config::Config;
 use crate::pipeline::Detector;
-use crate::postprocess::PostParams;
-use crate::preprocess::{self, Rgb};
+use crate::preprocess::Rgb;
+use crate::service::{DetectRequest, DetectService, ImageInput, ServiceConfig};
 
 /// Reports a startup phase (systemd `STATUS=` and the health document).
 pub type StatusFn = Arc<dyn Fn(&str) + Send + Sync>;
@@ -77,33 +76,22 @@ fn warmup_frame() -> Rgb {
     }
 }
 
-async fn warmup(st: &Arc<AppState>, n: u32) -> Result<f64, ServeError> {
-    let (Some(worker), Some(pre)) = (st.worker.get(), st.preprocess.get().copied()) else {
-        return Err(ServeError::Internal("worker missing before warmup".into()));
-    };
+/// Runs `n` detections of a synthetic frame through the service, like any request (but without
+/// the request deadline: a slow first inference must not fail the start).
+async fn warmup(st: &Arc<AppState>, service: &DetectService, n: u32) -> Result<f64, ServeError> {
     let frame = warmup_frame();
     let t = Instant::now();
     for i in 1..=n {
         set_status(st, &format!("warmup {i}/{n}"));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let pixels = preprocess::preprocess(&frame, &pre);
-        worker
-            .submit(worker::Job {
-                pixels,
-                width: frame.width,
-                height: frame.height,
-                queries: vec!["a photo of an object".into()],
-                params: PostParams {
-                    threshold: 0.1,
-                    nms_iou: None,
-                },
-                enqueued: Instant::now(),
-                reply: tx,
-            })
-            .map_err(|_| ServeError::Warmup("worker stopped".into()))?;
-        rx.await
-            .map_err(|_| ServeError::Warmup("worker stopped".into()))?
-            .map_err(|e| ServeError::Warmup(e.message))?;
+        let mut req = DetectRequest::new(
+            ImageInput::Decoded(frame.clone()),
+            vec!["a photo of an object".into()],
+        );
+        req.threshold = Some(0.1);
+        service
+            .detect_untimed(req)
+            .await
+            .map_err(|e| ServeError::Warmup(e.to_string()))?;
     }
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
@@ -301,20 +289,19 @@ async fn lifecycle(
             return Err(ServeError::Load(format!("loader panicked: {e}")));
         }
     };
-    let pre = *det.preprocess_config();
-    let _ = st.preprocess.set(pre);
     let backend = det.backend_name().to_string();
-    let batch = worker::BatchConfig {
-        max_batch: st.config.max_batch_size,
-        max_wait: Duration::from_millis(st.config.max_batch_wait_ms),
-    };
-    let (handle, _join) = worker::spawn(det, st.clone(), batch)
-        .map_err(|e| ServeError::Internal(format!("cannot start the worker: {e}")))?;
-    let _ = st.worker.set(handle);
+    // The worker thread is detached: it stops when the last service handle goes with the state.
+    let (service, _worker) = DetectService::start(
+        det,
+        ServiceConfig::from_config(&st.config),
+        st.metrics.clone(),
+    )
+    .map_err(|e| ServeError::Internal(format!("cannot start the worker: {e}")))?;
+    let _ = st.service.set(service.clone());
     let n = st.config.warmup_iterations;
     notify(&[NotifyState::ExtendTimeoutUsec(30_000_000)]);
     let warm = tokio::select! {
-        r = warmup(&st, n) => r,
+        r = warmup(&st, &service, n) => r,
         _ = shutdown.cancelled() => {
             st.set_phase(Phase::Stopping);
             notify(&[NotifyState::Stopping]);

@@ -1,17 +1,13 @@
 //! Shared daemon state read by the HTTP handlers without waiting on inference: lifecycle phase,
-//! engine facts for the health documents, metrics, queue admission and the worker's heartbeat.
+//! engine facts for the health documents, the metrics, and the detection service once it runs.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
-use super::metrics::Metrics;
-use super::worker::WorkerHandle;
 use crate::config::Config;
-use crate::preprocess::PreprocessConfig;
+use crate::service::{DetectService, Metrics};
 
 /// Lifecycle phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,31 +45,20 @@ pub struct AppState {
     phase: AtomicU8,
     pub status_line: Mutex<String>,
     pub engine: Mutex<EngineInfo>,
-    pub metrics: Metrics,
-    /// Admission: one permit per request between acceptance and answer.
-    pub queue: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
     /// Set once the model is loaded.
-    pub worker: OnceLock<WorkerHandle>,
-    pub preprocess: OnceLock<PreprocessConfig>,
-    started: Instant,
-    /// Milliseconds since start of the worker's last loop turn.
-    pub heartbeat_ms: AtomicU64,
+    pub service: OnceLock<DetectService>,
 }
 
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
-        let queue = Arc::new(Semaphore::new(config.max_queue));
         Arc::new(AppState {
             config,
             phase: AtomicU8::new(Phase::Starting as u8),
             status_line: Mutex::new("starting".into()),
             engine: Mutex::new(EngineInfo::default()),
-            metrics: Metrics::default(),
-            queue,
-            worker: OnceLock::new(),
-            preprocess: OnceLock::new(),
-            started: Instant::now(),
-            heartbeat_ms: AtomicU64::new(0),
+            metrics: Arc::new(Metrics::default()),
+            service: OnceLock::new(),
         })
     }
 
@@ -90,20 +75,14 @@ impl AppState {
         self.phase.store(p as u8, Ordering::SeqCst);
     }
 
-    /// Milliseconds since the daemon started.
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Records a worker loop turn.
-    pub fn beat(&self) {
-        self.heartbeat_ms.store(self.now_ms(), Ordering::Relaxed);
-    }
-
-    /// Milliseconds since the worker's last loop turn.
+    /// Milliseconds since the inference worker's last loop turn (0 before it runs).
     pub fn heartbeat_age_ms(&self) -> u64 {
-        self.now_ms()
-            .saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
+        self.service.get().map_or(0, |s| s.heartbeat().age_ms())
+    }
+
+    /// Requests admitted and not yet answered.
+    pub fn queue_depth(&self) -> usize {
+        self.service.get().map_or(0, DetectService::queue_depth)
     }
 
     pub fn engine(&self) -> EngineInfo {

@@ -1,6 +1,7 @@
-//! Prometheus text metrics of the daemon: requests by outcome, latency histograms (queue,
-//! inference, total), queue depth, batch sizes, query-cache hits. Lock-light: counters are atomics,
-//! histograms take a short mutex.
+//! Prometheus text metrics of detection: requests by outcome, latency histograms (queue,
+//! inference, total), queue depth, batch sizes, query-cache hits. Filled by the service's worker
+//! (queue, inference, batch, cache) and by its callers (outcome, total); rendered by the server.
+//! Lock-light: counters are atomics, histograms take a short mutex.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -58,8 +59,8 @@ pub struct Metrics {
     inference_ms: Mutex<Histogram>,
     total_ms: Mutex<Histogram>,
     batch_size: Mutex<Histogram>,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -100,6 +101,11 @@ impl Metrics {
     }
     pub fn observe_batch(&self, n: usize) {
         observe(&self.batch_size, n as f64);
+    }
+    /// Counts query embeddings served from the cache (`hits`) and computed (`misses`).
+    pub fn observe_query_cache(&self, hits: u64, misses: u64) {
+        self.cache_hits.fetch_add(hits, Ordering::Relaxed);
+        self.cache_misses.fetch_add(misses, Ordering::Relaxed);
     }
 
     /// Requests counted for `outcome` so far.

@@ -1,0 +1,292 @@
+//! The detection service: the one entry point for a detection, shaped like text-embeddings-inference's
+//! `Infer`. `DetectService` is a `Clone` handle used by the HTTP API, the warmup and the coming stream
+//! ingestion alike. It owns, in this order: validation (thresholds, query rules: once), admission
+//! (a semaphore of `max_queue` slots, failing fast with `queue_full`), decoding and preprocessing
+//! on the blocking pool, and the batcher with its worker thread (`batcher`). It returns a typed
+//! `DetectError` and knows nothing about HTTP, listeners or the daemon's lifecycle.
+
+mod batcher;
+pub mod error;
+pub mod metrics;
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+pub use batcher::{Heartbeat, Worker};
+pub use error::DetectError;
+pub use metrics::Metrics;
+
+use crate::config::Config;
+use crate::model::tokenizer::QueryRules;
+use crate::pipeline::Detector;
+use crate::postprocess::{Detection, PostParams};
+use crate::preprocess::{self, ImageLimits, PreprocessConfig, Rgb};
+
+/// The service's limits and defaults (from the daemon's `Config`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServiceConfig {
+    /// Requests admitted at once (between admission and answer).
+    pub max_queue: usize,
+    pub max_batch: usize,
+    pub max_batch_wait: Duration,
+    pub queries: QueryRules,
+    pub default_threshold: f32,
+    pub image_limits: ImageLimits,
+    /// Deadline of a request, counted from `DetectRequest::received`.
+    pub request_timeout: Duration,
+}
+
+impl ServiceConfig {
+    pub fn from_config(c: &Config) -> Self {
+        ServiceConfig {
+            max_queue: c.max_queue,
+            max_batch: c.max_batch_size,
+            max_batch_wait: Duration::from_millis(c.max_batch_wait_ms),
+            queries: QueryRules {
+                max_queries: c.max_queries,
+                max_query_bytes: c.max_query_bytes,
+            },
+            default_threshold: c.default_threshold,
+            image_limits: c.image_limits(),
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+        }
+    }
+}
+
+/// The image of a request.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    /// Encoded bytes (JPEG, PNG, WebP, BMP), decoded with the limits.
+    Encoded(Bytes),
+    /// Packed RGB24 rows.
+    Raw {
+        width: u32,
+        height: u32,
+        data: Bytes,
+    },
+    /// An already decoded frame (warmup, video frames); its size is checked against the limits.
+    Decoded(Rgb),
+}
+
+/// One detection request.
+#[derive(Debug, Clone)]
+pub struct DetectRequest {
+    pub image: ImageInput,
+    pub queries: Vec<String>,
+    /// Score threshold (default: the configured one).
+    pub threshold: Option<f32>,
+    /// Per-query NMS IoU (default: none).
+    pub nms: Option<f32>,
+    /// When the request arrived: the deadline and the total time count from here.
+    pub received: Instant,
+}
+
+impl DetectRequest {
+    /// A request received now, with the default threshold and no NMS.
+    pub fn new(image: ImageInput, queries: Vec<String>) -> Self {
+        DetectRequest {
+            image,
+            queries,
+            threshold: None,
+            nms: None,
+            received: Instant::now(),
+        }
+    }
+}
+
+/// Milliseconds spent in each stage of one request.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Timing {
+    pub queue: f64,
+    pub preprocess: f64,
+    pub inference: f64,
+    pub postprocess: f64,
+    pub total: f64,
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone)]
+pub struct DetectOutput {
+    pub width: u32,
+    pub height: u32,
+    pub detections: Vec<Detection>,
+    /// Images in the inference batch this request ran in.
+    pub batch_size: usize,
+    pub timing_ms: Timing,
+}
+
+struct Inner {
+    cfg: ServiceConfig,
+    pre: PreprocessConfig,
+    queue: Arc<Semaphore>,
+    tx: Sender<batcher::Job>,
+    heartbeat: Arc<Heartbeat>,
+}
+
+/// A handle on the running detection service. Cheap to clone; the worker stops once every handle
+/// is dropped and the queued requests are answered (`Worker::join` waits for that).
+#[derive(Clone)]
+pub struct DetectService {
+    inner: Arc<Inner>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl DetectService {
+    /// Starts the worker thread around `det`.
+    pub fn start(
+        det: Detector,
+        cfg: ServiceConfig,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<(Self, Worker)> {
+        let pre = *det.preprocess_config();
+        let batch = batcher::BatchConfig {
+            max_batch: cfg.max_batch,
+            max_wait: cfg.max_batch_wait,
+        };
+        let (tx, heartbeat, worker) = batcher::spawn(det, metrics, batch)?;
+        let inner = Inner {
+            queue: Arc::new(Semaphore::new(cfg.max_queue)),
+            cfg,
+            pre,
+            tx,
+            heartbeat,
+        };
+        Ok((
+            DetectService {
+                inner: Arc::new(inner),
+            },
+            worker,
+        ))
+    }
+
+    /// The limits this service runs under.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.cfg
+    }
+
+    /// Requests admitted and not yet answered.
+    pub fn queue_depth(&self) -> usize {
+        self.inner
+            .cfg
+            .max_queue
+            .saturating_sub(self.inner.queue.available_permits())
+    }
+
+    /// The worker's heartbeat.
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.inner.heartbeat
+    }
+
+    /// Detects the request's queries in its image, within its deadline
+    /// (`received + request_timeout`).
+    pub async fn detect(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
+        let timeout = self.inner.cfg.request_timeout;
+        let deadline = tokio::time::Instant::from_std(req.received + timeout);
+        match tokio::time::timeout_at(deadline, self.run(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(DetectError::Timeout(timeout.as_millis() as u64)),
+        }
+    }
+
+    /// `detect` without the deadline (the daemon's warmup, bounded by systemd's start timeout).
+    pub async fn detect_untimed(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
+        self.run(req).await
+    }
+
+    /// Validates, admits, preprocesses, queues and waits for the answer.
+    async fn run(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
+        let DetectRequest {
+            image,
+            queries,
+            threshold,
+            nms,
+            received,
+        } = req;
+        let cfg = &self.inner.cfg;
+        let params = PostParams::new(threshold.unwrap_or(cfg.default_threshold), nms)
+            .map_err(DetectError::InvalidParameter)?;
+        cfg.queries.check(&queries)?;
+        let permit = self
+            .inner
+            .queue
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| DetectError::QueueFull)?;
+        let t_pre = Instant::now();
+        let (pixels, width, height, permit) = self.preprocess(image, permit).await?;
+        let preprocess_ms = ms(t_pre.elapsed());
+        let (reply, rx) = oneshot::channel();
+        let job = batcher::Job {
+            pixels,
+            width,
+            height,
+            queries,
+            params,
+            enqueued: Instant::now(),
+            reply,
+            _permit: permit,
+        };
+        self.inner
+            .tx
+            .send(job)
+            .map_err(|_| DetectError::Stopped)?;
+        let out = rx.await.map_err(|_| DetectError::Stopped)??;
+        Ok(DetectOutput {
+            width,
+            height,
+            detections: out.detections,
+            batch_size: out.batch_size,
+            timing_ms: Timing {
+                queue: out.queue_ms,
+                preprocess: preprocess_ms,
+                inference: out.inference_ms,
+                postprocess: out.postprocess_ms,
+                total: ms(received.elapsed()),
+            },
+        })
+    }
+
+    /// Decodes and preprocesses on the blocking pool. The queue slot travels with the work, so a
+    /// request that timed out keeps its slot until its decoding has actually stopped.
+    async fn preprocess(
+        &self,
+        image: ImageInput,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(Vec<f32>, u32, u32, OwnedSemaphorePermit), DetectError> {
+        let limits = self.inner.cfg.image_limits;
+        let pre = self.inner.pre;
+        tokio::task::spawn_blocking(move || {
+            let rgb = decode(image, &limits)?;
+            let pixels = preprocess::preprocess(&rgb, &pre);
+            Ok((pixels, rgb.width, rgb.height, permit))
+        })
+        .await
+        .map_err(|e| DetectError::Internal(format!("preprocessing task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The request's image as RGB, within the limits.
+fn decode(image: ImageInput, limits: &ImageLimits) -> Result<Rgb, DetectError> {
+    Ok(match image {
+        ImageInput::Encoded(b) => preprocess::decode(&b, limits)?,
+        ImageInput::Raw {
+            width,
+            height,
+            data,
+        } => Rgb::from_raw(width, height, data.to_vec(), limits)?,
+        ImageInput::Decoded(rgb) => {
+            limits.check(rgb.width, rgb.height)?;
+            rgb
+        }
+    })
+}

@@ -1,0 +1,363 @@
+//! In-process tests of the service around a fake backend (tiny-a's config and tokenizer, outputs
+//! of zeros): validation, admission, batching, timeouts, batch-wide errors and drain, each in
+//! milliseconds. Synchronisation is by gates and channels, never by sleeping.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::backend::{Backend, BackendError, ImageBatch};
+use crate::model::tokenizer::QueryError;
+use crate::model::{ModelDir, QueryTokenizer};
+use crate::pipeline::DetectorOptions;
+use crate::preprocess::ImageError;
+
+/// A gate the fake backend waits on before answering an image batch (open by default).
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        if let Ok(mut c) = self.closed.lock() {
+            *c = closed;
+        }
+        self.cv.notify_all();
+    }
+    fn wait(&self) {
+        let Ok(mut c) = self.closed.lock() else {
+            return;
+        };
+        while *c {
+            c = match self.cv.wait(c) {
+                Ok(c) => c,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+#[derive(Default)]
+struct Probe {
+    gate: Gate,
+    /// Image batch sizes seen, in order.
+    batches: Mutex<Vec<usize>>,
+    fail: Mutex<bool>,
+}
+
+struct FakeBackend {
+    patches: usize,
+    dim: usize,
+    probe: Arc<Probe>,
+}
+
+impl Backend for FakeBackend {
+    fn name(&self) -> &str {
+        "fake"
+    }
+    fn run_image(&mut self, _px: &[f32], batch: usize) -> Result<ImageBatch, BackendError> {
+        if let Ok(mut b) = self.probe.batches.lock() {
+            b.push(batch);
+        }
+        self.probe.gate.wait();
+        if self.probe.fail.lock().map(|f| *f).unwrap_or(false) {
+            return Err(BackendError::Run("injected failure".into()));
+        }
+        let (p, c) = (self.patches, self.dim);
+        Ok(ImageBatch {
+            batch,
+            num_patches: p,
+            class_dim: c,
+            class_embeds: vec![0.0; batch * p * c],
+            logit_shift: vec![0.0; batch * p],
+            logit_scale: vec![1.0; batch * p],
+            pred_boxes: vec![0.5; batch * p * 4],
+            objectness_logits: vec![0.0; batch * p],
+        })
+    }
+    fn run_text(&mut self, _ids: &[i64], n: usize) -> Result<Vec<f32>, BackendError> {
+        Ok(vec![0.0; n * self.dim])
+    }
+}
+
+fn tiny_a() -> ModelDir {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/tiny-a");
+    ModelDir::open(&dir).expect("tiny-a opens")
+}
+
+fn config() -> ServiceConfig {
+    ServiceConfig::from_config(&Config::default())
+}
+
+/// A running service on the fake backend, with its probe.
+fn start(cfg: ServiceConfig) -> (DetectService, Worker, Arc<Probe>, Arc<Metrics>) {
+    let model = tiny_a();
+    let tokenizer = QueryTokenizer::from_dir(&model.dir, model.config.text_len).expect("tokenizer");
+    let probe = Arc::new(Probe::default());
+    let grid = model.config.image_size / model.config.patch_size;
+    let backend = FakeBackend {
+        patches: grid * grid,
+        dim: model.config.projection_dim,
+        probe: probe.clone(),
+    };
+    let det = Detector::with_backend(
+        model,
+        tokenizer,
+        Box::new(backend),
+        &DetectorOptions::default(),
+    );
+    let metrics = Arc::new(Metrics::default());
+    let (svc, worker) = DetectService::start(det, cfg, metrics.clone()).expect("starts");
+    (svc, worker, probe, metrics)
+}
+
+fn frame(w: u32, h: u32) -> ImageInput {
+    ImageInput::Decoded(Rgb {
+        width: w,
+        height: h,
+        data: vec![128; (w * h * 3) as usize],
+    })
+}
+
+fn request(queries: &[&str]) -> DetectRequest {
+    DetectRequest::new(
+        frame(32, 24),
+        queries.iter().map(|q| q.to_string()).collect(),
+    )
+}
+
+/// Polls `cond` every millisecond for at most two seconds.
+async fn until(cond: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cond()
+}
+
+#[tokio::test]
+async fn answers_with_every_patch_above_the_threshold() {
+    let (svc, _w, probe, metrics) = start(config());
+    let out = svc.detect(request(&["a cat", "a dog"])).await.expect("ok");
+    // Zero embeddings, shift 0, scale 1: every patch scores sigmoid(0) = 0.5 for both queries, and
+    // each patch keeps its best query (the first on a tie).
+    let grid = 96 / 16;
+    assert_eq!(out.detections.len(), grid * grid);
+    assert!(out.detections.iter().all(|d| (d.score - 0.5).abs() < 1e-6));
+    assert!(out.detections.iter().all(|d| d.label == "a cat"));
+    assert_eq!((out.width, out.height, out.batch_size), (32, 24, 1));
+    assert!(out.timing_ms.total >= out.timing_ms.preprocess);
+    assert_eq!(*probe.batches.lock().expect("lock"), vec![1]);
+    assert!(metrics.render(0).contains("iv_query_cache_misses_total 2"));
+    // Above the threshold nothing passes.
+    let mut r = request(&["a cat"]);
+    r.threshold = Some(0.6);
+    assert!(svc.detect(r).await.expect("ok").detections.is_empty());
+    assert!(metrics.render(0).contains("iv_query_cache_hits_total 1"));
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_admission() {
+    let (svc, _w, probe, _m) = start(config());
+    let many: Vec<String> = (0..65).map(|i| format!("q{i}")).collect();
+    let long = "x".repeat(1025);
+    let cases: Vec<(&str, DetectRequest, &str)> = vec![
+        ("no queries", request(&[]), "missing_query"),
+        (
+            "too many",
+            DetectRequest::new(frame(8, 8), many),
+            "too_many_queries",
+        ),
+        ("blank", request(&["a cat", "  "]), "invalid_query"),
+        ("long", request(&[&long]), "invalid_query"),
+        (
+            "threshold",
+            DetectRequest {
+                threshold: Some(1.5),
+                ..request(&["a cat"])
+            },
+            "invalid_parameter",
+        ),
+        (
+            "nms",
+            DetectRequest {
+                nms: Some(-0.1),
+                ..request(&["a cat"])
+            },
+            "invalid_parameter",
+        ),
+        (
+            "zero size",
+            DetectRequest::new(frame(0, 4), vec!["a".into()]),
+            "invalid_image",
+        ),
+        (
+            "raw size",
+            DetectRequest::new(
+                ImageInput::Raw {
+                    width: 4,
+                    height: 4,
+                    data: Bytes::from_static(&[0; 47]),
+                },
+                vec!["a".into()],
+            ),
+            "invalid_raw_frame",
+        ),
+        (
+            "undecodable",
+            DetectRequest::new(
+                ImageInput::Encoded(Bytes::from_static(b"not an image")),
+                vec!["a".into()],
+            ),
+            "unsupported_image_format",
+        ),
+    ];
+    for (name, req, kind) in cases {
+        let e = svc.detect(req).await.expect_err(name);
+        assert_eq!(e.kind(), kind, "{name}: {e}");
+        assert_eq!(svc.queue_depth(), 0, "{name}: slot not released");
+    }
+    assert!(probe.batches.lock().expect("lock").is_empty());
+    // The rules are the tokenizer's `QueryRules`, with their messages.
+    let e = svc.detect(request(&[&long])).await.expect_err("long");
+    assert!(
+        matches!(
+            e,
+            DetectError::Query(QueryError::TooLong {
+                index: 0,
+                len: 1025,
+                max: 1024
+            })
+        ),
+        "{e:?}"
+    );
+    let e = svc
+        .detect(DetectRequest::new(frame(0, 4), vec!["a".into()]))
+        .await
+        .expect_err("zero");
+    assert!(
+        matches!(
+            e,
+            DetectError::Image(ImageError::ZeroSize {
+                width: 0,
+                height: 4
+            })
+        ),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_fails_fast_and_frees_when_answered() {
+    let (svc, _w, probe, _m) = start(ServiceConfig {
+        max_queue: 1,
+        ..config()
+    });
+    probe.gate.set(true);
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.detect(request(&["a cat"])).await }
+    });
+    assert!(until(|| probe.batches.lock().map(|b| b.len()).unwrap_or(0) == 1).await);
+    assert_eq!(svc.queue_depth(), 1);
+    let t = Instant::now();
+    let e = svc.detect(request(&["a cat"])).await.expect_err("full");
+    assert!(matches!(e, DetectError::QueueFull), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "queue_full must not wait");
+    probe.gate.set(false);
+    assert!(first.await.expect("task").is_ok());
+    assert_eq!(svc.queue_depth(), 0);
+    assert!(svc.detect(request(&["a cat"])).await.is_ok());
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_batch() {
+    let (svc, _w, probe, metrics) = start(ServiceConfig {
+        max_batch: 4,
+        // Long enough that the batch closes because it is full, not because time ran out.
+        max_batch_wait: Duration::from_secs(5),
+        ..config()
+    });
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.detect(request(&[&format!("thing {i}")])).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task").expect("ok").batch_size, 4);
+    }
+    assert_eq!(*probe.batches.lock().expect("lock"), vec![4]);
+    assert!(metrics.render(0).contains("iv_batch_size_count 1"));
+}
+
+#[tokio::test]
+async fn a_timeout_answers_at_once_but_keeps_the_slot_until_the_work_ends() {
+    let (svc, _w, probe, _m) = start(ServiceConfig {
+        request_timeout: Duration::from_millis(50),
+        ..config()
+    });
+    probe.gate.set(true);
+    let e = svc.detect(request(&["a cat"])).await.expect_err("timeout");
+    assert!(matches!(e, DetectError::Timeout(50)), "{e:?}");
+    assert_eq!(e.kind(), "timeout");
+    assert!(until(|| probe.batches.lock().map(|b| b.len()).unwrap_or(0) == 1).await);
+    // The batch is still running on the worker: its slot is still taken.
+    assert_eq!(svc.queue_depth(), 1);
+    probe.gate.set(false);
+    assert!(until(|| svc.queue_depth() == 0).await);
+}
+
+#[tokio::test]
+async fn a_batch_error_reaches_every_request_of_the_batch() {
+    let (svc, _w, probe, _m) = start(ServiceConfig {
+        max_batch: 2,
+        max_batch_wait: Duration::from_secs(5),
+        ..config()
+    });
+    *probe.fail.lock().expect("lock") = true;
+    let a = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.detect(request(&["a"])).await }
+    });
+    let b = svc.detect(request(&["b"])).await;
+    let a = a.await.expect("task");
+    for r in [a, b] {
+        let e = r.expect_err("fails");
+        assert_eq!(e.kind(), "inference_failed");
+        assert!(e.to_string().contains("injected failure"), "{e}");
+    }
+    assert_eq!(*probe.batches.lock().expect("lock"), vec![2]);
+}
+
+#[tokio::test]
+async fn drain_answers_queued_requests_before_the_worker_stops() {
+    let (svc, worker, probe, _m) = start(ServiceConfig {
+        max_batch: 1,
+        ..config()
+    });
+    probe.gate.set(true);
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.detect(request(&[&format!("q{i}")])).await })
+        })
+        .collect();
+    assert!(until(|| svc.queue_depth() == 3).await);
+    drop(svc);
+    probe.gate.set(false);
+    for t in tasks {
+        assert!(t.await.expect("task").is_ok());
+    }
+    // Every handle is gone and the queue is empty: the worker stops.
+    tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .expect("joined");
+    assert_eq!(*probe.batches.lock().expect("lock"), vec![1, 1, 1]);
+}
