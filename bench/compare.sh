@@ -5,12 +5,13 @@
 set -euo pipefail
 model=${1:?model dir}
 rounds=${2:-2}
-bin=${BIN:-target/release/intelligent-video}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) # repository root, wherever this is run from
+bin=${BIN:-$root/target/release/intelligent-video}
 out=$(mktemp -d)
-python3 bench/make_test_jpeg.py "$out/frame.jpg" >/dev/null
+python3 "$root/bench/make_test_jpeg.py" "$out/frame.jpg" >/dev/null
 for r in $(seq "$rounds"); do
     echo "{\"round\": $r, \"ours\": $("$bin" bench --model "$model" --num-images 3 --image "$out/frame.jpg" --json ${COMPARE:+--compare})}"
-    echo "{\"round\": $r, \"transformers\": $(python3 bench/reference_bench.py --model "$model" --iters 3 --preprocess "$out/frame.jpg" --runs 10)}"
+    echo "{\"round\": $r, \"transformers\": $(python3 "$root/bench/reference_bench.py" --model "$model" --iters 3 --preprocess "$out/frame.jpg" --runs 10)}"
 done
 # Daemon overhead per request: total - inference, from the daemon's own timing_ms.
 sock="$out/d.sock"

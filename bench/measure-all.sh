@@ -4,14 +4,15 @@
 # models/fixtures/make_base_random.py). Prints JSON lines.
 set -euo pipefail
 model=${1:?model dir}
-bin=${BIN:-target/release/intelligent-video}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) # repository root, wherever this is run from
+bin=${BIN:-$root/target/release/intelligent-video}
 out=$(mktemp -d)
-python3 bench/make_test_jpeg.py "$out/frame.jpg" >/dev/null
+python3 "$root/bench/make_test_jpeg.py" "$out/frame.jpg" >/dev/null
 # 1. Image side: ours fp32, ours int8, transformers (forward + preprocessing + peak RSS), interleaved.
 for r in 1 2; do
     echo "{\"round\": $r, \"ours_fp32\": $("$bin" bench --model "$model" --num-images 3 --image "$out/frame.jpg" --json)}"
     echo "{\"round\": $r, \"ours_int8\": $("$bin" bench --model "$model" --num-images 3 --image "$out/frame.jpg" --precision int8 --json)}"
-    echo "{\"round\": $r, \"transformers\": $(python3 bench/reference_bench.py --model "$model" --iters 3 --preprocess "$out/frame.jpg" --runs 10 2>/dev/null | tr -d '\n')}"
+    echo "{\"round\": $r, \"transformers\": $(python3 "$root/bench/reference_bench.py" --model "$model" --iters 3 --preprocess "$out/frame.jpg" --runs 10 2>/dev/null | tr -d '\n')}"
 done
 # 2. int8 drift against fp32 on the same frame, every patch (bench --precision int8 reports it).
 echo "{\"int8_drift\": $("$bin" bench --model "$model" --num-images 1 --image "$out/frame.jpg" --precision int8 --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["int8_drift"]))')}"
