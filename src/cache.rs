@@ -197,7 +197,7 @@ pub fn commit(
     }
     let meta = Meta {
         key: key.clone(),
-        parts: serde_json::to_value(parts).unwrap_or_default(),
+        parts: serde_json::to_value(parts).map_err(std::io::Error::other)?,
         created: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -208,14 +208,14 @@ pub fn commit(
     };
     write_meta(staging, &meta)?;
     let dir = entry_dir(cache_dir, &key);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(staging, &dir)?;
+    crate::fsutil::replace_dir(staging, &dir)?;
     Ok(Entry { dir, meta })
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> std::io::Result<()> {
     let tmp = dir.join(format!("{META_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(meta).unwrap_or_default())?;
+    let json = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, json)?;
     std::fs::rename(tmp, dir.join(META_FILE))
 }
 

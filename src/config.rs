@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::tokenizer::QueryRules;
 use crate::preprocess::ImageLimits;
+pub use crate::vocab::{BackendPreference, Precision};
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/intelligent-video/config.toml";
@@ -27,9 +28,37 @@ pub enum ConfigError {
     MissingFile(PathBuf),
 }
 
-/// Unix permission bits of the detection socket, written in octal (`"0660"`).
+/// Unix permission bits of the detection socket. A TOML or JSON integer is the number it is
+/// (`0o660`, or `432`); text is octal (`"0660"`, `"660"`, `"0o660"`), and so is `IV_SOCKET_MODE`
+/// (read as text: `0660` in the environment means the octal mode, not six hundred and sixty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketMode(pub u32);
+
+impl SocketMode {
+    /// Parses octal text.
+    fn from_octal(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let digits = t.strip_prefix("0o").unwrap_or(t);
+        let v = u32::from_str_radix(digits, 8)
+            .map_err(|_| format!("socket mode {text:?} is not octal"))?;
+        Self::checked(u64::from(v), text)
+    }
+
+    /// Refuses bits beyond the permission bits (no setuid, setgid or sticky bit on a socket).
+    fn checked(v: u64, shown: &str) -> Result<Self, String> {
+        if v > 0o777 {
+            return Err(format!(
+                "socket mode {shown} has bits beyond 0777 (only permission bits are allowed)"
+            ));
+        }
+        Ok(SocketMode(v as u32))
+    }
+
+    /// Whether every local user may connect (any "other" bit).
+    pub fn grants_other(self) -> bool {
+        self.0 & 0o007 != 0
+    }
+}
 
 impl Serialize for SocketMode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -45,21 +74,11 @@ impl<'de> Deserialize<'de> for SocketMode {
             S(String),
             N(u64),
         }
-        // Environment values like 0660 may arrive as the integer 660: read its digits as octal.
-        let digits = match Raw::deserialize(d)? {
-            Raw::S(s) => s,
-            Raw::N(n) => n.to_string(),
-        };
-        let t = digits.trim().trim_start_matches("0o");
-        let v = u32::from_str_radix(t, 8).map_err(|_| {
-            serde::de::Error::custom(format!("socket mode {digits:?} is not octal"))
-        })?;
-        if v > 0o777 {
-            return Err(serde::de::Error::custom(format!(
-                "socket mode {digits:?} is above 0777"
-            )));
+        match Raw::deserialize(d)? {
+            Raw::S(s) => Self::from_octal(&s),
+            Raw::N(n) => Self::checked(n, &format!("{n:#o}")),
         }
-        Ok(SocketMode(v))
+        .map_err(serde::de::Error::custom)
     }
 }
 
@@ -70,37 +89,6 @@ pub enum LogFormat {
     Journald,
     Text,
     Json,
-}
-
-/// `IV_OPTIMIZATION_BACKEND`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendPreference {
-    Auto,
-    Tensorrt,
-    Cuda,
-    Cpu,
-    /// Alias of `cuda` kept for the Python service's users.
-    TorchCompile,
-    /// Alias of `cpu` kept for the Python service's users.
-    Eager,
-}
-
-/// `IV_TENSORRT_PRECISION`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TensorrtPrecision {
-    Fp32,
-    Fp16,
-    Int8,
-}
-
-/// `IV_CPU_PRECISION`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CpuPrecision {
-    Fp32,
-    Int8,
 }
 
 /// `IV_TORCH_COMPILE_MODE`.
@@ -128,10 +116,10 @@ pub struct Config {
     pub http_allow_remote: bool,
     pub enable_optimization: bool,
     pub optimization_backend: BackendPreference,
-    pub tensorrt_precision: TensorrtPrecision,
+    pub tensorrt_precision: Precision,
     pub torch_compile_mode: TorchCompileMode,
     /// CPU engine precision: `fp32` (exact) or `int8` (opt-in speed mode).
-    pub cpu_precision: CpuPrecision,
+    pub cpu_precision: Precision,
     pub warmup_iterations: u32,
     pub cache_dir: PathBuf,
     pub max_batch_size: usize,
@@ -168,9 +156,9 @@ impl Default for Config {
             http_allow_remote: false,
             enable_optimization: true,
             optimization_backend: BackendPreference::Auto,
-            tensorrt_precision: TensorrtPrecision::Fp16,
+            tensorrt_precision: Precision::Fp16,
             torch_compile_mode: TorchCompileMode::Default,
-            cpu_precision: CpuPrecision::Fp32,
+            cpu_precision: Precision::Fp32,
             warmup_iterations: 5,
             cache_dir: "/var/cache/intelligent-video/optimized".into(),
             max_batch_size: 4,
@@ -207,9 +195,12 @@ impl Config {
             }
             None => {}
         }
-        fig = fig
-            .merge(Env::prefixed("IV_"))
-            .merge(Serialized::defaults(overrides));
+        // IV_SOCKET_MODE is octal text: figment would read `0660` as the integer 660.
+        fig = fig.merge(Env::prefixed("IV_").ignore(&["socket_mode"]));
+        if let Ok(mode) = std::env::var("IV_SOCKET_MODE") {
+            fig = fig.merge(Serialized::default("socket_mode", mode));
+        }
+        fig = fig.merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().map_err(|e| {
             ConfigError::Parse(
                 e.into_iter()
@@ -231,6 +222,15 @@ impl Config {
                 format!(
                     "{} is not a loopback address; set IV_HTTP_ALLOW_REMOTE=true to allow it",
                     self.http_addr
+                ),
+            );
+        }
+        if !self.cpu_precision.on_cpu() {
+            return bad(
+                "cpu_precision",
+                format!(
+                    "{} is not a CPU precision (fp32 or int8)",
+                    self.cpu_precision.name()
                 ),
             );
         }
@@ -271,6 +271,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Settings that are valid but unsafe, each a sentence for the log and `config check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.socket_mode.grants_other() {
+            w.push(format!(
+                "socket_mode {:04o} lets every local user run detections (other bits set); 0660 with socket_group is the usual choice",
+                self.socket_mode.0
+            ));
+        }
+        w
     }
 
     /// Image limits of the detection API.
@@ -390,14 +402,60 @@ mod tests {
             jail.set_env("IV_SOCKET_MODE", "0660");
             let c = Config::load(None, &ConfigOverrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(c.socket_mode, SocketMode(0o660));
+            jail.set_env("IV_SOCKET_MODE", "660");
+            let c = Config::load(None, &ConfigOverrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.socket_mode, SocketMode(0o660));
             jail.set_env("IV_SOCKET_MODE", "0999");
             assert!(Config::load(None, &ConfigOverrides::default()).is_err());
+            jail.set_env("IV_SOCKET_MODE", "04660");
+            let e = Config::load(None, &ConfigOverrides::default()).expect_err("setuid bit");
+            assert!(e.to_string().contains("beyond 0777"), "{e}");
             jail.set_env("IV_SOCKET_MODE", "0600");
             jail.set_env("IV_NOT_A_SETTING", "1");
             let e = Config::load(None, &ConfigOverrides::default()).expect_err("unknown key");
             assert!(e.to_string().contains("not_a_setting"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn toml_socket_modes_are_numbers_and_text_is_octal() {
+        // (TOML value, mode or None for an error)
+        let cases: [(&str, Option<u32>); 8] = [
+            ("0o660", Some(0o660)),
+            ("0o777", Some(0o777)),
+            ("0o600", Some(0o600)),
+            ("384", Some(0o600)),
+            ("\"0640\"", Some(0o640)),
+            ("\"0o640\"", Some(0o640)),
+            ("0o4660", None),
+            ("\"0680\"", None),
+        ];
+        for (value, want) in cases {
+            Jail::expect_with(|jail| {
+                jail.create_file("c.toml", &format!("socket_mode = {value}\n"))?;
+                let got = Config::load(Some(Path::new("c.toml")), &ConfigOverrides::default());
+                match (want, got) {
+                    (Some(m), Ok(c)) => assert_eq!(c.socket_mode, SocketMode(m), "{value}"),
+                    (None, Err(_)) => {}
+                    (want, got) => panic!("{value}: want {want:?}, got {got:?}"),
+                }
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn other_access_is_allowed_with_a_warning() {
+        let mut c = Config::default();
+        assert!(c.warnings().is_empty());
+        c.socket_mode = SocketMode(0o666);
+        let w = c.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("0666") && w[0].contains("every local user"),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -1,26 +1,22 @@
-//! The detection pipeline: a loaded model (tokenizer, preprocessing numbers, a `Backend`) plus the
-//! query-embedding cache. Turns decoded images and text queries into detections; batching, HTTP and
-//! configuration live elsewhere. Owned by one thread (`&mut self`), like the backend it drives.
+//! The detection pipeline: a loaded model's tokenizer, preprocessing numbers and `Backend`, plus
+//! the query-embedding cache. Turns decoded images and text queries into detections. It knows no
+//! execution providers, artifact files or configuration (the engine builds it), and no batching or
+//! HTTP (the service drives it). Owned by one thread (`&mut self`), like the backend it drives.
 
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lru::LruCache;
 
-use crate::backend::ort::{CpuOptions, OrtBackend};
-use crate::backend::{Backend, BackendError, GraphSource, ImageBatch, Provider};
-use crate::model::graphs::{self, Attention};
+use crate::backend::{Backend, BackendError, ImageBatch};
 use crate::model::tokenizer::{QueryError, QueryRules};
-use crate::model::{ModelDir, ModelError, OwlConfig, QueryTokenizer};
+use crate::model::{OwlConfig, QueryTokenizer};
 use crate::postprocess::{self, Detection, PostParams};
 use crate::preprocess::{self, PreprocessConfig, Rgb};
 
-/// Errors of loading the pipeline or of running it.
+/// Errors of running the pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error(transparent)]
-    Model(#[from] ModelError),
     #[error(transparent)]
     Query(#[from] QueryError),
     #[error(transparent)]
@@ -31,58 +27,8 @@ impl PipelineError {
     /// Stable snake_case name for APIs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            PipelineError::Model(e) => e.kind(),
             PipelineError::Query(e) => e.kind(),
             PipelineError::Backend(e) => e.kind(),
-        }
-    }
-}
-
-/// Settings for loading a detector.
-#[derive(Debug, Clone)]
-pub struct DetectorOptions {
-    /// ONNX Runtime library (else `IV_ONNXRUNTIME_PATH`, next to the binary, the package folder).
-    pub library: Option<PathBuf>,
-    /// Intra-op threads for ONNX Runtime (0 = one per core).
-    pub threads: usize,
-    /// Query embeddings kept in the LRU cache.
-    pub query_cache: usize,
-    /// Attention form of the image graph.
-    pub attention: Attention,
-    /// Full ONNX Runtime graph optimisations (false = basic only, the eager baseline).
-    pub optimize: bool,
-    /// Execution provider.
-    pub provider: Provider,
-    /// Precision of the image tower (int8 is an opt-in speed mode).
-    pub precision: graphs::Precision,
-    /// Optimised artifact of both graphs: save it into this cache-entry folder, or load it from
-    /// one (file names from `Provider::artifact_file`).
-    pub artifact: Artifact,
-}
-
-/// What to do with the optimised artifact.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum Artifact {
-    /// Build in memory only.
-    #[default]
-    None,
-    /// Build, and save both graphs' optimised forms into this folder.
-    Save(PathBuf),
-    /// Load both graphs from this folder instead of building them.
-    Load(PathBuf),
-}
-
-impl Default for DetectorOptions {
-    fn default() -> Self {
-        DetectorOptions {
-            library: None,
-            threads: 0,
-            query_cache: 1024,
-            attention: Attention::Fused,
-            optimize: true,
-            provider: Provider::Cpu,
-            artifact: Artifact::None,
-            precision: graphs::Precision::Fp32,
         }
     }
 }
@@ -97,7 +43,6 @@ pub struct CacheStats {
 /// A loaded OWLv2 detector.
 pub struct Detector {
     pub config: OwlConfig,
-    pub model_dir: PathBuf,
     pre: PreprocessConfig,
     tokenizer: QueryTokenizer,
     backend: Box<dyn Backend>,
@@ -108,130 +53,31 @@ pub struct Detector {
 impl std::fmt::Debug for Detector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Detector")
-            .field("model_dir", &self.model_dir)
             .field("backend", &self.backend.name())
             .finish()
     }
 }
 
 impl Detector {
-    /// Loads a model directory onto ONNX Runtime with the chosen execution provider.
-    pub fn load(dir: &Path, opts: &DetectorOptions) -> Result<Self, PipelineError> {
-        let t = std::time::Instant::now();
-        let model = ModelDir::open(dir)?;
-        // The tokenizer (tens of milliseconds of JSON) loads while the sessions are created.
-        let text_len = model.config.text_len;
-        let (tokenizer, backend) = std::thread::scope(|scope| {
-            let tokenizer = scope.spawn(move || QueryTokenizer::from_dir(dir, text_len));
-            let backend = Self::load_backend(&model, opts, t);
-            let tokenizer = tokenizer.join().unwrap_or_else(|_| {
-                Err(ModelError::Tokenizer(
-                    "the tokenizer loader panicked".into(),
-                ))
-            });
-            (tokenizer, backend)
-        });
-        // A model error comes first: it is not the execution provider's fault.
-        let (tokenizer, backend) = (tokenizer?, backend?);
-        Ok(Self::with_backend(
-            model,
-            tokenizer,
-            Box::new(backend),
-            opts,
-        ))
-    }
-
-    /// Builds (or loads) both graphs and creates their sessions.
-    fn load_backend(
-        model: &ModelDir,
-        opts: &DetectorOptions,
-        t: std::time::Instant,
-    ) -> Result<OrtBackend, PipelineError> {
-        // TensorRT has no kernel for com.microsoft.MultiHeadAttention (the node would fall back to
-        // CUDA between TensorRT islands); it fuses plain attention itself.
-        let attention = match opts.provider {
-            Provider::TensorRt { .. } => Attention::Unfused,
-            _ => opts.attention,
-        };
-        let (image_bytes, text_bytes) = match &opts.artifact {
-            Artifact::Load(_) => (Vec::new(), Vec::new()),
-            _ => (
-                graphs::build_image_graph(
-                    &model.config,
-                    &model.checkpoint,
-                    attention,
-                    opts.precision,
-                )?,
-                graphs::build_text_graph(&model.config, &model.checkpoint)?,
-            ),
-        };
-        let dir = match &opts.artifact {
-            Artifact::Save(d) | Artifact::Load(d) => d.as_path(),
-            Artifact::None => Path::new(""),
-        };
-        let image_file = dir.join(opts.provider.artifact_file("image"));
-        let text_file = dir.join(opts.provider.artifact_file("text"));
-        let (image, text) = match &opts.artifact {
-            Artifact::None => (
-                GraphSource::Build(&image_bytes),
-                GraphSource::Build(&text_bytes),
-            ),
-            Artifact::Save(_) => (
-                GraphSource::BuildAndSave {
-                    bytes: &image_bytes,
-                    path: &image_file,
-                },
-                GraphSource::BuildAndSave {
-                    bytes: &text_bytes,
-                    path: &text_file,
-                },
-            ),
-            Artifact::Load(_) => (
-                GraphSource::Load(&image_file),
-                GraphSource::Load(&text_file),
-            ),
-        };
-        tracing::debug!(
-            ms = t.elapsed().as_millis() as u64,
-            "model opened and graphs built"
-        );
-        let backend = OrtBackend::new(
-            opts.library.as_deref(),
-            image,
-            text,
-            &model.dir,
-            model.config.image_size,
-            model.config.text_len,
-            &CpuOptions {
-                threads: opts.threads,
-                optimize: opts.optimize,
-                provider: opts.provider.clone(),
-            },
-        )?;
-        Ok(backend)
-    }
-
-    /// Assembles a detector around any backend (tests use fakes).
-    pub fn with_backend(
-        model: ModelDir,
+    /// Assembles a detector around a backend, keeping `query_cache` query embeddings.
+    pub fn new(
+        config: OwlConfig,
         tokenizer: QueryTokenizer,
         backend: Box<dyn Backend>,
-        opts: &DetectorOptions,
+        query_cache: usize,
     ) -> Self {
-        let c = &model.config;
         Detector {
             pre: PreprocessConfig {
-                size: c.image_size,
-                mean: c.image_mean,
-                std: c.image_std,
-                rescale: c.rescale_factor,
+                size: config.image_size,
+                mean: config.image_mean,
+                std: config.image_std,
+                rescale: config.rescale_factor,
             },
-            config: model.config.clone(),
-            model_dir: model.dir,
+            config,
             tokenizer,
             backend,
             cache: LruCache::new(
-                NonZeroUsize::new(opts.query_cache.max(1)).unwrap_or(NonZeroUsize::MIN),
+                NonZeroUsize::new(query_cache.max(1)).unwrap_or(NonZeroUsize::MIN),
             ),
             stats: CacheStats::default(),
         }
@@ -263,7 +109,10 @@ impl Detector {
 
     /// Query embeddings for `queries`, from the cache or one text-graph run for the missing ones.
     /// The list is assumed to follow the `QueryRules` (checked by the caller, once).
-    pub fn query_embeddings(&mut self, queries: &[String]) -> Result<Vec<Arc<[f32]>>, PipelineError> {
+    pub fn query_embeddings(
+        &mut self,
+        queries: &[String],
+    ) -> Result<Vec<Arc<[f32]>>, PipelineError> {
         let mut missing: Vec<&String> = Vec::new();
         for q in queries {
             if self.cache.get(q).is_some() {

@@ -6,18 +6,7 @@
 
 use serde::Serialize;
 
-/// Image-graph outputs for one image (views into a batch).
-#[derive(Debug, Clone, Copy)]
-pub struct ImageHeads<'a> {
-    /// `[P, C]`, L2-normalised rows.
-    pub class_embeds: &'a [f32],
-    /// `[P]`
-    pub logit_shift: &'a [f32],
-    /// `[P]`, already `elu + 1`.
-    pub logit_scale: &'a [f32],
-    /// `[P, 4]` as `(cx, cy, w, h)` in `[0, 1]` of the padded square.
-    pub pred_boxes: &'a [f32],
-}
+pub use crate::backend::ImageHeads;
 
 /// One detection.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -160,19 +160,7 @@ pub fn pull(
     let (org, name) = parse_id(id)?;
     let endpoint = endpoint.trim_end_matches('/');
     let agent = agent();
-    let info_url = format!("{endpoint}/api/models/{id}/revision/{revision}?blobs=true");
-    let mut resp = agent
-        .get(&info_url)
-        .call()
-        .map_err(|e| http_err(&info_url, e))?;
-    let text = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| http_err(&info_url, e))?;
-    let info: RepoInfo = serde_json::from_str(&text).map_err(|e| StoreError::Http {
-        url: info_url.clone(),
-        message: format!("unexpected answer: {e}"),
-    })?;
+    let info = repo_info(&agent, endpoint, id, revision)?;
     let files = wanted(&info.siblings)?;
     let final_dir = store.join(org).join(name);
     let parent = store.join(org);
@@ -184,54 +172,7 @@ pub fn pull(
         let mut written = Vec::new();
         for f in files {
             let url = format!("{endpoint}/{id}/resolve/{revision}/{}", f.rfilename);
-            let expected = f.lfs.as_ref().map(|l| l.size).or(f.size);
-            let resp = agent.get(&url).call().map_err(|e| http_err(&url, e))?;
-            let path = partial.join(&f.rfilename);
-            let mut out = std::fs::File::create(&path).map_err(io(&path))?;
-            let mut reader = resp.into_body().into_reader();
-            let (mut sha256, mut n) = (Sha256::new(), 0u64);
-            let mut buf = vec![0u8; 1 << 20];
-            let mut content = Vec::new(); // small files: kept for the git blob hash
-            loop {
-                let k = reader.read(&mut buf).map_err(|e| StoreError::Http {
-                    url: url.clone(),
-                    message: format!("download interrupted: {e}"),
-                })?;
-                if k == 0 {
-                    break;
-                }
-                out.write_all(&buf[..k]).map_err(io(&path))?;
-                sha256.update(&buf[..k]);
-                if f.lfs.is_none() {
-                    content.extend_from_slice(&buf[..k]);
-                }
-                n += k as u64;
-                progress(&f.rfilename, n, expected.unwrap_or(0));
-            }
-            out.sync_all().map_err(io(&path))?;
-            let bad = |message: String| StoreError::Verify {
-                file: f.rfilename.clone(),
-                message,
-            };
-            if let Some(e) = expected {
-                if n != e {
-                    return Err(bad(format!("size {n} bytes, expected {e}")));
-                }
-            }
-            if let Some(l) = &f.lfs {
-                let got = hex::encode(sha256.finalize());
-                if !got.eq_ignore_ascii_case(&l.sha256) {
-                    return Err(bad(format!("sha256 {got} does not match {}", l.sha256)));
-                }
-            } else if let Some(blob) = &f.blob_id {
-                let mut h = Sha1::new();
-                h.update(format!("blob {}\0", content.len()).as_bytes());
-                h.update(&content);
-                let got = hex::encode(h.finalize());
-                if !got.eq_ignore_ascii_case(blob) {
-                    return Err(bad(format!("git blob hash {got} does not match {blob}")));
-                }
-            }
+            let n = download(&agent, &url, f, &partial.join(&f.rfilename), progress)?;
             written.push((f.rfilename.clone(), n));
         }
         let pulled = Pulled {
@@ -242,27 +183,109 @@ pub fn pull(
             dir: final_dir.clone(),
         };
         let meta = partial.join(META_FILE);
-        std::fs::write(
-            &meta,
-            serde_json::to_vec_pretty(&pulled).unwrap_or_default(),
-        )
-        .map_err(io(&meta))?;
+        let json = serde_json::to_vec_pretty(&pulled).map_err(|e| StoreError::Io {
+            path: meta.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&meta, json).map_err(io(&meta))?;
         // Swap into place: the old copy (if any) is removed only after the new one is complete.
-        let old = parent.join(format!(".old-{name}-{}", std::process::id()));
-        let had_old = final_dir.exists();
-        if had_old {
-            std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
-        }
-        std::fs::rename(&partial, &final_dir).map_err(io(&final_dir))?;
-        if had_old {
-            let _ = std::fs::remove_dir_all(&old);
-        }
+        crate::fsutil::replace_dir(&partial, &final_dir).map_err(io(&final_dir))?;
         Ok(pulled)
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&partial);
     }
     result
+}
+
+/// The hub's file list of `id` at `revision`.
+fn repo_info(
+    agent: &ureq::Agent,
+    endpoint: &str,
+    id: &str,
+    revision: &str,
+) -> Result<RepoInfo, StoreError> {
+    let url = format!("{endpoint}/api/models/{id}/revision/{revision}?blobs=true");
+    let mut resp = agent.get(&url).call().map_err(|e| http_err(&url, e))?;
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| http_err(&url, e))?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Http {
+        url,
+        message: format!("unexpected answer: {e}"),
+    })
+}
+
+/// Downloads one file to `path` and verifies it (size; sha256 for LFS files, the git blob hash
+/// for the others); returns its size.
+fn download(
+    agent: &ureq::Agent,
+    url: &str,
+    f: &Sibling,
+    path: &Path,
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<u64, StoreError> {
+    let expected = f.lfs.as_ref().map(|l| l.size).or(f.size);
+    let resp = agent.get(url).call().map_err(|e| http_err(url, e))?;
+    let mut out = std::fs::File::create(path).map_err(io(path))?;
+    let mut reader = resp.into_body().into_reader();
+    let (mut sha256, mut n) = (Sha256::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut content = Vec::new(); // small files: kept for the git blob hash
+    loop {
+        let k = reader.read(&mut buf).map_err(|e| StoreError::Http {
+            url: url.to_string(),
+            message: format!("download interrupted: {e}"),
+        })?;
+        if k == 0 {
+            break;
+        }
+        out.write_all(&buf[..k]).map_err(io(path))?;
+        sha256.update(&buf[..k]);
+        if f.lfs.is_none() {
+            content.extend_from_slice(&buf[..k]);
+        }
+        n += k as u64;
+        progress(&f.rfilename, n, expected.unwrap_or(0));
+    }
+    out.sync_all().map_err(io(path))?;
+    verify(f, n, expected, &sha256.finalize(), &content)?;
+    Ok(n)
+}
+
+/// Checks a downloaded file against the hub's size and hashes.
+fn verify(
+    f: &Sibling,
+    n: u64,
+    expected: Option<u64>,
+    sha256: &[u8],
+    content: &[u8],
+) -> Result<(), StoreError> {
+    let bad = |message: String| StoreError::Verify {
+        file: f.rfilename.clone(),
+        message,
+    };
+    if let Some(e) = expected {
+        if n != e {
+            return Err(bad(format!("size {n} bytes, expected {e}")));
+        }
+    }
+    if let Some(l) = &f.lfs {
+        let got = hex::encode(sha256);
+        if !got.eq_ignore_ascii_case(&l.sha256) {
+            return Err(bad(format!("sha256 {got} does not match {}", l.sha256)));
+        }
+    } else if let Some(blob) = &f.blob_id {
+        let mut h = Sha1::new();
+        h.update(format!("blob {}\0", content.len()).as_bytes());
+        h.update(content);
+        let got = hex::encode(h.finalize());
+        if !got.eq_ignore_ascii_case(blob) {
+            return Err(bad(format!("git blob hash {got} does not match {blob}")));
+        }
+    }
+    Ok(())
 }
 
 /// Installed models: `(id, total bytes, revision)`.

@@ -1,9 +1,28 @@
 //! Inference backends: the synchronous interface the pipeline drives (`Backend`), its outputs and
-//! errors. `ort.rs` is the ONNX Runtime implementation and the only module that imports `ort`.
+//! errors, the execution providers, and the plan a backend is created from (`SessionPlan`: where
+//! each graph comes from and how its session is set up). `ort.rs` is the ONNX Runtime
+//! implementation and the only module that imports `ort`. Which provider, which files and which
+//! graph forms to use is the engine's decision, not the backend's.
 
+pub mod options;
 pub mod ort;
 
-use crate::postprocess::ImageHeads;
+use std::path::{Path, PathBuf};
+
+use crate::vocab::{Graph, Precision};
+
+/// Image-graph outputs for one image (views into a batch).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageHeads<'a> {
+    /// `[P, C]`, L2-normalised rows.
+    pub class_embeds: &'a [f32],
+    /// `[P]`
+    pub logit_shift: &'a [f32],
+    /// `[P]`, already `elu + 1`.
+    pub logit_scale: &'a [f32],
+    /// `[P, 4]` as `(cx, cy, w, h)` in `[0, 1]` of the padded square.
+    pub pred_boxes: &'a [f32],
+}
 
 /// Outputs of the image graph for a batch, row-major.
 #[derive(Debug, Clone, Default)]
@@ -36,26 +55,18 @@ impl ImageBatch {
     }
 }
 
-/// TensorRT precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrtPrecision {
-    Fp32,
-    Fp16,
-    Int8,
-}
-
 /// Which ONNX Runtime execution provider runs the graphs, with its knobs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Provider {
     /// TensorRT EP (CUDA EP behind it for unsupported nodes).
     TensorRt {
-        precision: TrtPrecision,
+        precision: Precision,
         /// Largest image batch of the optimisation profile (profiles cover 1..=max_batch).
         max_batch: usize,
         /// Largest query count of the text graph's profile (1..=max_queries).
         max_queries: usize,
         /// TensorRT timing cache folder (shared by every engine build; none = in memory).
-        timing_cache: Option<std::path::PathBuf>,
+        timing_cache: Option<PathBuf>,
     },
     /// CUDA EP; TF32 is always off (exact fp32).
     Cuda {
@@ -84,16 +95,6 @@ impl Provider {
     pub fn caches_artifacts(&self) -> bool {
         !matches!(self, Provider::Cuda { .. })
     }
-
-    /// File name of `graph`'s artifact inside a cache entry: the optimised ONNX graph (weights in
-    /// `<graph>.weights` beside it) on the CPU, the EP-context model (engine files beside it) for
-    /// TensorRT.
-    pub fn artifact_file(&self, graph: &str) -> String {
-        match self {
-            Provider::TensorRt { .. } => format!("{graph}_ctx.onnx"),
-            _ => format!("{graph}.onnx"),
-        }
-    }
 }
 
 /// Where a graph's session comes from.
@@ -102,19 +103,35 @@ pub enum GraphSource<'a> {
     /// Serialised graph built from the checkpoint.
     Build(&'a [u8]),
     /// Built graph whose optimised form is saved at `path` while the session is created: the ONNX
-    /// Runtime-optimised graph (CPU; weights, prepacked too, in `<graph>.weights` beside it) or the
-    /// TensorRT EP-context model (engine files beside it).
+    /// Runtime-optimised graph (CPU; weights, prepacked too, in the file `weights` beside it) or
+    /// the TensorRT EP-context model (engine files beside it).
     BuildAndSave {
         bytes: &'a [u8],
-        path: &'a std::path::Path,
+        path: &'a Path,
+        weights: &'a str,
     },
     /// A previously saved artifact (nothing is optimised or built again).
-    Load(&'a std::path::Path),
+    Load(&'a Path),
 }
 
-/// File name of the weights written beside a saved optimised graph.
-pub fn weights_file(graph: &str) -> String {
-    format!("{graph}.weights")
+/// Everything a backend is created from: the runtime, the provider and session settings, and where
+/// each graph comes from.
+#[derive(Debug, Clone)]
+pub struct SessionPlan<'a> {
+    /// ONNX Runtime library (else the usual search).
+    pub library: Option<&'a Path>,
+    pub provider: Provider,
+    /// Intra-op threads (0 = ONNX Runtime's default: one per core).
+    pub threads: usize,
+    /// Full graph optimisations (`true`) or only the basic, semantics-preserving rewrites (the
+    /// eager baseline of `bench --compare`).
+    pub optimize: bool,
+    pub image: GraphSource<'a>,
+    pub text: GraphSource<'a>,
+    /// Folder of the checkpoint that built graphs point into for their external weights.
+    pub weights_dir: &'a Path,
+    pub image_size: usize,
+    pub text_len: usize,
 }
 
 /// Errors of an inference backend.
@@ -123,17 +140,11 @@ pub enum BackendError {
     #[error("ONNX Runtime library: {0}")]
     Library(String),
     #[error("cannot create the {graph} session: {message}")]
-    Session {
-        graph: &'static str,
-        message: String,
-    },
+    Session { graph: Graph, message: String },
     #[error("inference failed: {0}")]
     Run(String),
     #[error("unexpected output from the {graph} graph: {message}")]
-    Output {
-        graph: &'static str,
-        message: String,
-    },
+    Output { graph: Graph, message: String },
 }
 
 impl BackendError {

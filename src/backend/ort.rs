@@ -11,8 +11,10 @@ use ort::value::TensorRef;
 
 use ort::ep::{ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
 
-use super::{Backend, BackendError, GraphSource, ImageBatch, Provider, TrtPrecision};
+use super::options::{cuda_options, tensorrt_options, ProfileInput};
+use super::{Backend, BackendError, GraphSource, ImageBatch, Provider, SessionPlan};
 use crate::model::graphs::IMAGE_OUTPUTS;
+use crate::vocab::Graph;
 
 /// Environment variable naming the ONNX Runtime shared library to load.
 pub const LIBRARY_ENV: &str = "IV_ONNXRUNTIME_PATH";
@@ -120,101 +122,6 @@ pub fn runtime_path() -> Option<PathBuf> {
     RUNTIME.get()?.as_ref().ok().map(|(_, p)| p.clone())
 }
 
-/// Session settings.
-#[derive(Debug, Clone)]
-pub struct CpuOptions {
-    /// Intra-op threads (0 = ONNX Runtime's default: one per core).
-    pub threads: usize,
-    /// Full graph optimisations (`true`) or only the basic, semantics-preserving rewrites (the
-    /// "eager" baseline of `bench --compare`).
-    pub optimize: bool,
-    /// Execution provider.
-    pub provider: Provider,
-}
-
-/// A graph's single input as TensorRT's optimisation profile needs it: `name`, the dims after the
-/// batch (`3x960x960`), and the largest batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProfileInput {
-    pub name: &'static str,
-    pub dims: String,
-    pub max_batch: usize,
-}
-
-/// ONNX Runtime TensorRT provider options (`trt_*` keys) for one graph. Building: fp16/int8 flags,
-/// a profile for batch 1..=max, the shared timing cache; saving: engine cache and an EP-context
-/// model (`embed_mode` 0: the engine stays a file beside the context model, found by a relative
-/// path, so the entry folder can be renamed into place); loading: the EP-context model only.
-pub fn tensorrt_options(
-    precision: TrtPrecision,
-    graph: &str,
-    input: &ProfileInput,
-    source: GraphSource<'_>,
-    timing_cache: Option<&Path>,
-) -> Vec<(&'static str, String)> {
-    let flag = |b: bool| if b { "1" } else { "0" }.to_string();
-    let mut o = vec![
-        (
-            "trt_fp16_enable",
-            flag(matches!(precision, TrtPrecision::Fp16 | TrtPrecision::Int8)),
-        ),
-        ("trt_int8_enable", flag(precision == TrtPrecision::Int8)),
-        ("trt_layer_norm_fp32_fallback", flag(true)),
-    ];
-    if let GraphSource::Load(path) = source {
-        o.push(("trt_ep_context_file_path", path.display().to_string()));
-        return o;
-    }
-    let shape = |b: usize| format!("{}:{b}x{}", input.name, input.dims);
-    o.push(("trt_profile_min_shapes", shape(1)));
-    o.push(("trt_profile_opt_shapes", shape(1)));
-    o.push(("trt_profile_max_shapes", shape(input.max_batch.max(1))));
-    if let Some(t) = timing_cache {
-        o.push(("trt_timing_cache_enable", flag(true)));
-        o.push(("trt_timing_cache_path", t.display().to_string()));
-    }
-    if let GraphSource::BuildAndSave { path, .. } = source {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        o.push(("trt_engine_cache_enable", flag(true)));
-        o.push(("trt_engine_cache_path", dir.display().to_string()));
-        o.push(("trt_engine_cache_prefix", graph.to_string()));
-        o.push(("trt_dump_ep_context_model", flag(true)));
-        o.push(("trt_ep_context_file_path", path.display().to_string()));
-        o.push(("trt_ep_context_embed_mode", "0".into()));
-    }
-    o
-}
-
-/// ONNX Runtime CUDA provider options: TF32 off (exact fp32), CUDA graphs for the image graph with
-/// `reduce-overhead`, exhaustive cuDNN search with `max-autotune`.
-pub fn cuda_options(
-    cuda_graphs: bool,
-    exhaustive_conv: bool,
-    graph: &str,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("use_tf32", "0".into()),
-        (
-            "enable_cuda_graph",
-            if cuda_graphs && graph == "image" {
-                "1"
-            } else {
-                "0"
-            }
-            .into(),
-        ),
-        (
-            "cudnn_conv_algo_search",
-            if exhaustive_conv {
-                "EXHAUSTIVE"
-            } else {
-                "HEURISTIC"
-            }
-            .into(),
-        ),
-    ]
-}
-
 /// Fails with a clear reason when the loaded ONNX Runtime was built without `provider`'s
 /// execution provider (the PyPI `onnxruntime` wheel is CPU-only).
 pub fn provider_available(provider: &Provider, library: Option<&Path>) -> Result<(), BackendError> {
@@ -242,7 +149,7 @@ pub fn provider_available(provider: &Provider, library: Option<&Path>) -> Result
 /// inside ONNX Runtime: the daemon's own fallback chain records the reason).
 fn execution_providers(
     provider: &Provider,
-    graph: &'static str,
+    graph: Graph,
     input: &ProfileInput,
     source: GraphSource<'_>,
 ) -> Vec<ort::ep::ExecutionProviderDispatch> {
@@ -288,18 +195,17 @@ pub struct OrtBackend {
 
 fn session(
     env: &ort::environment::Environment,
-    graph: &'static str,
+    graph: Graph,
     source: GraphSource<'_>,
-    weights_dir: &Path,
-    opts: &CpuOptions,
+    plan: &SessionPlan<'_>,
     input: &ProfileInput,
 ) -> Result<Session, BackendError> {
     let err = |e: String| BackendError::Session { graph, message: e };
-    let trt = matches!(opts.provider, Provider::TensorRt { .. });
+    let trt = matches!(plan.provider, Provider::TensorRt { .. });
     let level = match source {
         // Already optimised (or compiled) when it was saved.
         GraphSource::Load(_) => GraphOptimizationLevel::Disable,
-        _ if opts.optimize => GraphOptimizationLevel::All,
+        _ if plan.optimize => GraphOptimizationLevel::All,
         _ => GraphOptimizationLevel::Level1,
     };
     let mut b = Session::builder(env)
@@ -310,18 +216,18 @@ fn session(
         b = b
             .with_config_entry(
                 "session.model_external_initializers_file_folder_path",
-                weights_dir.to_string_lossy(),
+                plan.weights_dir.to_string_lossy(),
             )
             .map_err(|e| err(e.to_string()))?;
     }
     // ONNX Runtime's optimised-model saving (CPU); TensorRT saves through its EP-context options.
-    if let (GraphSource::BuildAndSave { path, .. }, false) = (source, trt) {
+    if let (GraphSource::BuildAndSave { path, weights, .. }, false) = (source, trt) {
         b = b
             .with_optimized_model_path(path)
             .map_err(|e| err(e.to_string()))?
             .with_config_entry(
                 "session.optimized_model_external_initializers_file_name",
-                super::weights_file(graph),
+                weights,
             )
             .map_err(|e| err(e.to_string()))?
             .with_config_entry(
@@ -334,16 +240,16 @@ fn session(
             .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
             .map_err(|e| err(e.to_string()))?;
     }
-    if opts.threads > 0 {
+    if plan.threads > 0 {
         b = b
-            .with_intra_threads(opts.threads)
+            .with_intra_threads(plan.threads)
             .map_err(|e| err(e.to_string()))?;
     }
-    let eps = execution_providers(&opts.provider, graph, input, source);
+    let eps = execution_providers(&plan.provider, graph, input, source);
     if !eps.is_empty() {
         b = b
             .with_execution_providers(eps)
-            .map_err(|e| err(format!("{} execution provider: {e}", opts.provider.name())))?;
+            .map_err(|e| err(format!("{} execution provider: {e}", plan.provider.name())))?;
     }
     match source {
         GraphSource::Build(bytes) | GraphSource::BuildAndSave { bytes, .. } => {
@@ -356,20 +262,11 @@ fn session(
 }
 
 impl OrtBackend {
-    /// Creates the image and text sessions; built graphs take their external weights from
-    /// `weights_dir`.
-    pub fn new(
-        library: Option<&Path>,
-        image_graph: GraphSource<'_>,
-        text_graph: GraphSource<'_>,
-        weights_dir: &Path,
-        image_size: usize,
-        text_len: usize,
-        opts: &CpuOptions,
-    ) -> Result<Self, BackendError> {
-        let (env, _) = runtime(library)?;
-        provider_available(&opts.provider, library)?;
-        let (max_batch, max_queries) = match &opts.provider {
+    /// Creates the image and text sessions of `plan` (side by side: they are independent).
+    pub fn new(plan: &SessionPlan<'_>) -> Result<Self, BackendError> {
+        let (env, _) = runtime(plan.library)?;
+        provider_available(&plan.provider, plan.library)?;
+        let (max_batch, max_queries) = match &plan.provider {
             Provider::TensorRt {
                 max_batch,
                 max_queries,
@@ -377,7 +274,7 @@ impl OrtBackend {
             } => (*max_batch, *max_queries),
             _ => (1, 1),
         };
-        let s = image_size;
+        let s = plan.image_size;
         let image_input = ProfileInput {
             name: "pixel_values",
             dims: format!("3x{s}x{s}"),
@@ -385,24 +282,23 @@ impl OrtBackend {
         };
         let text_input = ProfileInput {
             name: "input_ids",
-            dims: text_len.to_string(),
+            dims: plan.text_len.to_string(),
             max_batch: max_queries,
         };
-        // The two sessions are independent: create them side by side.
         let (image, text) = std::thread::scope(|scope| {
             let env = &env;
             let text = scope.spawn(move || {
                 let t = std::time::Instant::now();
-                let r = session(env, "text", text_graph, weights_dir, opts, &text_input);
+                let r = session(env, Graph::Text, plan.text, plan, &text_input);
                 tracing::debug!(ms = t.elapsed().as_millis() as u64, "text session created");
                 r
             });
             let t = std::time::Instant::now();
-            let image = session(env, "image", image_graph, weights_dir, opts, &image_input);
+            let image = session(env, Graph::Image, plan.image, plan, &image_input);
             tracing::debug!(ms = t.elapsed().as_millis() as u64, "image session created");
             let text = text.join().unwrap_or_else(|_| {
                 Err(BackendError::Session {
-                    graph: "text",
+                    graph: Graph::Text,
                     message: "session creation panicked".into(),
                 })
             });
@@ -413,7 +309,7 @@ impl OrtBackend {
             image,
             text,
             image_size: s,
-            name: opts.provider.name(),
+            name: plan.provider.name(),
         })
     }
 }
@@ -421,7 +317,7 @@ impl OrtBackend {
 fn extract(
     outputs: &ort::session::SessionOutputs<'_>,
     name: &str,
-    graph: &'static str,
+    graph: Graph,
 ) -> Result<Vec<f32>, BackendError> {
     let out_err = |message: String| BackendError::Output { graph, message };
     let v = outputs
@@ -457,7 +353,7 @@ impl Backend for OrtBackend {
             .run(ort::inputs!["pixel_values" => input])
             .map_err(|e| BackendError::Run(e.to_string()))?;
         let [class_embeds, logit_shift, logit_scale, pred_boxes, objectness_logits] =
-            IMAGE_OUTPUTS.map(|name| extract(&outputs, name, "image"));
+            IMAGE_OUTPUTS.map(|name| extract(&outputs, name, Graph::Image));
         let (class_embeds, logit_shift, logit_scale, pred_boxes, objectness_logits) = (
             class_embeds?,
             logit_shift?,
@@ -475,7 +371,7 @@ impl Backend for OrtBackend {
             && objectness_logits.len() == batch * p;
         if !sizes_ok {
             return Err(BackendError::Output {
-                graph: "image",
+                graph: Graph::Image,
                 message: format!("output sizes do not agree for batch {batch}"),
             });
         }
@@ -505,150 +401,6 @@ impl Backend for OrtBackend {
             .text
             .run(ort::inputs!["input_ids" => input])
             .map_err(|e| BackendError::Run(e.to_string()))?;
-        extract(&outputs, "query_embeds", "text")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn get<'a>(o: &'a [(&'static str, String)], k: &str) -> Option<&'a str> {
-        o.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str())
-    }
-
-    fn image_input() -> ProfileInput {
-        ProfileInput {
-            name: "pixel_values",
-            dims: "3x960x960".into(),
-            max_batch: 4,
-        }
-    }
-
-    #[test]
-    fn tensorrt_build_and_save_options() {
-        let ctx = Path::new("/c/.tmp-k-1/image_ctx.onnx");
-        let timing = Path::new("/c/tensorrt-timing");
-        let o = tensorrt_options(
-            TrtPrecision::Fp16,
-            "image",
-            &image_input(),
-            GraphSource::BuildAndSave {
-                bytes: &[],
-                path: ctx,
-            },
-            Some(timing),
-        );
-        assert_eq!(get(&o, "trt_fp16_enable"), Some("1"));
-        assert_eq!(get(&o, "trt_int8_enable"), Some("0"));
-        assert_eq!(
-            get(&o, "trt_profile_min_shapes"),
-            Some("pixel_values:1x3x960x960")
-        );
-        assert_eq!(
-            get(&o, "trt_profile_opt_shapes"),
-            Some("pixel_values:1x3x960x960")
-        );
-        assert_eq!(
-            get(&o, "trt_profile_max_shapes"),
-            Some("pixel_values:4x3x960x960")
-        );
-        assert_eq!(get(&o, "trt_timing_cache_enable"), Some("1"));
-        assert_eq!(get(&o, "trt_timing_cache_path"), Some("/c/tensorrt-timing"));
-        // The engine cache is the context model's folder, as TensorRT's EP requires for a dump.
-        assert_eq!(get(&o, "trt_engine_cache_enable"), Some("1"));
-        assert_eq!(get(&o, "trt_engine_cache_path"), Some("/c/.tmp-k-1"));
-        assert_eq!(get(&o, "trt_engine_cache_prefix"), Some("image"));
-        assert_eq!(get(&o, "trt_dump_ep_context_model"), Some("1"));
-        assert_eq!(
-            get(&o, "trt_ep_context_file_path"),
-            Some("/c/.tmp-k-1/image_ctx.onnx")
-        );
-        assert_eq!(get(&o, "trt_ep_context_embed_mode"), Some("0"));
-        // Keys are unique.
-        let mut keys: Vec<_> = o.iter().map(|(k, _)| *k).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), o.len());
-    }
-
-    #[test]
-    fn tensorrt_load_and_in_memory_options() {
-        let ctx = Path::new("/c/abc/text_ctx.onnx");
-        let text = ProfileInput {
-            name: "input_ids",
-            dims: "16".into(),
-            max_batch: 64,
-        };
-        let o = tensorrt_options(
-            TrtPrecision::Int8,
-            "text",
-            &text,
-            GraphSource::Load(ctx),
-            Some(Path::new("/t")),
-        );
-        assert_eq!(get(&o, "trt_int8_enable"), Some("1"));
-        assert_eq!(
-            get(&o, "trt_fp16_enable"),
-            Some("1"),
-            "int8 falls back to fp16"
-        );
-        assert_eq!(
-            get(&o, "trt_ep_context_file_path"),
-            Some("/c/abc/text_ctx.onnx")
-        );
-        for k in [
-            "trt_dump_ep_context_model",
-            "trt_engine_cache_enable",
-            "trt_profile_max_shapes",
-            "trt_timing_cache_enable",
-        ] {
-            assert_eq!(get(&o, k), None, "{k} is not set when loading");
-        }
-        let o = tensorrt_options(
-            TrtPrecision::Fp32,
-            "text",
-            &text,
-            GraphSource::Build(&[]),
-            None,
-        );
-        assert_eq!(get(&o, "trt_fp16_enable"), Some("0"));
-        assert_eq!(get(&o, "trt_profile_max_shapes"), Some("input_ids:64x16"));
-        assert_eq!(get(&o, "trt_dump_ep_context_model"), None);
-        assert_eq!(get(&o, "trt_timing_cache_enable"), None);
-    }
-
-    #[test]
-    fn cuda_options_follow_the_compile_mode() {
-        let o = cuda_options(true, false, "image");
-        assert_eq!(get(&o, "use_tf32"), Some("0"));
-        assert_eq!(get(&o, "enable_cuda_graph"), Some("1"));
-        assert_eq!(get(&o, "cudnn_conv_algo_search"), Some("HEURISTIC"));
-        // CUDA graphs need fixed shapes: never for the text graph (query count varies).
-        assert_eq!(
-            get(&cuda_options(true, false, "text"), "enable_cuda_graph"),
-            Some("0")
-        );
-        let o = cuda_options(false, true, "image");
-        assert_eq!(get(&o, "enable_cuda_graph"), Some("0"));
-        assert_eq!(get(&o, "cudnn_conv_algo_search"), Some("EXHAUSTIVE"));
-    }
-
-    #[test]
-    fn artifact_files_per_provider() {
-        let trt = Provider::TensorRt {
-            precision: TrtPrecision::Fp16,
-            max_batch: 1,
-            max_queries: 1,
-            timing_cache: None,
-        };
-        assert_eq!(trt.artifact_file("image"), "image_ctx.onnx");
-        assert_eq!(Provider::Cpu.artifact_file("text"), "text.onnx");
-        assert!(trt.caches_artifacts() && Provider::Cpu.caches_artifacts());
-        assert!(!Provider::Cuda {
-            cuda_graphs: false,
-            exhaustive_conv: false
-        }
-        .caches_artifacts());
+        extract(&outputs, "query_embeds", Graph::Text)
     }
 }

@@ -10,8 +10,10 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::RuntimeArgs;
-use crate::pipeline::{Detector, DetectorOptions};
+use crate::engine::{load_detector, DetectorOptions};
+use crate::pipeline::Detector;
 use crate::preprocess::{self, ImageLimits, Rgb};
+use crate::vocab::{BackendPreference, Precision};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -32,11 +34,11 @@ pub struct BenchArgs {
     pub image: Option<PathBuf>,
     /// Backend, chosen like the daemon's `IV_OPTIMIZATION_BACKEND` (auto: TensorRT → CUDA → CPU,
     /// skipping tiers this machine cannot run; the skipped ones are reported).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "tensorrt", "cuda", "cpu"])]
-    pub backend: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendPreference,
     /// Image-tower precision: fp32 (exact) or int8 (quantized encoder projections; CPU only).
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "int8"])]
-    pub precision: String,
+    #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
+    pub precision: Precision,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -251,22 +253,16 @@ pub fn median_ms(v: &[Duration]) -> f64 {
 fn select_provider(
     args: &BenchArgs,
 ) -> anyhow::Result<(crate::backend::Provider, Vec<crate::engine::Fallback>)> {
-    use crate::config::{BackendPreference, Config};
-    let cfg = Config {
-        optimization_backend: match args.backend.as_str() {
-            "tensorrt" => BackendPreference::Tensorrt,
-            "cuda" => BackendPreference::Cuda,
-            "cpu" => BackendPreference::Cpu,
-            _ => BackendPreference::Auto,
-        },
+    let cfg = crate::config::Config {
+        optimization_backend: args.backend,
         onnxruntime_path: args.runtime.onnxruntime.clone(),
         max_batch_size: args.batch_size.max(1),
         // No cache: bench measures engines built in memory.
         enable_optimization: false,
-        ..Config::default()
+        ..crate::config::Config::default()
     };
     let (provider, fallbacks) = crate::engine::first_available(&cfg);
-    if args.precision == "int8" && provider != crate::backend::Provider::Cpu {
+    if args.precision == Precision::Int8 && provider != crate::backend::Provider::Cpu {
         anyhow::bail!(
             "--precision int8 is a CPU mode; {} was selected (use --backend cpu)",
             provider.name()
@@ -286,15 +282,11 @@ fn measure_side(
         library: args.runtime.onnxruntime.clone(),
         threads: args.runtime.threads,
         optimize,
-        precision: if args.precision == "int8" {
-            crate::model::graphs::Precision::int8()
-        } else {
-            crate::model::graphs::Precision::Fp32
-        },
+        precision: args.precision,
         ..DetectorOptions::default()
     };
     let t = Instant::now();
-    let mut det = Detector::load(&args.model, &opts)
+    let mut det = load_detector(&args.model, &opts)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let b = args.batch_size.max(1);
@@ -317,9 +309,10 @@ fn measure_side(
     ))
 }
 
-/// Runs the benchmark.
-pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
-    let (frame, name, bytes) = match &args.image {
+/// The frame to measure: the decoded `--image` (with its bytes, to time decoding too), or a
+/// synthetic 1920×1080 frame.
+fn bench_frame(args: &BenchArgs) -> anyhow::Result<(Rgb, String, Option<Vec<u8>>)> {
+    Ok(match &args.image {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
             let img = preprocess::decode(&bytes, &ImageLimits::default())
@@ -331,20 +324,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             "synthetic 1920x1080".to_string(),
             None,
         ),
-    };
-    let (provider, fallbacks) = select_provider(args)?;
-    for f in &fallbacks {
-        tracing::warn!(backend = %f.backend, reason = %f.reason, "backend unavailable; falling back");
-    }
-    let (optimized, det) = measure_side(args, &provider, true, &frame)?;
-    // Preprocessing (decode + preprocess when a file is given).
+    })
+}
+
+/// Decode + preprocess and preprocess-only times (20 runs each).
+fn measure_preprocess(
+    det: &Detector,
+    frame: &Rgb,
+    bytes: Option<&[u8]>,
+) -> anyhow::Result<(Latency, Latency)> {
     let n = 20;
     let mut both = Vec::with_capacity(n);
     let mut pre_only = Vec::with_capacity(n);
     let mut px = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        let img = match &bytes {
+        let img = match bytes {
             Some(b) => preprocess::decode(b, &ImageLimits::default())?,
             None => frame.clone(),
         };
@@ -355,26 +350,43 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         both.push(end - t);
         pre_only.push(end - t1);
     }
+    Ok((summarize(both), summarize(pre_only)))
+}
+
+/// Drift of the int8 engine `det` against the exact fp32 engine built beside it.
+fn int8_drift(args: &BenchArgs, mut det: Detector, frame: &Rgb) -> anyhow::Result<Drift> {
+    let ours = patch_outputs(&mut det, frame)?;
+    drop(det);
+    let mut exact = load_detector(
+        &args.model,
+        &DetectorOptions {
+            library: args.runtime.onnxruntime.clone(),
+            threads: args.runtime.threads,
+            ..DetectorOptions::default()
+        },
+    )?;
+    let reference = patch_outputs(&mut exact, frame)?;
+    Ok(drift(
+        &reference,
+        &ours,
+        f64::from(frame.width.max(frame.height)),
+    ))
+}
+
+/// Runs the benchmark.
+pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let (frame, name, bytes) = bench_frame(args)?;
+    let (provider, fallbacks) = select_provider(args)?;
+    for f in &fallbacks {
+        tracing::warn!(backend = %f.backend, reason = %f.reason, "backend unavailable; falling back");
+    }
+    let (optimized, det) = measure_side(args, &provider, true, &frame)?;
+    let (decode_and_preprocess, preprocess_only) =
+        measure_preprocess(&det, &frame, bytes.as_deref())?;
     let backend = det.backend_name().to_string();
     let image_size = det.config.image_size;
-    let mut det = det;
-    let int8_drift = if args.precision == "int8" {
-        let ours = patch_outputs(&mut det, &frame)?;
-        drop(det);
-        let mut exact = Detector::load(
-            &args.model,
-            &DetectorOptions {
-                library: args.runtime.onnxruntime.clone(),
-                threads: args.runtime.threads,
-                ..DetectorOptions::default()
-            },
-        )?;
-        let reference = patch_outputs(&mut exact, &frame)?;
-        Some(drift(
-            &reference,
-            &ours,
-            f64::from(frame.width.max(frame.height)),
-        ))
+    let int8_drift = if args.precision == Precision::Int8 {
+        Some(int8_drift(args, det, &frame)?)
     } else {
         drop(det);
         None
@@ -398,8 +410,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             args.runtime.threads
         },
         preprocess_image: name,
-        decode_and_preprocess: summarize(both),
-        preprocess_only: summarize(pre_only),
+        decode_and_preprocess,
+        preprocess_only,
         optimized,
         eager,
         speedup,

@@ -7,10 +7,11 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::RuntimeArgs;
+use crate::engine::{load_detector, DetectorOptions};
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
-use crate::pipeline::{Detector, DetectorOptions};
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, ImageLimits};
+use crate::vocab::Precision;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DetectArgs {
@@ -36,8 +37,8 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = ImageLimits::default().max_side)]
     pub max_side: u32,
     /// Image-tower precision: fp32 (exact, default) or int8 (quantized encoder projections).
-    #[arg(long, default_value = "fp32", value_parser = ["fp32", "int8"])]
-    pub precision: String,
+    #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
+    pub precision: Precision,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Image files (JPEG, PNG, WebP, BMP).
@@ -65,14 +66,10 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
     let opts = DetectorOptions {
         library: args.runtime.onnxruntime.clone(),
         threads: args.runtime.threads,
-        precision: if args.precision == "int8" {
-            crate::model::graphs::Precision::int8()
-        } else {
-            crate::model::graphs::Precision::Fp32
-        },
+        precision: args.precision,
         ..DetectorOptions::default()
     };
-    let mut det = Detector::load(&args.model, &opts)
+    let mut det = load_detector(&args.model, &opts)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     // Any number of queries on the command line; each within the tokenizer's guard.
     let rules = QueryRules {

@@ -9,7 +9,9 @@ pub mod serve;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::vocab::Precision;
 
 /// On-device open-vocabulary object detection (OWLv2).
 #[derive(Debug, Parser)]
@@ -46,4 +48,15 @@ pub struct RuntimeArgs {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0, env = "IV_THREADS")]
     pub threads: usize,
+}
+
+/// `--precision` of the commands that build a CPU engine: `fp32` or `int8` (fp16 is TensorRT's).
+pub fn cpu_precision(s: &str) -> Result<Precision, String> {
+    match Precision::from_str(s, true)? {
+        p if p.on_cpu() => Ok(p),
+        p => Err(format!(
+            "{} is not a CPU precision (fp32 or int8)",
+            p.name()
+        )),
+    }
 }

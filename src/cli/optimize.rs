@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::bench::{median_ms, synthetic_frame, time_inference};
 use crate::config::{Config, ConfigOverrides};
 use crate::engine;
-use crate::pipeline::{Detector, DetectorOptions};
+use crate::engine::{load_detector, DetectorOptions};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OptimizeArgs {
@@ -82,7 +82,7 @@ pub fn run(args: &OptimizeArgs) -> anyhow::Result<OptimizeReport> {
             .into_iter()
             .find(|p| p.name() == eng.backend)
             .unwrap_or(crate::backend::Provider::Cpu);
-        let mut eager = Detector::load(
+        let mut eager = load_detector(
             &dir,
             &DetectorOptions {
                 library: cfg.onnxruntime_path.clone(),

@@ -42,6 +42,9 @@ pub fn config_check(cmd: &ConfigCommand) -> ExitCode {
     let ConfigCommand::Check { config, overrides } = cmd;
     match Config::load(config.as_deref(), overrides) {
         Ok(c) => {
+            for w in c.warnings() {
+                eprintln!("warning: {w}");
+            }
             print!("{}", c.to_toml());
             ExitCode::SUCCESS
         }
@@ -86,7 +89,8 @@ fn init_logging(cfg: &Config) {
 pub fn engine_loader(cfg: Config) -> Loader {
     Box::new(move |status: StatusFn| {
         let dir = cfg.installed_model_dir()?;
-        let engine = crate::engine::load(&cfg, &dir, false, &|s: &str| status(s))?;
+        let engine = crate::engine::load(&cfg, &dir, false, &|s: &str| status(s))
+            .map_err(|e| e.to_string())?;
         let speedup_estimate = crate::engine::speedup_estimate(&engine);
         let cached = engine.cached;
         let det = engine.detector;
@@ -124,6 +128,9 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
     };
     init_logging(&cfg);
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

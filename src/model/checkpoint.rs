@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::ModelError;
+use super::error::ModelError;
+use crate::onnx::WeightData;
 
 /// Element type of a stored tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,19 +47,6 @@ pub struct TensorInfo {
     /// Absolute byte offset of the data in the file.
     pub offset: u64,
     pub length: u64,
-}
-
-/// Where the F32 bytes of a weight live.
-#[derive(Debug, Clone)]
-pub enum WeightData {
-    /// F32 little-endian bytes stored in the checkpoint file at `offset..offset+length`.
-    External {
-        file_name: String,
-        offset: u64,
-        length: u64,
-    },
-    /// Converted F32 values (from F16/BF16).
-    Owned(Vec<f32>),
 }
 
 /// An opened checkpoint.
@@ -161,11 +149,6 @@ impl Checkpoint {
     /// Size of the weights file in bytes.
     pub fn file_len(&self) -> u64 {
         self.file_len
-    }
-
-    /// Whether any tensor needs conversion to F32.
-    pub fn is_f32(&self) -> bool {
-        self.tensors.values().all(|t| t.dtype == DType::F32)
     }
 
     /// Looks a tensor up and checks its shape.

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use std::path::Path;
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// One transformer tower (vision or text).
 #[derive(Debug, Clone, PartialEq)]

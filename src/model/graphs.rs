@@ -12,7 +12,8 @@
 
 use super::checkpoint::Checkpoint;
 use super::config::{OwlConfig, TowerConfig};
-use super::ModelError;
+use super::error::ModelError;
+pub use super::quant::{quantize_per_channel, Int8Weights};
 use crate::onnx::builder::Dim;
 use crate::onnx::proto::data_type;
 use crate::onnx::{Attr, GraphBuilder};
@@ -38,127 +39,6 @@ pub enum Attention {
     Unfused,
 }
 
-/// Numeric precision of the image tower's encoder projections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// Exact: every weight as stored (converted to f32).
-    #[default]
-    Fp32,
-    /// The encoder's q/k/v/out/fc1/fc2 weights quantized per output channel (symmetric, in the
-    /// given range) by the graph builder, run as dynamically quantized MatMuls
-    /// (`com.microsoft.DynamicQuantizeMatMul`). Embeddings, layer norms, attention and heads stay f32.
-    Int8(Int8Weights),
-}
-
-impl Precision {
-    /// Int8 with the weight range this host's CPU computes without saturation.
-    pub fn int8() -> Self {
-        Precision::Int8(Int8Weights::for_host())
-    }
-
-    /// Name used in cache keys and reports (`fp32`, `int8`, `int8-7bit`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Int8(r) => r.name(),
-        }
-    }
-}
-
-/// Range of the int8 encoder weights, chosen for the CPU that builds (and caches) the artifact.
-///
-/// ONNX Runtime's u8×s8 GEMM on x86-64 without AVX-512 VNNI (AVX2, AVX-512 without VNNI) multiplies
-/// with `vpmaddubsw`, which adds pairs of u8·s8 products into a *saturating* 16-bit sum: with
-/// weights in ±127 and activations up to 255 a pair reaches 64 770 and is clipped at 32 767, so
-/// whole dot products go wrong. 7-bit weights (±63) keep every pair within 255·63·2 = 32 130 (the
-/// `reduce_range` of ONNX Runtime's own quantization tools). VNNI (`vpdpbusd`) and arm64 accumulate
-/// in 32 bits, so they keep the full 8-bit range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Int8Weights {
-    /// Symmetric 8-bit weights in ±127.
-    Full,
-    /// Symmetric 7-bit weights in ±63: no 16-bit saturation on x86-64 without VNNI.
-    Reduced,
-}
-
-impl Int8Weights {
-    /// The safe range for this host's CPU.
-    pub fn for_host() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-            {
-                Int8Weights::Full
-            } else {
-                Int8Weights::Reduced
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            Int8Weights::Full
-        }
-    }
-
-    /// The largest quantized magnitude.
-    pub fn max_level(self) -> f32 {
-        match self {
-            Int8Weights::Full => 127.0,
-            Int8Weights::Reduced => 63.0,
-        }
-    }
-
-    /// Name used in cache keys, reports and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Int8Weights::Full => "int8",
-            Int8Weights::Reduced => "int8-7bit",
-        }
-    }
-}
-
-/// Quantizes a PyTorch `[out, in]` weight per output channel into the `[in, out]` int8 layout
-/// `DynamicQuantizeMatMul` reads (symmetric, scale = max|w| / the range's largest level),
-/// returning `(q, scales)`.
-pub fn quantize_per_channel(
-    w: &[f32],
-    dout: usize,
-    din: usize,
-    range: Int8Weights,
-) -> (Vec<i8>, Vec<f32>) {
-    let level = range.max_level();
-    let mut scales = vec![0f32; dout];
-    let mut q = vec![0i8; din * dout];
-    for o in 0..dout {
-        let row = &w[o * din..(o + 1) * din];
-        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = if max > 0.0 { max / level } else { 1.0 };
-        scales[o] = scale;
-        for (i, v) in row.iter().enumerate() {
-            q[i * dout + o] = (v / scale).round().clamp(-level, level) as i8;
-        }
-    }
-    (q, scales)
-}
-
-/// The serialised graphs of one model.
-pub struct Graphs {
-    pub image: Vec<u8>,
-    pub text: Vec<u8>,
-}
-
-/// Builds both graphs.
-pub fn build(
-    cfg: &OwlConfig,
-    ckpt: &Checkpoint,
-    attention: Attention,
-) -> Result<Graphs, ModelError> {
-    Ok(Graphs {
-        image: build_image_graph(cfg, ckpt, attention, Precision::Fp32)?,
-        text: build_text_graph(cfg, ckpt)?,
-    })
-}
-
 /// OWLv2's box bias in f32 (`[P,4]`, row-major patches): `[coord_x, coord_y, size, size]`.
 pub fn box_bias(grid: usize) -> Vec<f32> {
     let g = grid as f32;
@@ -178,7 +58,8 @@ pub fn box_bias(grid: usize) -> Vec<f32> {
 struct Ctx<'a> {
     b: GraphBuilder,
     ckpt: &'a Checkpoint,
-    precision: Precision,
+    /// Int8 encoder projections in this weight range, or exact f32 (`None`).
+    int8: Option<Int8Weights>,
 }
 
 impl Ctx<'_> {
@@ -213,7 +94,7 @@ impl Ctx<'_> {
         din: usize,
         dout: usize,
     ) -> Result<String, ModelError> {
-        let Precision::Int8(range) = self.precision else {
+        let Some(range) = self.int8 else {
             return self.linear(x, prefix, din, dout, true);
         };
         let w = self
@@ -399,137 +280,156 @@ enum AttentionKind {
     Unfused { causal: bool },
 }
 
+impl Ctx<'_> {
+    /// Patch embedding (a strided Conv), the class token, position embeddings and the pre-layer
+    /// norm: `pixel_values` → tokens `[B·(P+1), D]`.
+    fn vision_embeddings(&mut self, cfg: &OwlConfig, pre: &str) -> Result<String, ModelError> {
+        let v = &cfg.vision;
+        let (d, p, np) = (v.hidden_size, cfg.patch_size, cfg.num_patches());
+        let pw = self.w(
+            &format!("{pre}.embeddings.patch_embedding.weight"),
+            &[d, 3, p, p],
+        )?;
+        let conv = self.b.op(
+            "Conv",
+            &["pixel_values", &pw],
+            &[
+                Attr::Ints("kernel_shape", vec![p as i64, p as i64]),
+                Attr::Ints("strides", vec![p as i64, p as i64]),
+            ],
+        );
+        let patches = self.reshape(&conv, &[0, d as i64, np as i64]);
+        let patches = self.transpose(&patches, &[0, 2, 1]);
+        let cls = self.w(&format!("{pre}.embeddings.class_embedding"), &[d])?;
+        let cls = self.reshape(&cls, &[1, 1, d as i64]);
+        let batch = self.b.op(
+            "Shape",
+            &["pixel_values"],
+            &[Attr::Int("start", 0), Attr::Int("end", 1)],
+        );
+        let tail = self.b.const_i64(&[1, d as i64]);
+        let cls_shape = self
+            .b
+            .op("Concat", &[&batch, &tail], &[Attr::Int("axis", 0)]);
+        let cls = self.b.op("Expand", &[&cls, &cls_shape], &[]);
+        let x = self
+            .b
+            .op("Concat", &[&cls, &patches], &[Attr::Int("axis", 1)]);
+        let pos = self.w(
+            &format!("{pre}.embeddings.position_embedding.weight"),
+            &[np + 1, d],
+        )?;
+        let x = self.b.op("Add", &[&x, &pos], &[]);
+        let x = self.layer_norm(&x, &format!("{pre}.pre_layernorm"), d, v.layer_norm_eps)?;
+        Ok(self.reshape(&x, &[-1, d as i64]))
+    }
+
+    /// Post-LN on every token, patch tokens times the class token, final layer norm: encoder
+    /// output → patch features `[B·P, D]`.
+    fn patch_features(
+        &mut self,
+        cfg: &OwlConfig,
+        x: &str,
+        pre: &str,
+    ) -> Result<String, ModelError> {
+        let v = &cfg.vision;
+        let (d, n) = (v.hidden_size, cfg.num_patches() + 1);
+        let e = self.layer_norm(x, &format!("{pre}.post_layernorm"), d, v.layer_norm_eps)?;
+        let e = self.reshape(&e, &[-1, n as i64, d as i64]);
+        let axes = self.b.const_i64(&[1]);
+        let z = self.b.const_i64(&[0]);
+        let one = self.b.const_i64(&[1]);
+        let end = self.b.const_i64(&[n as i64]);
+        let cls_tok = self.b.op("Slice", &[&e, &z, &one, &axes], &[]);
+        let patch_tok = self.b.op("Slice", &[&e, &one, &end, &axes], &[]);
+        let feats = self.b.op("Mul", &[&patch_tok, &cls_tok], &[]);
+        let feats = self.layer_norm(&feats, "layer_norm", d, v.layer_norm_eps)?;
+        Ok(self.reshape(&feats, &[-1, d as i64]))
+    }
+
+    /// Class head (`class_embeds`, `logit_shift`, `logit_scale` = elu + 1), box head with the
+    /// box bias and sigmoid (`pred_boxes`), objectness head (`objectness_logits`).
+    fn heads(&mut self, cfg: &OwlConfig, f2: &str) -> Result<(), ModelError> {
+        let (d, np, cdim) = (cfg.vision.hidden_size, cfg.num_patches(), cfg.class_dim());
+        let ce = self.linear(f2, "class_head.dense0", d, cdim, true)?;
+        let ce = self.l2_normalize(&ce, Some(1e-6));
+        let ce_shape = self.b.const_i64(&[-1, np as i64, cdim as i64]);
+        self.b
+            .op_named("Reshape", &[&ce, &ce_shape], &[], "class_embeds");
+        let shift = self.linear(f2, "class_head.logit_shift", d, 1, true)?;
+        let bp = self.b.const_i64(&[-1, np as i64]);
+        self.b
+            .op_named("Reshape", &[&shift, &bp], &[], "logit_shift");
+        let scale = self.linear(f2, "class_head.logit_scale", d, 1, true)?;
+        let scale = self.b.op("Elu", &[&scale], &[Attr::Float("alpha", 1.0)]);
+        let one_f = self.b.scalar(1.0);
+        let scale = self.b.op("Add", &[&scale, &one_f], &[]);
+        self.b
+            .op_named("Reshape", &[&scale, &bp], &[], "logit_scale");
+        let bx = self.mlp_head(f2, "box_head", d, 4)?;
+        let bx = self.reshape(&bx, &[-1, np as i64, 4]);
+        let bias = self.b.const_f32(&[np, 4], &box_bias(cfg.grid()));
+        let bx = self.b.op("Add", &[&bx, &bias], &[]);
+        self.b.op_named("Sigmoid", &[&bx], &[], "pred_boxes");
+        let ob = self.mlp_head(f2, "objectness_head", d, 1)?;
+        self.b
+            .op_named("Reshape", &[&ob, &bp], &[], "objectness_logits");
+        Ok(())
+    }
+
+    /// Declares the image graph's input and outputs (`IMAGE_OUTPUTS`, batch dimension dynamic).
+    fn image_io(&mut self, cfg: &OwlConfig) {
+        let (s, np, cdim) = (cfg.image_size, cfg.num_patches(), cfg.class_dim());
+        let batch = Dim::Named("batch");
+        self.b.input(
+            "pixel_values",
+            data_type::FLOAT,
+            &[batch.clone(), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)],
+        );
+        for (name, tail) in [
+            ("class_embeds", vec![Dim::Fixed(np), Dim::Fixed(cdim)]),
+            ("logit_shift", vec![Dim::Fixed(np)]),
+            ("logit_scale", vec![Dim::Fixed(np)]),
+            ("pred_boxes", vec![Dim::Fixed(np), Dim::Fixed(4)]),
+            ("objectness_logits", vec![Dim::Fixed(np)]),
+        ] {
+            let mut dims = vec![batch.clone()];
+            dims.extend(tail);
+            self.b.output(name, data_type::FLOAT, &dims);
+        }
+    }
+}
+
 fn image_graph_ctx<'a>(
     cfg: &OwlConfig,
     ckpt: &'a Checkpoint,
     attention: Attention,
-    precision: Precision,
+    int8: Option<Int8Weights>,
 ) -> Result<Ctx<'a>, ModelError> {
     let mut c = Ctx {
         b: GraphBuilder::new("owlv2_image"),
         ckpt,
-        precision,
+        int8,
     };
-    let v = &cfg.vision;
-    let d = v.hidden_size;
-    let p = cfg.patch_size;
-    let g = cfg.grid();
-    let np = cfg.num_patches();
-    let n = np + 1;
-    let s = cfg.image_size;
     let pre = "owlv2.vision_model";
-    c.b.input(
-        "pixel_values",
-        data_type::FLOAT,
-        &[
-            Dim::Named("batch"),
-            Dim::Fixed(3),
-            Dim::Fixed(s),
-            Dim::Fixed(s),
-        ],
-    );
-    // Patch embedding and tokens.
-    let pw = c.w(
-        &format!("{pre}.embeddings.patch_embedding.weight"),
-        &[d, 3, p, p],
-    )?;
-    let conv = c.b.op(
-        "Conv",
-        &["pixel_values", &pw],
-        &[
-            Attr::Ints("kernel_shape", vec![p as i64, p as i64]),
-            Attr::Ints("strides", vec![p as i64, p as i64]),
-        ],
-    );
-    let patches = c.reshape(&conv, &[0, d as i64, np as i64]);
-    let patches = c.transpose(&patches, &[0, 2, 1]);
-    let cls = c.w(&format!("{pre}.embeddings.class_embedding"), &[d])?;
-    let cls = c.reshape(&cls, &[1, 1, d as i64]);
-    let batch = c.b.op(
-        "Shape",
-        &["pixel_values"],
-        &[Attr::Int("start", 0), Attr::Int("end", 1)],
-    );
-    let tail = c.b.const_i64(&[1, d as i64]);
-    let cls_shape = c.b.op("Concat", &[&batch, &tail], &[Attr::Int("axis", 0)]);
-    let cls = c.b.op("Expand", &[&cls, &cls_shape], &[]);
-    let x = c.b.op("Concat", &[&cls, &patches], &[Attr::Int("axis", 1)]);
-    let pos = c.w(
-        &format!("{pre}.embeddings.position_embedding.weight"),
-        &[n, d],
-    )?;
-    let x = c.b.op("Add", &[&x, &pos], &[]);
-    let x = c.layer_norm(&x, &format!("{pre}.pre_layernorm"), d, v.layer_norm_eps)?;
-    let mut x = c.reshape(&x, &[-1, d as i64]);
+    c.image_io(cfg);
+    let mut x = c.vision_embeddings(cfg, pre)?;
     let kind = match attention {
         Attention::Fused => AttentionKind::Fused,
         Attention::Unfused => AttentionKind::Unfused { causal: false },
     };
-    for i in 0..v.num_layers {
-        x = c.encoder_layer(&x, &format!("{pre}.encoder.layers.{i}"), v, n, kind)?;
+    let n = cfg.num_patches() + 1;
+    for i in 0..cfg.vision.num_layers {
+        x = c.encoder_layer(
+            &x,
+            &format!("{pre}.encoder.layers.{i}"),
+            &cfg.vision,
+            n,
+            kind,
+        )?;
     }
-    // Post-LN on every token, multiply patch tokens by the class token, final layer norm.
-    let e = c.layer_norm(&x, &format!("{pre}.post_layernorm"), d, v.layer_norm_eps)?;
-    let e = c.reshape(&e, &[-1, n as i64, d as i64]);
-    let axes = c.b.const_i64(&[1]);
-    let z = c.b.const_i64(&[0]);
-    let one = c.b.const_i64(&[1]);
-    let end = c.b.const_i64(&[n as i64]);
-    let cls_tok = c.b.op("Slice", &[&e, &z, &one, &axes], &[]);
-    let patch_tok = c.b.op("Slice", &[&e, &one, &end, &axes], &[]);
-    let feats = c.b.op("Mul", &[&patch_tok, &cls_tok], &[]);
-    let feats = c.layer_norm(&feats, "layer_norm", d, v.layer_norm_eps)?;
-    let f2 = c.reshape(&feats, &[-1, d as i64]);
-    // Class head.
-    let cdim = cfg.class_dim();
-    let ce = c.linear(&f2, "class_head.dense0", d, cdim, true)?;
-    let ce = c.l2_normalize(&ce, Some(1e-6));
-    let ce_shape = c.b.const_i64(&[-1, np as i64, cdim as i64]);
-    c.b.op_named("Reshape", &[&ce, &ce_shape], &[], "class_embeds");
-    let shift = c.linear(&f2, "class_head.logit_shift", d, 1, true)?;
-    let bp = c.b.const_i64(&[-1, np as i64]);
-    c.b.op_named("Reshape", &[&shift, &bp], &[], "logit_shift");
-    let scale = c.linear(&f2, "class_head.logit_scale", d, 1, true)?;
-    let scale = c.b.op("Elu", &[&scale], &[Attr::Float("alpha", 1.0)]);
-    let one_f = c.b.scalar(1.0);
-    let scale = c.b.op("Add", &[&scale, &one_f], &[]);
-    c.b.op_named("Reshape", &[&scale, &bp], &[], "logit_scale");
-    // Box head.
-    let bx = c.mlp_head(&f2, "box_head", d, 4)?;
-    let bx = c.reshape(&bx, &[-1, np as i64, 4]);
-    let bias = c.b.const_f32(&[np, 4], &box_bias(g));
-    let bx = c.b.op("Add", &[&bx, &bias], &[]);
-    c.b.op_named("Sigmoid", &[&bx], &[], "pred_boxes");
-    // Objectness head.
-    let ob = c.mlp_head(&f2, "objectness_head", d, 1)?;
-    c.b.op_named("Reshape", &[&ob, &bp], &[], "objectness_logits");
-
-    let bdim = Dim::Named("batch");
-    c.b.output(
-        "class_embeds",
-        data_type::FLOAT,
-        &[bdim.clone(), Dim::Fixed(np), Dim::Fixed(cdim)],
-    );
-    c.b.output(
-        "logit_shift",
-        data_type::FLOAT,
-        &[bdim.clone(), Dim::Fixed(np)],
-    );
-    c.b.output(
-        "logit_scale",
-        data_type::FLOAT,
-        &[bdim.clone(), Dim::Fixed(np)],
-    );
-    c.b.output(
-        "pred_boxes",
-        data_type::FLOAT,
-        &[bdim.clone(), Dim::Fixed(np), Dim::Fixed(4)],
-    );
-    c.b.output(
-        "objectness_logits",
-        data_type::FLOAT,
-        &[bdim, Dim::Fixed(np)],
-    );
+    let f2 = c.patch_features(cfg, &x, pre)?;
+    c.heads(cfg, &f2)?;
     Ok(c)
 }
 
@@ -538,9 +438,9 @@ pub fn build_image_graph(
     cfg: &OwlConfig,
     ckpt: &Checkpoint,
     attention: Attention,
-    precision: Precision,
+    int8: Option<Int8Weights>,
 ) -> Result<Vec<u8>, ModelError> {
-    let c = image_graph_ctx(cfg, ckpt, attention, precision)?;
+    let c = image_graph_ctx(cfg, ckpt, attention, int8)?;
     Ok(c.b.finish(
         "OWLv2 image tower and heads",
         &[("graph_builder_version", GRAPH_BUILDER_VERSION.into())],
@@ -552,7 +452,7 @@ pub fn build_text_graph(cfg: &OwlConfig, ckpt: &Checkpoint) -> Result<Vec<u8>, M
     let mut c = Ctx {
         b: GraphBuilder::new("owlv2_text"),
         ckpt,
-        precision: Precision::Fp32,
+        int8: None,
     };
     let t = &cfg.text;
     let d = t.hidden_size;
@@ -627,55 +527,6 @@ pub fn build_text_graph(cfg: &OwlConfig, ckpt: &Checkpoint) -> Result<Vec<u8>, M
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn per_channel_quantization_round_trips_within_half_a_step() {
-        // 2 outputs x 3 inputs, PyTorch layout.
-        let w = [0.5f32, -1.0, 0.25, 0.0, 0.0, 0.0];
-        let (q, s) = quantize_per_channel(&w, 2, 3, Int8Weights::Full);
-        assert_eq!(s[0], 1.0 / 127.0);
-        assert_eq!(s[1], 1.0); // all-zero row: scale 1, values 0
-                               // [in, out] layout: q[i * 2 + o]
-        assert_eq!(q[0], 64); // 0.5 * 127 = 63.5 -> 64
-        assert_eq!(q[2], -127);
-        assert_eq!(q[4], 32); // 31.75 -> 32
-        assert!(q[1] == 0 && q[3] == 0 && q[5] == 0);
-        for (i, v) in w[..3].iter().enumerate() {
-            assert!((q[i * 2] as f32 * s[0] - v).abs() <= s[0] / 2.0 + 1e-7);
-        }
-        let (q, s) = quantize_per_channel(&w, 2, 3, Int8Weights::Reduced);
-        assert_eq!(s[0], 1.0 / 63.0);
-        // 0.5 / (1/63) is 31.499998 in f32 (rounds to 31); 0.25 → 15.75 → 16.
-        assert_eq!((q[0], q[2], q[4]), (31, -63, 16));
-        for (i, v) in w[..3].iter().enumerate() {
-            assert!((q[i * 2] as f32 * s[0] - v).abs() <= s[0] / 2.0 + 1e-7);
-        }
-    }
-
-    #[test]
-    fn reduced_weights_cannot_saturate_a_sixteen_bit_pair_sum() {
-        // vpmaddubsw adds two u8 x s8 products into a saturating i16.
-        let pair = |level: f32| 2 * 255 * level as i32;
-        assert!(pair(Int8Weights::Reduced.max_level()) <= i16::MAX as i32);
-        assert!(pair(Int8Weights::Full.max_level()) > i16::MAX as i32);
-        // Quantized values never leave the range, whatever the row.
-        let w: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) * 0.37).collect();
-        let (q, _) = quantize_per_channel(&w, 1, 64, Int8Weights::Reduced);
-        assert_eq!(q.iter().map(|v| v.unsigned_abs()).max(), Some(63));
-    }
-
-    #[test]
-    fn host_range_is_full_only_where_pairs_accumulate_in_32_bits() {
-        let r = Int8Weights::for_host();
-        #[cfg(target_arch = "x86_64")]
-        assert_eq!(
-            r == Int8Weights::Full,
-            std::arch::is_x86_feature_detected!("avx512vnni")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-        );
-        #[cfg(not(target_arch = "x86_64"))]
-        assert_eq!(r, Int8Weights::Full);
-    }
 
     #[test]
     fn box_bias_matches_reference_values() {

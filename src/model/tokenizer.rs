@@ -11,7 +11,7 @@ use std::path::Path;
 
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// The tokenizer pipeline of `tokenizer.json` files of OWLv2 checkpoints, with an empty vocabulary;
 /// filled from `vocab.json` + `merges.txt` when a checkpoint ships those instead.

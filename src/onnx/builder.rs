@@ -8,7 +8,6 @@ use super::proto::{
     NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
     TypeProto, TypeProtoTensor, ValueInfoProto, DATA_LOCATION_EXTERNAL,
 };
-use crate::model::checkpoint::WeightData;
 
 /// ONNX opset of the default domain used by every graph we build (LayerNormalization needs 17).
 pub const OPSET: i64 = 17;
@@ -55,6 +54,19 @@ impl Attr {
 pub enum Dim {
     Fixed(usize),
     Named(&'static str),
+}
+
+/// Where the F32 bytes of a weight live.
+#[derive(Debug, Clone)]
+pub enum WeightData {
+    /// F32 little-endian bytes stored in the checkpoint file at `offset..offset+length`.
+    External {
+        file_name: String,
+        offset: u64,
+        length: u64,
+    },
+    /// Converted F32 values (from F16/BF16).
+    Owned(Vec<f32>),
 }
 
 /// Builds one ONNX graph.
@@ -231,11 +243,6 @@ impl GraphBuilder {
             ..Default::default()
         };
         model.encode_to_vec()
-    }
-
-    /// Number of nodes so far (tests).
-    pub fn node_count(&self) -> usize {
-        self.graph.node.len()
     }
 }
 

@@ -4,4 +4,4 @@
 pub mod builder;
 pub mod proto;
 
-pub use builder::{Attr, GraphBuilder};
+pub use builder::{Attr, GraphBuilder, WeightData};

@@ -6,6 +6,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::error::ApiError;
+use super::state::{AppState, Phase};
+use crate::postprocess::Detection;
+use crate::service::{DetectError, DetectRequest, DetectService, ImageInput, Timing};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -15,10 +19,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use super::error::ApiError;
-use super::state::{AppState, Phase};
-use crate::postprocess::Detection;
-use crate::service::{DetectError, DetectRequest, DetectService, ImageInput, Timing};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -376,9 +376,12 @@ async fn detect(
     let service = ready_service(st)?;
     let timeout = service.config().request_timeout;
     let deadline = tokio::time::Instant::from_std(started + timeout);
-    let request = tokio::time::timeout_at(deadline, parse_detect(req, st.config.max_body_bytes, started))
-        .await
-        .map_err(|_| ApiError::from(&DetectError::Timeout(timeout.as_millis() as u64)))??;
+    let request = tokio::time::timeout_at(
+        deadline,
+        parse_detect(req, st.config.max_body_bytes, started),
+    )
+    .await
+    .map_err(|_| ApiError::from(&DetectError::Timeout(timeout.as_millis() as u64)))??;
     let out = service
         .detect(request)
         .await

@@ -5,7 +5,7 @@
 //! unless remote access is explicitly allowed.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -33,8 +33,9 @@ pub enum ListenError {
 pub struct Listeners {
     pub detect: UnixListener,
     pub http: TcpListener,
-    /// The socket file we created (removed on exit); `None` when systemd owns it.
-    pub socket_file: Option<PathBuf>,
+    /// The socket file we created (removed on exit while it is still ours); `None` when systemd
+    /// owns it.
+    pub socket_file: Option<SocketFile>,
 }
 
 fn sock_err(path: &Path, message: impl Into<String>) -> ListenError {
@@ -44,20 +45,102 @@ fn sock_err(path: &Path, message: impl Into<String>) -> ListenError {
     }
 }
 
-/// Binds the Unix socket at `path` with `mode` and optional `group`.
-pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener, ListenError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(sock_err(
-                    path,
-                    "another process is listening on this socket",
-                ));
-            }
-            std::fs::remove_file(path)
-                .map_err(|e| sock_err(path, format!("cannot remove stale socket: {e}")))?;
-            tracing::info!(path = %path.display(), "replaced a stale socket");
+/// The socket file this daemon created: removed on exit only while the path still is that socket
+/// (same device and inode), so a file someone else put there later is never deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketFile {
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Whether `path` still is the socket this daemon bound.
+    fn is_ours(&self) -> bool {
+        std::fs::symlink_metadata(&self.path)
+            .map(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino)
+            .unwrap_or(false)
+    }
+
+    /// Removes the socket file if it is still ours; says why not otherwise.
+    pub fn remove_if_ours(&self) {
+        if !self.is_ours() {
+            tracing::warn!(path = %self.path.display(), "the socket path no longer is our socket; leaving it");
+            return;
         }
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the socket file");
+        }
+    }
+}
+
+/// Removes a socket left behind by a process that is gone. Only `ECONNREFUSED` proves that nobody
+/// listens: any other failure (permission denied, a full backlog) may be a live socket of another
+/// service, which is never taken over.
+fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
+    let probe = std::os::unix::net::UnixStream::connect(path).map(drop);
+    stale_verdict(probe).map_err(|m| sock_err(path, m))?;
+    std::fs::remove_file(path)
+        .map_err(|e| sock_err(path, format!("cannot remove stale socket: {e}")))?;
+    tracing::info!(path = %path.display(), "replaced a stale socket");
+    Ok(())
+}
+
+/// Whether a connection attempt proves the socket stale (`Ok`), or why it must be left alone.
+fn stale_verdict(connect: std::io::Result<()>) -> Result<(), String> {
+    match connect {
+        Ok(()) => Err("another process is listening on this socket".into()),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
+        Err(e) => Err(format!(
+            "cannot tell whether this socket is in use ({e}); refusing to replace it"
+        )),
+    }
+}
+
+/// Binds with the socket file created in its final `mode` (under a umask that clears every other
+/// bit), so there is no moment where it is more open than asked and no chmod by path afterwards.
+fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, ListenError> {
+    use nix::sys::stat::{umask, Mode};
+    let keep = Mode::from_bits_truncate((!mode & 0o777) as nix::libc::mode_t);
+    let previous = umask(keep);
+    let bound = UnixListener::bind(path);
+    umask(previous);
+    bound.map_err(|e| sock_err(path, format!("cannot bind: {e}")))
+}
+
+/// Gives the socket file to `group` without following a symlink put at its path.
+fn set_group(path: &Path, group: &str) -> Result<(), ListenError> {
+    let grp = nix::unistd::Group::from_name(group)
+        .map_err(|e| sock_err(path, format!("cannot look up group {group}: {e}")))?
+        .ok_or_else(|| sock_err(path, format!("group {group} does not exist")))?;
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        None,
+        Some(grp.gid),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| sock_err(path, format!("cannot set group {group}: {e}")))
+}
+
+/// Binds the Unix socket at `path` with `mode` and optional `group`; returns the listener and the
+/// socket file it created.
+pub fn bind_unix(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<(UnixListener, SocketFile), ListenError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => remove_stale_socket(path)?,
         Ok(_) => {
             return Err(sock_err(
                 path,
@@ -73,17 +156,15 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixList
                 .map_err(|e| sock_err(parent, format!("cannot create directory: {e}")))?;
         }
     }
-    let l = UnixListener::bind(path).map_err(|e| sock_err(path, format!("cannot bind: {e}")))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| sock_err(path, format!("cannot set mode {mode:o}: {e}")))?;
+    let l = bind_with_mode(path, mode)?;
+    let file = SocketFile::of(path).map_err(|e| sock_err(path, e.to_string()))?;
     if let Some(g) = group {
-        let grp = nix::unistd::Group::from_name(g)
-            .map_err(|e| sock_err(path, format!("cannot look up group {g}: {e}")))?
-            .ok_or_else(|| sock_err(path, format!("group {g} does not exist")))?;
-        nix::unistd::chown(path, None, Some(grp.gid))
-            .map_err(|e| sock_err(path, format!("cannot set group {g}: {e}")))?;
+        if let Err(e) = set_group(path, g) {
+            file.remove_if_ours();
+            return Err(e);
+        }
     }
-    Ok(l)
+    Ok((l, file))
 }
 
 fn check_http_addr(addr: &std::net::SocketAddr, allow_remote: bool) -> Result<(), ListenError> {
@@ -114,6 +195,25 @@ fn tcp_from_fd(fd: RawFd) -> Result<TcpListener, ListenError> {
         .map_err(|e| ListenError::Activation(format!("fd {fd}: {e}")))?;
     TcpListener::from_std(std_l)
         .map_err(|e| ListenError::Activation(format!("fd {fd} is not a TCP listener: {e}")))
+}
+
+/// The health listener: the one systemd passed, or a new one on `http_addr`; loopback unless
+/// remote access is allowed.
+async fn bind_http(cfg: &Config, passed: Option<TcpListener>) -> Result<TcpListener, ListenError> {
+    let http = match passed {
+        Some(l) => l,
+        None => TcpListener::bind(cfg.http_addr)
+            .await
+            .map_err(|e| ListenError::Tcp {
+                addr: cfg.http_addr.to_string(),
+                source: e,
+            })?,
+    };
+    let local = http
+        .local_addr()
+        .map_err(|e| ListenError::Activation(e.to_string()))?;
+    check_http_addr(&local, cfg.http_allow_remote)?;
+    Ok(http)
 }
 
 impl Listeners {
@@ -161,32 +261,27 @@ impl Listeners {
                 http = Some(tcp_from_fd(fd)?);
             }
         }
-        let socket_file = if detect.is_some() {
-            None
-        } else {
-            Some(cfg.socket_path.clone())
+        let (detect, socket_file) = match detect {
+            Some(l) => (l, None),
+            None => {
+                let (l, file) = bind_unix(
+                    &cfg.socket_path,
+                    cfg.socket_mode.0,
+                    cfg.socket_group.as_deref(),
+                )?;
+                (l, Some(file))
+            }
         };
-        let detect = match detect {
-            Some(l) => l,
-            None => bind_unix(
-                &cfg.socket_path,
-                cfg.socket_mode.0,
-                cfg.socket_group.as_deref(),
-            )?,
+        // A later failure must not leave the freshly bound socket file behind.
+        let http = match bind_http(cfg, http).await {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(f) = &socket_file {
+                    f.remove_if_ours();
+                }
+                return Err(e);
+            }
         };
-        let http = match http {
-            Some(l) => l,
-            None => TcpListener::bind(cfg.http_addr)
-                .await
-                .map_err(|e| ListenError::Tcp {
-                    addr: cfg.http_addr.to_string(),
-                    source: e,
-                })?,
-        };
-        let local = http
-            .local_addr()
-            .map_err(|e| ListenError::Activation(e.to_string()))?;
-        check_http_addr(&local, cfg.http_allow_remote)?;
         Ok(Listeners {
             detect,
             http,
@@ -199,6 +294,11 @@ impl Listeners {
 mod tests {
     use super::*;
 
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).expect("meta").permissions().mode() & 0o777
+    }
+
     #[tokio::test]
     async fn stale_socket_is_replaced_and_files_refused() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -206,9 +306,9 @@ mod tests {
         {
             let _l = std::os::unix::net::UnixListener::bind(&p).expect("bind");
         } // dropped: the file stays, nobody listens
-        let l = bind_unix(&p, 0o600, None).expect("stale replaced");
-        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let (l, file) = bind_unix(&p, 0o600, None).expect("stale replaced");
+        assert_eq!(mode_of(&p), 0o600);
+        assert_eq!(file.path, p);
         let e = bind_unix(&p, 0o600, None).expect_err("live socket");
         assert!(e.to_string().contains("another process"), "{e}");
         drop(l);
@@ -217,7 +317,61 @@ mod tests {
         let e = bind_unix(&f, 0o600, None).expect_err("regular file");
         assert!(e.to_string().contains("not a socket"), "{e}");
         assert_eq!(std::fs::read(&f).expect("kept"), b"x");
-        let e = bind_unix(&p, 0o600, Some("no-such-group-iv")).expect_err("group");
+        let q = dir.path().join("g.sock");
+        let e = bind_unix(&q, 0o600, Some("no-such-group-iv")).expect_err("group");
         assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(!q.exists(), "a failed start leaves no socket file behind");
+    }
+
+    #[test]
+    fn only_connection_refused_means_stale() {
+        use std::io::Error;
+        assert!(stale_verdict(Err(Error::from(ErrorKind::ConnectionRefused))).is_ok());
+        let live = stale_verdict(Ok(())).expect_err("live");
+        assert!(live.contains("another process"), "{live}");
+        for kind in [
+            ErrorKind::PermissionDenied,
+            ErrorKind::WouldBlock,
+            ErrorKind::TimedOut,
+        ] {
+            let e = stale_verdict(Err(Error::from(kind))).expect_err("not proven stale");
+            assert!(e.contains("refusing to replace"), "{kind:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_created_in_its_mode_and_removed_only_while_ours() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("d.sock");
+        let (l, file) = bind_unix(&p, 0o660, None).expect("bind");
+        assert_eq!(mode_of(&p), 0o660);
+        drop(l);
+        // Someone replaced the path with a regular file: it is not ours to delete.
+        std::fs::remove_file(&p).expect("rm");
+        std::fs::write(&p, b"not ours").expect("write");
+        file.remove_if_ours();
+        assert_eq!(std::fs::read(&p).expect("kept"), b"not ours");
+        std::fs::remove_file(&p).expect("rm");
+        // Our own socket is removed.
+        let (_l, file) = bind_unix(&p, 0o600, None).expect("bind");
+        file.remove_if_ours();
+        assert!(!p.exists());
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_check_removes_the_fresh_socket() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = Config {
+            socket_path: dir.path().join("d.sock"),
+            // A non-loopback address without the opt-in fails after the socket is bound.
+            http_addr: "0.0.0.0:0".parse().expect("addr"),
+            http_allow_remote: false,
+            ..Config::default()
+        };
+        let e = Listeners::from_config(&cfg)
+            .await
+            .expect_err("not loopback");
+        assert!(e.to_string().contains("not loopback"), "{e}");
+        assert!(!cfg.socket_path.exists(), "socket file left behind");
     }
 }

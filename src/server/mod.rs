@@ -6,6 +6,7 @@
 //! `run` takes its listeners, a model loader and a cancellation token; only `main` exits the
 //! process.
 
+mod conn;
 pub mod error;
 pub mod http;
 pub mod listen;
@@ -14,12 +15,8 @@ pub mod state;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use sd_notify::NotifyState;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use listen::Listeners;
@@ -96,47 +93,50 @@ async fn warmup(st: &Arc<AppState>, service: &DetectService, n: u32) -> Result<f
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-/// Answers a connection over the cap with a 503 and closes it.
-async fn refuse<S: tokio::io::AsyncWrite + Unpin>(mut s: S) {
-    let body =
-        error::ApiError::unavailable("too_many_connections", "connection limit reached", 1).body();
-    let msg = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = s.write_all(msg.as_bytes()).await;
-    let _ = s.shutdown().await;
-}
-
-/// Serves one accepted connection (HTTP/1.1, header timeout, graceful-shutdown aware), or answers
-/// 503 and closes it when the listener's connection cap is reached.
-fn serve_connection<S>(
-    stream: S,
-    peer: http::Peer,
-    st: &Arc<AppState>,
-    conns: &Arc<Semaphore>,
-    graceful: &GracefulShutdown,
-    header_timeout: Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let Ok(permit) = conns.clone().try_acquire_owned() else {
-        tokio::spawn(refuse(stream));
+/// Watchdog: pings while loading, and afterwards only while the inference worker turns its loop
+/// (a stuck inference lets systemd restart the daemon).
+fn spawn_watchdog(st: Arc<AppState>, stop: CancellationToken) {
+    let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
-    let st = st.clone();
-    let svc = service_fn(move |req| http::handle(req, st.clone(), peer));
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), svc);
-    let fut = graceful.watch(conn);
     tokio::spawn(async move {
-        if let Err(e) = fut.await {
-            tracing::debug!(error = %e, ?peer, "connection ended with an error");
+        let mut tick = tokio::time::interval(period / 2);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let alive = match st.phase() {
+                Phase::Starting => true,
+                Phase::Ready | Phase::Stopping => {
+                    st.heartbeat_age_ms() < (period / 2).as_millis() as u64
+                }
+                Phase::Failed => false,
+            };
+            if alive {
+                notify(&[NotifyState::Watchdog]);
+            } else {
+                tracing::warn!(
+                    age_ms = st.heartbeat_age_ms(),
+                    "inference worker is not answering; withholding WATCHDOG=1"
+                );
+            }
         }
-        drop(permit);
     });
+}
+
+/// Drains in-flight connections within the grace period. Connections accepted just before the
+/// listeners closed get a moment to deliver their request first: hyper closes a connection that
+/// has no request in progress at once, which a client would see as a reset.
+async fn drain(graceful: GracefulShutdown, grace_ms: u64) {
+    let grace = Duration::from_millis(grace_ms);
+    tokio::time::sleep(grace.min(Duration::from_millis(300))).await;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace_ms, "grace period over; closing remaining connections");
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled (or loading fails).
@@ -149,145 +149,83 @@ pub async fn run(
     let st = AppState::new(cfg.clone());
     let Listeners {
         detect,
-        http: http_l,
+        http,
         socket_file,
     } = listeners;
     let graceful = GracefulShutdown::new();
-    let header_timeout = Duration::from_millis(cfg.header_timeout_ms);
-    let detect_conns = Arc::new(Semaphore::new(cfg.max_connections));
-    let http_conns = Arc::new(Semaphore::new(cfg.max_connections));
     let accept_stop = CancellationToken::new();
-
-    // Watchdog: ping while loading, and afterwards only while the worker turns its loop.
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        let st = st.clone();
-        let stop = accept_stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period / 2);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let alive = match st.phase() {
-                    Phase::Starting => true,
-                    Phase::Ready | Phase::Stopping => {
-                        st.heartbeat_age_ms() < (period / 2).as_millis() as u64
-                    }
-                    Phase::Failed => false,
-                };
-                if alive {
-                    notify(&[NotifyState::Watchdog]);
-                } else {
-                    tracing::warn!(
-                        age_ms = st.heartbeat_age_ms(),
-                        "inference worker is not answering; withholding WATCHDOG=1"
-                    );
-                }
-            }
-        });
-    }
-
-    // Accept loop for both listeners.
-    let accept = {
-        let st = st.clone();
-        let stop = accept_stop.clone();
-        let graceful_ref = &graceful;
-        async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    r = detect.accept() => match r {
-                        Ok((stream, _)) => {
-                            let cred = stream.peer_cred().ok();
-                            let peer = http::Peer::Unix { uid: cred.map(|c| c.uid()), pid: cred.and_then(|c| c.pid()) };
-                            serve_connection(stream, peer, &st, &detect_conns, graceful_ref, header_timeout);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept on the detection socket failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                    r = http_l.accept() => match r {
-                        Ok((stream, _)) => serve_connection(stream, http::Peer::Tcp, &st, &http_conns, graceful_ref, header_timeout),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept on the http socket failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                }
-            }
-        }
-    };
-
-    let lifecycle = lifecycle(st.clone(), loader, shutdown.clone());
+    spawn_watchdog(st.clone(), accept_stop.clone());
+    let acceptor = conn::Acceptor::new(&st, &graceful);
     let (result, ()) = tokio::join!(
         async {
-            let r = lifecycle.await;
+            let r = lifecycle(st.clone(), loader, shutdown.clone()).await;
             accept_stop.cancel();
             r
         },
-        accept
+        acceptor.run(detect, http, accept_stop.clone())
     );
-
-    // Drain in-flight connections within the grace period. Connections accepted just before the
-    // listeners closed get a moment to deliver their request first: hyper closes a connection that
-    // has no request in progress at once, which a client would see as a reset.
-    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-    tokio::time::sleep(grace.min(Duration::from_millis(300))).await;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_ms = cfg.shutdown_grace_ms,
-            "grace period over; closing remaining connections"
-        );
-    }
-    if let Some(p) = socket_file {
-        if let Err(e) = std::fs::remove_file(&p) {
-            tracing::warn!(path = %p.display(), error = %e, "cannot remove the socket file");
-        }
+    drain(graceful, cfg.shutdown_grace_ms).await;
+    if let Some(f) = socket_file {
+        f.remove_if_ours();
     }
     tracing::info!("stopped");
     result
 }
 
-/// Load → warmup → READY → wait for shutdown → STOPPING.
+/// Stopped before READY: the shutdown came first.
+fn stopped_early(st: &AppState) -> Result<(), ServeError> {
+    st.set_phase(Phase::Stopping);
+    notify(&[NotifyState::Stopping]);
+    Ok(())
+}
+
+/// Marks the start as failed with `e` (the status line carries a load error's own message).
+fn failed(st: &AppState, e: ServeError) -> Result<(), ServeError> {
+    st.set_phase(Phase::Failed);
+    let why = match &e {
+        ServeError::Load(msg) => msg.clone(),
+        other => other.to_string(),
+    };
+    set_status(st, &format!("failed: {why}"));
+    Err(e)
+}
+
+/// Runs the loader on the blocking pool, keeping systemd's start timeout ahead of a long load or
+/// engine build. `None` when shutdown came first.
+async fn load(
+    st: &Arc<AppState>,
+    loader: Loader,
+    shutdown: &CancellationToken,
+) -> Option<Result<(Detector, EngineInfo), ServeError>> {
+    set_status(st, "loading model");
+    let st2 = st.clone();
+    let status: StatusFn = Arc::new(move |s: &str| set_status(&st2, s));
+    let mut load = tokio::task::spawn_blocking(move || loader(status));
+    let mut extend = tokio::time::interval(Duration::from_secs(10));
+    let loaded = loop {
+        tokio::select! {
+            r = &mut load => break r,
+            _ = extend.tick() => notify(&[NotifyState::ExtendTimeoutUsec(30_000_000)]),
+            _ = shutdown.cancelled() => return None,
+        }
+    };
+    Some(match loaded {
+        Ok(r) => r.map_err(ServeError::Load),
+        Err(e) => Err(ServeError::Load(format!("loader panicked: {e}"))),
+    })
+}
+
+/// Load → start the service → warmup → READY → wait for shutdown → STOPPING.
 async fn lifecycle(
     st: Arc<AppState>,
     loader: Loader,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let t0 = Instant::now();
-    set_status(&st, "loading model");
-    let st2 = st.clone();
-    let status: StatusFn = Arc::new(move |s: &str| set_status(&st2, s));
-    let mut load = tokio::task::spawn_blocking(move || loader(status));
-    // Keep systemd's start timeout ahead of a long load or engine build.
-    let mut extend = tokio::time::interval(Duration::from_secs(10));
-    let loaded = loop {
-        tokio::select! {
-            r = &mut load => break r,
-            _ = extend.tick() => notify(&[NotifyState::ExtendTimeoutUsec(30_000_000)]),
-            _ = shutdown.cancelled() => {
-                st.set_phase(Phase::Stopping);
-                notify(&[NotifyState::Stopping]);
-                return Ok(());
-            }
-        }
-    };
-    let (det, mut info) = match loaded {
-        Ok(Ok(x)) => x,
-        Ok(Err(msg)) => {
-            st.set_phase(Phase::Failed);
-            set_status(&st, &format!("failed: {msg}"));
-            return Err(ServeError::Load(msg));
-        }
-        Err(e) => {
-            st.set_phase(Phase::Failed);
-            return Err(ServeError::Load(format!("loader panicked: {e}")));
-        }
+    let (det, mut info) = match load(&st, loader, &shutdown).await {
+        None => return stopped_early(&st),
+        Some(Ok(x)) => x,
+        Some(Err(e)) => return failed(&st, e),
     };
     let backend = det.backend_name().to_string();
     // The worker thread is detached: it stops when the last service handle goes with the state.
@@ -298,25 +236,16 @@ async fn lifecycle(
     )
     .map_err(|e| ServeError::Internal(format!("cannot start the worker: {e}")))?;
     let _ = st.service.set(service.clone());
-    let n = st.config.warmup_iterations;
     notify(&[NotifyState::ExtendTimeoutUsec(30_000_000)]);
     let warm = tokio::select! {
-        r = warmup(&st, &service, n) => r,
-        _ = shutdown.cancelled() => {
-            st.set_phase(Phase::Stopping);
-            notify(&[NotifyState::Stopping]);
-            return Ok(());
-        }
+        r = warmup(&st, &service, st.config.warmup_iterations) => r,
+        _ = shutdown.cancelled() => return stopped_early(&st),
     };
-    let warm_ms = match warm {
+    info.warmup_ms = match warm {
         Ok(ms) => ms,
-        Err(e) => {
-            st.set_phase(Phase::Failed);
-            set_status(&st, &format!("failed: {e}"));
-            return Err(e);
-        }
+        Err(e) => return failed(&st, e),
     };
-    info.warmup_ms = warm_ms;
+    let warmup_ms = info.warmup_ms;
     if let Ok(mut e) = st.engine.lock() {
         *e = info;
     }
@@ -326,7 +255,7 @@ async fn lifecycle(
     notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
     tracing::info!(
         startup_ms = t0.elapsed().as_millis() as u64,
-        warmup_ms = warm_ms,
+        warmup_ms,
         "ready"
     );
 

@@ -2,8 +2,8 @@
 //! maps it to an HTTP status (`server::error`), the metrics use `kind()` as the outcome label.
 
 use crate::backend::BackendError;
-use crate::pipeline::PipelineError;
 use crate::model::tokenizer::QueryError;
+use crate::pipeline::PipelineError;
 use crate::preprocess::ImageError;
 
 /// Why a detection failed. Cloned to every request of a batch that fails as a whole.
@@ -40,8 +40,6 @@ impl From<PipelineError> for DetectError {
         match e {
             PipelineError::Query(q) => DetectError::Query(q),
             PipelineError::Backend(b) => DetectError::Backend(b),
-            // A loaded model does not fail to open at run time; if it ever does, it is a bug.
-            PipelineError::Model(m) => DetectError::Internal(m.to_string()),
         }
     }
 }

@@ -233,10 +233,7 @@ impl DetectService {
             reply,
             _permit: permit,
         };
-        self.inner
-            .tx
-            .send(job)
-            .map_err(|_| DetectError::Stopped)?;
+        self.inner.tx.send(job).map_err(|_| DetectError::Stopped)?;
         let out = rx.await.map_err(|_| DetectError::Stopped)??;
         Ok(DetectOutput {
             width,

@@ -10,7 +10,6 @@ use super::*;
 use crate::backend::{Backend, BackendError, ImageBatch};
 use crate::model::tokenizer::QueryError;
 use crate::model::{ModelDir, QueryTokenizer};
-use crate::pipeline::DetectorOptions;
 use crate::preprocess::ImageError;
 
 /// A gate the fake backend waits on before answering an image batch (open by default).
@@ -103,12 +102,7 @@ fn start(cfg: ServiceConfig) -> (DetectService, Worker, Arc<Probe>, Arc<Metrics>
         dim: model.config.projection_dim,
         probe: probe.clone(),
     };
-    let det = Detector::with_backend(
-        model,
-        tokenizer,
-        Box::new(backend),
-        &DetectorOptions::default(),
-    );
+    let det = Detector::new(model.config, tokenizer, Box::new(backend), 1024);
     let metrics = Arc::new(Metrics::default());
     let (svc, worker) = DetectService::start(det, cfg, metrics.clone()).expect("starts");
     (svc, worker, probe, metrics)
@@ -269,7 +263,10 @@ async fn a_full_queue_fails_fast_and_frees_when_answered() {
     let t = Instant::now();
     let e = svc.detect(request(&["a cat"])).await.expect_err("full");
     assert!(matches!(e, DetectError::QueueFull), "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(1), "queue_full must not wait");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "queue_full must not wait"
+    );
     probe.gate.set(false);
     assert!(first.await.expect("task").is_ok());
     assert_eq!(svc.queue_depth(), 0);

@@ -1,14 +1,12 @@
 //! Tokenizer parity: ids equal transformers' `CLIPTokenizer` on the shared probe strings, for both
 //! tokenizer forms (`tokenizer.json` and `vocab.json` + `merges.txt`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use intelligent_video::model::tokenizer::QueryError;
 use intelligent_video::model::QueryTokenizer;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
-}
+use crate::support::fixtures::fixtures;
 
 fn cases() -> Vec<serde_json::Value> {
     let bytes = std::fs::read(fixtures().join("tokenizer_cases.json")).expect("cases");

@@ -2,27 +2,29 @@
 //! the exact fp32 engine stays within documented bounds on the fixture images, for the weight range
 //! this host's CPU gets and for both ranges where this host computes them without saturation.
 
-mod common;
-
-use intelligent_video::model::graphs::{Int8Weights, Precision};
-use intelligent_video::pipeline::{Detector, DetectorOptions};
+use intelligent_video::engine::{load_detector, DetectorOptions};
+use intelligent_video::model::graphs::Int8Weights;
 use intelligent_video::postprocess;
 use intelligent_video::preprocess::{self, ImageLimits};
+use intelligent_video::vocab::Precision;
 
-/// Max score drift and max box drift (× max(H,W)) of `precision` against fp32 on tiny-a.
-fn drift(precision: Precision) -> (f64, f64) {
+use crate::support::fixtures;
+
+/// Max score drift and max box drift (× max(H,W)) of int8 in `range` against fp32 on tiny-a.
+fn drift(range: Int8Weights) -> (f64, f64) {
     let load = |precision| {
-        Detector::load(
-            &common::model_dir("tiny-a"),
+        load_detector(
+            &fixtures::model_dir("tiny-a"),
             &DetectorOptions {
                 precision,
+                int8_range: range,
                 ..DetectorOptions::default()
             },
         )
         .expect("loads")
     };
     let mut f32d = load(Precision::Fp32);
-    let mut i8d = load(precision);
+    let mut i8d = load(Precision::Int8);
     let queries: Vec<String> = ["a photo of a cat", "a dog", "person"]
         .iter()
         .map(|s| s.to_string())
@@ -34,7 +36,7 @@ fn drift(precision: Precision) -> (f64, f64) {
         "tall_rgba.png",
         "exact_a.png",
     ] {
-        let bytes = std::fs::read(common::fixtures().join("images").join(name)).expect("img");
+        let bytes = fixtures::image(name);
         let rgb = preprocess::decode(&bytes, &ImageLimits::default()).expect("decode");
         let mut px = Vec::new();
         f32d.preprocess_into(&rgb, &mut px);
@@ -56,11 +58,14 @@ fn drift(precision: Precision) -> (f64, f64) {
     }
     eprintln!(
         "{} vs fp32 on tiny-a: max score drift {max_score:.2e}, max box drift {max_box:.2e} x max(H,W)",
-        precision.name()
+        range.name()
     );
     (max_score, max_box)
 }
 
+/// The int8 drift bounds (score < 0.05, box < 0.04·max(H,W)) are deliberately far looser than the
+/// README's fp32 parity tolerances used by `support::detections`: int8 is an opt-in speed mode
+/// whose documented drift is what is being bounded here (and it must not be zero).
 fn assert_small_and_nonzero((max_score, max_box): (f64, f64)) {
     assert!(
         max_score > 1e-6,
@@ -72,11 +77,11 @@ fn assert_small_and_nonzero((max_score, max_box): (f64, f64)) {
 
 #[test]
 fn int8_drift_against_fp32_is_small_and_nonzero() {
-    assert_small_and_nonzero(drift(Precision::int8()));
+    assert_small_and_nonzero(drift(Int8Weights::for_host()));
 }
 
 #[test]
 fn reduced_range_int8_is_small_on_every_host() {
     // 7-bit weights cannot saturate any x86-64 int8 kernel, so this holds everywhere.
-    assert_small_and_nonzero(drift(Precision::Int8(Int8Weights::Reduced)));
+    assert_small_and_nonzero(drift(Int8Weights::Reduced));
 }

@@ -1,15 +1,13 @@
 //! `bench`: the report's numbers hang together, the backend choice reports the skipped GPU tiers,
 //! `--precision int8` reports its drift, and bad arguments fail with a message.
 
-mod common;
-
-use std::process::Command;
+use crate::support::{bin, fixtures};
 
 fn bench(extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+    bin::command()
         .arg("bench")
         .arg("--model")
-        .arg(common::model_dir("tiny-a"))
+        .arg(fixtures::model_dir("tiny-a"))
         .args(["--num-images", "3"])
         .args(extra)
         .output()
@@ -83,7 +81,7 @@ fn bad_arguments_fail_with_a_message() {
     let out = bench(&["--backend", "gpu"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--backend"));
-    let out = Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+    let out = bin::command()
         .args(["bench", "--model", "/nonexistent/model", "--json"])
         .output()
         .expect("runs");

@@ -1,45 +1,45 @@
 //! Harness for daemon tests: starts the real binary with a fixture model, a temporary socket, a
 //! free loopback port and a test-owned `NOTIFY_SOCKET`; a raw HTTP/1.1 client over the Unix socket
 //! and TCP (so tests can send malformed, slow or truncated requests).
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::{bin, fixtures, wait};
 
 /// A parsed HTTP response.
 #[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-    /// The error kind of a JSON error body.
-    pub fn kind(&self) -> String {
-        self.json()["error"]["kind"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+    /// The error kind of a JSON error body; empty when the body is not one.
+    pub(crate) fn kind(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["kind"].as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 }
 
 /// Parses a complete HTTP/1.1 response (the server closes or sends Content-Length).
-pub fn parse_response(raw: &[u8]) -> Option<Response> {
+pub(crate) fn parse_response(raw: &[u8]) -> Option<Response> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..split]).ok()?;
     let mut lines = head.split("\r\n");
@@ -69,7 +69,7 @@ pub fn parse_response(raw: &[u8]) -> Option<Response> {
 }
 
 /// Reads one response (until its Content-Length is complete, or the peer closes).
-pub fn read_response<S: Read>(s: &mut S) -> std::io::Result<Response> {
+pub(crate) fn read_response<S: Read>(s: &mut S) -> std::io::Result<Response> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     loop {
@@ -92,7 +92,7 @@ pub fn read_response<S: Read>(s: &mut S) -> std::io::Result<Response> {
 }
 
 /// Builds a request with `Content-Length` and `Connection: close`.
-pub fn request_bytes(
+pub(crate) fn request_bytes(
     method: &str,
     target: &str,
     content_type: Option<&str>,
@@ -109,7 +109,7 @@ pub fn request_bytes(
 }
 
 /// One request over the Unix socket.
-pub fn unix_request(
+pub(crate) fn unix_request(
     sock: &Path,
     method: &str,
     target: &str,
@@ -123,7 +123,7 @@ pub fn unix_request(
 }
 
 /// One request over loopback TCP.
-pub fn tcp_request(port: u16, method: &str, target: &str) -> std::io::Result<Response> {
+pub(crate) fn tcp_request(port: u16, method: &str, target: &str) -> std::io::Result<Response> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.write_all(&request_bytes(method, target, None, b""))?;
@@ -131,7 +131,7 @@ pub fn tcp_request(port: u16, method: &str, target: &str) -> std::io::Result<Res
 }
 
 /// Percent-encodes a query value.
-pub fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -144,7 +144,7 @@ pub fn enc(s: &str) -> String {
 }
 
 /// `/v1/detect?query=…` for the given queries and extra parameters.
-pub fn detect_target(queries: &[&str], extra: &str) -> String {
+pub(crate) fn detect_target(queries: &[&str], extra: &str) -> String {
     let mut t = String::from("/v1/detect?");
     t.push_str(
         &queries
@@ -161,27 +161,29 @@ pub fn detect_target(queries: &[&str], extra: &str) -> String {
 }
 
 /// A running daemon.
-pub struct Daemon {
-    pub child: Child,
-    pub dir: tempfile::TempDir,
-    pub socket: PathBuf,
-    pub port: u16,
-    pub notes: Arc<Mutex<Vec<String>>>,
-    pub stderr_path: PathBuf,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    /// Holds the socket, cache, notify socket and log; removed on drop.
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) socket: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) notes: Arc<Mutex<Vec<String>>>,
+    pub(crate) stderr_path: PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on right now.
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
     l.local_addr().expect("addr").port()
 }
 
 impl Daemon {
     /// Starts `serve` with the tiny-a model and extra `IV_*` settings.
-    pub fn start(env: &[(&str, &str)]) -> Daemon {
-        Self::start_with(super::model_dir("tiny-a").to_str().expect("utf8"), env)
+    pub(crate) fn start(env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(fixtures::model_dir("tiny-a").to_str().expect("utf8"), env)
     }
 
-    pub fn start_with(model: &str, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_with(model: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tmp");
         let socket = dir.path().join("run/detect.sock");
         let notify_path = dir.path().join("notify.sock");
@@ -219,10 +221,8 @@ impl Daemon {
         let port = free_port();
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_intelligent-video"));
+        let mut cmd = bin::command();
         cmd.arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("NOTIFY_SOCKET", &notify_path)
             .env("IV_MODEL", model)
             .env("IV_SOCKET_PATH", &socket)
@@ -238,7 +238,7 @@ impl Daemon {
         let child = cmd.spawn().expect("daemon starts");
         Daemon {
             child,
-            dir,
+            _dir: dir,
             socket,
             port,
             notes,
@@ -247,27 +247,30 @@ impl Daemon {
     }
 
     /// Notification lines received so far.
-    pub fn notes(&self) -> Vec<String> {
+    pub(crate) fn notes(&self) -> Vec<String> {
         self.notes.lock().expect("lock").clone()
     }
 
     /// Waits until a notification line satisfies `pred` (or the daemon exits / time runs out).
-    pub fn wait_note(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.notes().iter().any(|n| pred(n)) {
-                return true;
+    pub(crate) fn wait_note(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> bool {
+        let seen = |d: &Daemon| d.notes().iter().any(|n| pred(n));
+        wait::until(timeout, || {
+            if seen(self) {
+                return Some(true);
             }
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return self.notes().iter().any(|n| pred(n));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+            // Once the daemon has exited, no more notes can come: the last look decides.
+            matches!(self.child.try_wait(), Ok(Some(_))).then(|| seen(self))
+        })
+        .unwrap_or(false)
+    }
+
+    /// How many notification lines equal `note` so far.
+    pub(crate) fn count_notes(&self, note: &str) -> usize {
+        self.notes().iter().filter(|n| *n == note).count()
     }
 
     /// Waits for `READY=1`; panics with the daemon's stderr otherwise.
-    pub fn wait_ready(&mut self) {
+    pub(crate) fn wait_ready(&mut self) {
         if !self.wait_note(|n| n == "READY=1", Duration::from_secs(120)) {
             panic!(
                 "daemon not ready; notes {:?}; stderr:\n{}",
@@ -277,35 +280,47 @@ impl Daemon {
         }
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    pub fn request(&self, method: &str, target: &str, ct: Option<&str>, body: &[u8]) -> Response {
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        target: &str,
+        ct: Option<&str>,
+        body: &[u8],
+    ) -> Response {
         unix_request(&self.socket, method, target, ct, body)
             .unwrap_or_else(|e| panic!("request failed: {e}; stderr:\n{}", self.stderr()))
     }
 
-    pub fn health(&self) -> Response {
+    pub(crate) fn health(&self) -> Response {
         tcp_request(self.port, "GET", "/api/health").expect("health")
     }
 
     /// Sends a signal to the daemon.
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
             .expect("kill");
     }
 
     /// Waits for exit; returns the exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        wait::until(timeout, || self.child.try_wait().ok().flatten()).and_then(|s| s.code())
+    }
+
+    /// GET `/metrics` over the health port (must answer 200): the Prometheus text, to read with
+    /// [`super::metrics`].
+    pub(crate) fn metrics(&self) -> String {
+        let r = tcp_request(self.port, "GET", "/metrics").expect("metrics");
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).expect("utf8 metrics")
+    }
+
+    /// Whether the daemon is still running.
+    pub(crate) fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 }
 

@@ -2,20 +2,15 @@
 //! the cache entry) computes what the in-memory build computes, and still matches transformers'
 //! goldens; a loaded artifact needs nothing from the checkpoint's weights.
 
-mod common;
-
-use common::{golden_json, golden_pixels, golden_queries, goldens, max_abs_diff, model_dir};
-use intelligent_video::pipeline::{Artifact, Detector, DetectorOptions};
+use crate::support::fixtures::{
+    golden_json, golden_pixels, golden_queries, goldens, max_abs_diff, model_dir,
+};
+use intelligent_video::engine::{load_detector_with, Artifact, DetectorOptions};
+use intelligent_video::pipeline::Detector;
 
 fn load(model: &str, artifact: Artifact) -> Detector {
-    Detector::load(
-        &model_dir(model),
-        &DetectorOptions {
-            artifact,
-            ..DetectorOptions::default()
-        },
-    )
-    .expect("model loads")
+    load_detector_with(&model_dir(model), &DetectorOptions::default(), &artifact)
+        .expect("model loads")
 }
 
 #[test]
@@ -41,6 +36,8 @@ fn saved_artifact_matches_in_memory_build_and_goldens() {
         let fa: Vec<f32> = a.iter().flat_map(|e| e.iter().copied()).collect();
         let fb: Vec<f32> = b.iter().flat_map(|e| e.iter().copied()).collect();
         let fb64: Vec<f64> = fb.iter().map(|v| f64::from(*v)).collect();
+        // Loaded artifact vs in-memory build: the same graphs and weights on the same engine, so
+        // 1e-6 (far tighter than the README's parity bounds, which the golden checks use).
         let d = max_abs_diff(&fa, &fb64);
         assert!(
             d <= 1e-6,
@@ -87,13 +84,11 @@ fn loaded_artifact_does_not_read_the_checkpoint_weights() {
         }
     }
     let entry = tempfile::tempdir().expect("tmp");
-    let opts = |artifact| DetectorOptions {
-        artifact,
-        ..DetectorOptions::default()
+    let opts = |artifact: Artifact| {
+        load_detector_with(copy.path(), &DetectorOptions::default(), &artifact)
     };
     let qs = vec!["a photo of a cat".to_string()];
-    let mut saved =
-        Detector::load(copy.path(), &opts(Artifact::Save(entry.path().into()))).expect("saves");
+    let mut saved = opts(Artifact::Save(entry.path().into())).expect("saves");
     let want = saved.query_embeddings(&qs).expect("embeddings")[0].to_vec();
     drop(saved);
     let st = copy.path().join("model.safetensors");
@@ -103,12 +98,11 @@ fn loaded_artifact_does_not_read_the_checkpoint_weights() {
         *b = 0;
     }
     std::fs::write(&st, &bytes).expect("write");
-    let mut loaded =
-        Detector::load(copy.path(), &opts(Artifact::Load(entry.path().into()))).expect("loads");
+    let mut loaded = opts(Artifact::Load(entry.path().into())).expect("loads");
     let got = loaded.query_embeddings(&qs).expect("embeddings")[0].to_vec();
     assert_eq!(got, want);
     // And the zeroed checkpoint really does compute something else when built.
-    let mut rebuilt = Detector::load(copy.path(), &opts(Artifact::None)).expect("builds");
+    let mut rebuilt = opts(Artifact::None).expect("builds");
     let other = rebuilt.query_embeddings(&qs).expect("embeddings")[0].to_vec();
     assert_ne!(other, want);
 }

@@ -2,12 +2,12 @@
 //! queue. Every answer is either the right detections for the image sent (batching changes
 //! nothing) or a 503 `queue_full` with `Retry-After`; no connection fails, and the queue drains.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{detect_target, tcp_request, unix_request, Daemon, Response};
+use crate::support::daemon::{detect_target, unix_request, Daemon, Response};
+use crate::support::detections::{compare, Det, Tolerance};
+use crate::support::{fixtures, metrics, wait};
 
 const QUERIES: [&str; 2] = ["a photo of a cat", "person"];
 const IMAGES: [&str; 3] = ["wide_blur.png", "photo.jpg", "tall_rgba.png"];
@@ -24,45 +24,16 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-fn detections(r: &Response) -> Result<Vec<serde_json::Value>, String> {
+fn detections(r: &Response) -> Result<Vec<Det>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(&r.body).map_err(|e| format!("not JSON: {e}"))?;
-    v["detections"]
-        .as_array()
-        .cloned()
-        .ok_or_else(|| "no detections array".to_string())
+    Det::list_from_json(&v["detections"])
 }
 
-/// Compares detections: label and query index exactly, score within 1e-5, box within 1e-3.
-fn compare(got: &[serde_json::Value], want: &[serde_json::Value]) -> Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!("{} detections, want {}", got.len(), want.len()));
-    }
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if g["label"] != w["label"] || g["query_index"] != w["query_index"] {
-            return Err(format!("detection {i}: {g} vs {w}"));
-        }
-        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-        if (f(&g["score"]) - f(&w["score"])).abs() >= 1e-5 {
-            return Err(format!(
-                "detection {i}: score {} vs {}",
-                g["score"], w["score"]
-            ));
-        }
-        for k in 0..4 {
-            if (f(&g["box"][k]) - f(&w["box"][k])).abs() >= 1e-3 {
-                return Err(format!("detection {i}: box {} vs {}", g["box"], w["box"]));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn metrics(d: &Daemon) -> String {
-    let r = tcp_request(d.port, "GET", "/metrics").expect("metrics");
-    assert_eq!(r.status, 200);
-    String::from_utf8(r.body).expect("utf8 metrics")
-}
+/// Under load the same image is answered within a batch of up to 4 instead of alone, so the
+/// numbers may move by what batching changes in the kernels: label and query index exactly, score
+/// < 1e-5, box < 1e-3 px. Tighter than the README's parity tolerances on purpose, kept as it was.
+const BATCHED_VS_ALONE: Tolerance = Tolerance::strict(1e-5, 1e-3);
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -92,16 +63,10 @@ fn bounded_load_gets_correct_answers_or_queue_full() {
     let target = detect_target(&QUERIES, "threshold=0.2");
     let images: Vec<(String, Vec<u8>)> = IMAGES
         .iter()
-        .map(|n| {
-            let p = common::fixtures().join("images").join(n);
-            (
-                n.to_string(),
-                std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-            )
-        })
+        .map(|n| (n.to_string(), fixtures::image(n)))
         .collect();
-    // Expected detections: one request per image on the idle daemon.
-    let expected: Vec<Vec<serde_json::Value>> = images
+    // Expected detections (and the image's larger side): one request per image on the idle daemon.
+    let expected: Vec<(Vec<Det>, f64)> = images
         .iter()
         .map(|(name, bytes)| {
             let r = d.request("POST", &target, Some(content_type(name)), bytes);
@@ -111,11 +76,16 @@ fn bounded_load_gets_correct_answers_or_queue_full() {
                 "{name}: {}",
                 String::from_utf8_lossy(&r.body)
             );
-            detections(&r).expect("detections")
+            let v = r.json();
+            let side = v["width"]
+                .as_f64()
+                .expect("width")
+                .max(v["height"].as_f64().expect("height"));
+            (detections(&r).expect("detections"), side)
         })
         .collect();
     assert!(
-        expected.iter().any(|e| !e.is_empty()),
+        expected.iter().any(|e| !e.0.is_empty()),
         "threshold 0.2 keeps nothing on any fixture"
     );
 
@@ -150,8 +120,11 @@ fn bounded_load_gets_correct_answers_or_queue_full() {
                     };
                     let took = t.elapsed();
                     match r.status {
-                        200 => match detections(&r).and_then(|g| compare(&g, &expected[which])) {
-                            Ok(()) => {
+                        200 => match detections(&r).and_then(|g| {
+                            let (want, side) = &expected[which];
+                            compare(&g, want, *side, BATCHED_VS_ALONE)
+                        }) {
+                            Ok(_) => {
                                 let batch = serde_json::from_slice::<serde_json::Value>(&r.body)
                                     .ok()
                                     .and_then(|v| v["batch_size"].as_u64())
@@ -165,13 +138,12 @@ fn bounded_load_gets_correct_answers_or_queue_full() {
                                 .push(format!("client {c} request {i} ({name}): {e}")),
                         },
                         503 => {
-                            let kind = serde_json::from_slice::<serde_json::Value>(&r.body)
-                                .ok()
-                                .and_then(|v| v["error"]["kind"].as_str().map(str::to_string))
-                                .unwrap_or_default();
+                            let kind = r.kind();
                             if kind == "queue_full" && r.header("retry-after").is_some() {
                                 local.queue_full += 1;
-                                // A client backs off before its next request (Retry-After says
+                                // A fixed pause on purpose (client behaviour under test, not a
+                                // wait for a condition). A client backs off before its next
+                                // request (Retry-After says
                                 // 1 s; a short fixed backoff keeps the test quick). Without it the
                                 // rejected clients spin through their requests in microseconds.
                                 std::thread::sleep(BACKOFF);
@@ -234,50 +206,36 @@ fn bounded_load_gets_correct_answers_or_queue_full() {
     );
 
     // Metrics: batches were recorded and the queue drained (bounded polling).
-    let m = metrics(&d);
+    let m = d.metrics();
     assert!(
-        m.lines().any(|l| l.starts_with("iv_batch_size_bucket")),
+        metrics::has(&m, "iv_batch_size_bucket"),
         "no iv_batch_size_bucket line:\n{m}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = metrics(&d);
-    while !last.lines().any(|l| l == "iv_queue_depth 0") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        last = metrics(&d);
-    }
-    let depth = last
-        .lines()
-        .find(|l| l.starts_with("iv_queue_depth "))
-        .unwrap_or("missing")
-        .to_string();
+    let mut last = String::new();
+    wait::until_true(Duration::from_secs(5), || {
+        last = d.metrics();
+        metrics::value(&last, "iv_queue_depth", &[]) == Some(0.0)
+    });
     assert_eq!(
-        depth, "iv_queue_depth 0",
+        metrics::value(&last, "iv_queue_depth", &[]),
+        Some(0.0),
         "queue depth after the load:\n{last}"
     );
-    let ok_count = last
-        .lines()
-        .find_map(|l| l.strip_prefix("iv_requests_total{outcome=\"ok\"} "))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
+    // A counter that was never incremented may be absent: it counts as 0.
+    let outcome = |o: &str| {
+        metrics::value(&last, "iv_requests_total", &[("outcome", o)]).unwrap_or(0.0) as usize
+    };
     assert_eq!(
-        ok_count,
+        outcome("ok"),
         t.ok + images.len(),
         "ok outcomes counted:\n{last}"
     );
-    let full_count = last
-        .lines()
-        .find_map(|l| l.strip_prefix("iv_requests_total{outcome=\"queue_full\"} "))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
     assert_eq!(
-        full_count, t.queue_full,
+        outcome("queue_full"),
+        t.queue_full,
         "queue_full outcomes counted:\n{last}"
     );
-    assert!(
-        d.child.try_wait().expect("try_wait").is_none(),
-        "daemon exited; stderr:\n{}",
-        d.stderr()
-    );
+    assert!(d.running(), "daemon exited; stderr:\n{}", d.stderr());
     assert!(
         !d.stderr().contains("panicked"),
         "daemon panicked:\n{}",

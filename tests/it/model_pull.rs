@@ -2,15 +2,15 @@
 //! tiny fixture checkpoint in the hub's URL layout (API listing with sizes and hashes, `resolve`
 //! downloads, a redirect for the LFS file). No network beyond loopback.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+
+use crate::support::{bin, fixtures};
 
 const FILES: [&str; 6] = [
     "config.json",
@@ -25,7 +25,7 @@ const FILES: [&str; 6] = [
 fn stand_in_hub(corrupt: Arc<AtomicBool>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
-    let dir = common::model_dir("tiny-a");
+    let dir = fixtures::model_dir("tiny-a");
     let siblings: Vec<serde_json::Value> = FILES
         .iter()
         .map(|f| {
@@ -102,7 +102,7 @@ fn stand_in_hub(corrupt: Arc<AtomicBool>) -> u16 {
 }
 
 fn model(args: &[&str], store: &std::path::Path, port: u16) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+    bin::command()
         .arg("model")
         .args(args)
         .arg("--store")
@@ -128,7 +128,7 @@ fn pull_verifies_installs_atomically_lists_and_removes() {
     for f in FILES {
         assert_eq!(
             std::fs::read(dir.join(f)).expect("pulled"),
-            std::fs::read(common::model_dir("tiny-a").join(f)).expect("fixture"),
+            std::fs::read(fixtures::model_dir("tiny-a").join(f)).expect("fixture"),
             "{f}"
         );
     }
@@ -137,10 +137,10 @@ fn pull_verifies_installs_atomically_lists_and_removes() {
         "only the files the pipeline needs"
     );
     // The pulled model serves detections.
-    let det = Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+    let det = bin::command()
         .args(["detect", "--query", "person", "--model"])
         .arg(&dir)
-        .arg(common::fixtures().join("images/small_pad.png"))
+        .arg(fixtures::image_path("small_pad.png"))
         .output()
         .expect("detect");
     assert!(
@@ -177,7 +177,7 @@ fn pull_verifies_installs_atomically_lists_and_removes() {
     );
     assert_eq!(
         std::fs::read(dir.join("model.safetensors")).expect("kept"),
-        std::fs::read(common::model_dir("tiny-a").join("model.safetensors")).expect("fixture")
+        std::fs::read(fixtures::model_dir("tiny-a").join("model.safetensors")).expect("fixture")
     );
 
     // Unknown model: a clear 404 message; bad ids are refused before any request.

@@ -1,22 +1,20 @@
 //! `optimize`: builds the artifact into the cache, reuses it, rebuilds with --force, and stores a
 //! measured speedup that the daemon then reports as `speedup_estimate`.
 
-mod common;
-
-use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::Daemon;
+use crate::support::daemon::Daemon;
+use crate::support::{bin, fixtures};
 
 fn optimize(cache: &std::path::Path, extra: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_intelligent-video"))
+    // The runner passes no IV_MODEL on (it drops every inherited IV_* but the library path).
+    let out = bin::command()
         .arg("optimize")
         .arg("--model")
-        .arg(common::model_dir("tiny-a"))
+        .arg(fixtures::model_dir("tiny-a"))
         .arg("--cache-dir")
         .arg(cache)
         .args(extra)
-        .env_remove("IV_MODEL")
         .output()
         .expect("runs");
     assert!(

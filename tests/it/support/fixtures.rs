@@ -1,26 +1,38 @@
-//! Shared helpers for integration tests: fixture paths and golden-file readers.
-#![allow(dead_code)]
+//! Fixture paths (`models/fixtures`) and readers for the golden files written by
+//! `models/fixtures/generate.py`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub fn fixtures() -> PathBuf {
+/// `models/fixtures` of this checkout.
+pub(crate) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
 }
 
-pub fn model_dir(name: &str) -> PathBuf {
+/// A fixture model directory (`tiny-a`, `tiny-b`).
+pub(crate) fn model_dir(name: &str) -> PathBuf {
     fixtures().join(name)
 }
 
-/// A golden tensor: shape and values as f64 (f32 and i64 goldens both fit).
+/// A fixture image's path (`images/<name>`).
+pub(crate) fn image_path(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+/// A fixture image's bytes.
+pub(crate) fn image(name: &str) -> Vec<u8> {
+    let p = image_path(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A golden tensor's values, flattened, as f64 (f32 and i64 goldens both fit).
 #[derive(Debug, Clone)]
-pub struct Golden {
-    pub shape: Vec<usize>,
-    pub data: Vec<f64>,
+pub(crate) struct Golden {
+    pub(crate) data: Vec<f64>,
 }
 
 /// Reads every tensor of `golden/<model>.safetensors`.
-pub fn goldens(model: &str) -> HashMap<String, Golden> {
+pub(crate) fn goldens(model: &str) -> HashMap<String, Golden> {
     let path = fixtures()
         .join("golden")
         .join(format!("{model}.safetensors"));
@@ -41,36 +53,20 @@ pub fn goldens(model: &str) -> HashMap<String, Golden> {
             safetensors::Dtype::U8 => raw.iter().map(|&b| b as f64).collect(),
             other => panic!("unexpected golden dtype {other:?} for {name}"),
         };
-        out.insert(
-            name.to_string(),
-            Golden {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
+        out.insert(name.to_string(), Golden { data });
     }
     out
 }
 
 /// Reads `golden/<model>.json`.
-pub fn golden_json(model: &str) -> serde_json::Value {
+pub(crate) fn golden_json(model: &str) -> serde_json::Value {
     let path = fixtures().join("golden").join(format!("{model}.json"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).expect("golden json")
 }
 
-/// Largest absolute difference; panics on a length mismatch.
-pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - y).abs())
-        .fold(0.0, f64::max)
-}
-pub mod daemon;
-
 /// The queries of `golden/<model>.json`.
-pub fn golden_queries(j: &serde_json::Value) -> Vec<String> {
+pub(crate) fn golden_queries(j: &serde_json::Value) -> Vec<String> {
     j["queries"]
         .as_array()
         .expect("queries")
@@ -80,10 +76,19 @@ pub fn golden_queries(j: &serde_json::Value) -> Vec<String> {
 }
 
 /// transformers' `pixel_values` of golden image `name`, as the image graph's input.
-pub fn golden_pixels(g: &HashMap<String, Golden>, name: &str) -> Vec<f32> {
+pub(crate) fn golden_pixels(g: &HashMap<String, Golden>, name: &str) -> Vec<f32> {
     g[&format!("pixel_values/{name}")]
         .data
         .iter()
         .map(|v| *v as f32)
         .collect()
+}
+
+/// Largest absolute difference; panics on a length mismatch.
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }

@@ -1,17 +1,18 @@
 //! Execution-provider registration never fails silently: with the CPU build of ONNX Runtime, asking
 //! for TensorRT or CUDA is an error that names the provider (the daemon's fallback chain records it).
 
-mod common;
+use intelligent_video::backend::Provider;
+use intelligent_video::engine::{load_detector, DetectorOptions, EngineError};
+use intelligent_video::vocab::Precision;
 
-use intelligent_video::backend::{Provider, TrtPrecision};
-use intelligent_video::pipeline::{Detector, DetectorOptions, PipelineError};
+use crate::support::fixtures::model_dir;
 
 #[test]
 fn gpu_providers_fail_loudly_on_the_cpu_build() {
     let gpu = intelligent_video::gpu::discover();
     for provider in [
         Provider::TensorRt {
-            precision: TrtPrecision::Fp16,
+            precision: Precision::Fp16,
             max_batch: 4,
             max_queries: 16,
             timing_cache: None,
@@ -26,8 +27,8 @@ fn gpu_providers_fail_loudly_on_the_cpu_build() {
             provider,
             ..DetectorOptions::default()
         };
-        match Detector::load(&common::model_dir("tiny-a"), &opts) {
-            Err(PipelineError::Backend(e)) => {
+        match load_detector(&model_dir("tiny-a"), &opts) {
+            Err(EngineError::Backend(e)) => {
                 let msg = e.to_string();
                 assert!(msg.contains(name), "{name}: {msg}");
                 // The CPU build is named as the reason, before any session is tried.
@@ -44,7 +45,6 @@ fn gpu_providers_fail_loudly_on_the_cpu_build() {
             }
         }
     }
-    let cpu = Detector::load(&common::model_dir("tiny-a"), &DetectorOptions::default())
-        .expect("cpu loads");
+    let cpu = load_detector(&model_dir("tiny-a"), &DetectorOptions::default()).expect("cpu loads");
     assert_eq!(cpu.backend_name(), "cpu");
 }

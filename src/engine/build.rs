@@ -1,0 +1,196 @@
+//! Building one detector on one provider: the graph forms that provider needs (plain attention for
+//! TensorRT, the int8 weight range of this CPU), where each graph comes from (built in memory,
+//! built and saved into a cache entry, or loaded from one), and the `SessionPlan` handed to the
+//! backend. The model directory and tokenizer are opened by the caller, once.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use super::artifact::Artifact;
+use super::error::EngineError;
+use crate::backend::ort::OrtBackend;
+use crate::backend::{GraphSource, Provider, SessionPlan};
+use crate::config::Config;
+use crate::model::graphs::{self, Attention, Int8Weights};
+use crate::model::{ModelDir, ModelError, QueryTokenizer};
+use crate::pipeline::Detector;
+use crate::vocab::{Graph, Precision};
+
+/// How to build a detector.
+#[derive(Debug, Clone)]
+pub struct DetectorOptions {
+    /// ONNX Runtime library (else `IV_ONNXRUNTIME_PATH`, next to the binary, the package folder).
+    pub library: Option<PathBuf>,
+    /// Intra-op threads for ONNX Runtime (0 = one per core).
+    pub threads: usize,
+    /// Query embeddings kept in the LRU cache.
+    pub query_cache: usize,
+    /// Attention form of the image graph on providers that run the fused kernel (TensorRT always
+    /// gets plain attention).
+    pub attention: Attention,
+    /// Full ONNX Runtime graph optimisations (false = basic only, the eager baseline).
+    pub optimize: bool,
+    /// Execution provider.
+    pub provider: Provider,
+    /// Precision of the CPU image tower (int8 is an opt-in speed mode; TensorRT's precision is
+    /// part of its provider).
+    pub precision: Precision,
+    /// Weight range of int8 (default: the safe one for this host's CPU).
+    pub int8_range: Int8Weights,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions {
+            library: None,
+            threads: 0,
+            query_cache: 1024,
+            attention: Attention::Fused,
+            optimize: true,
+            provider: Provider::Cpu,
+            precision: Precision::Fp32,
+            int8_range: Int8Weights::for_host(),
+        }
+    }
+}
+
+impl DetectorOptions {
+    /// The daemon's options for `provider` under `cfg`.
+    pub fn from_config(cfg: &Config, provider: Provider) -> Self {
+        DetectorOptions {
+            library: cfg.onnxruntime_path.clone(),
+            threads: cfg.threads,
+            query_cache: cfg.query_cache_size,
+            optimize: cfg.enable_optimization,
+            precision: if provider == Provider::Cpu {
+                cfg.cpu_precision
+            } else {
+                Precision::Fp32
+            },
+            provider,
+            ..DetectorOptions::default()
+        }
+    }
+
+    /// The int8 weight range of the image tower, or `None` for exact f32.
+    pub fn int8_weights(&self) -> Option<Int8Weights> {
+        (self.precision == Precision::Int8).then_some(self.int8_range)
+    }
+
+    /// The attention form the provider needs: TensorRT has no kernel for
+    /// `com.microsoft.MultiHeadAttention` (the node would fall back to CUDA between TensorRT
+    /// islands); it fuses plain attention itself.
+    fn attention(&self) -> Attention {
+        match self.provider {
+            Provider::TensorRt { .. } => Attention::Unfused,
+            _ => self.attention,
+        }
+    }
+}
+
+/// Loads the tokenizer on its own thread (tens of milliseconds of JSON), beside session creation.
+pub(super) fn spawn_tokenizer(model: &ModelDir) -> JoinHandle<Result<QueryTokenizer, ModelError>> {
+    let (dir, len) = (model.dir.clone(), model.config.text_len);
+    std::thread::spawn(move || QueryTokenizer::from_dir(&dir, len))
+}
+
+/// Waits for the tokenizer.
+pub(super) fn join_tokenizer(
+    h: JoinHandle<Result<QueryTokenizer, ModelError>>,
+) -> Result<QueryTokenizer, ModelError> {
+    h.join().unwrap_or_else(|_| {
+        Err(ModelError::Tokenizer(
+            "the tokenizer loader panicked".into(),
+        ))
+    })
+}
+
+/// Builds (or loads) both graphs for `opts.provider` and creates their sessions.
+pub(super) fn backend(
+    model: &ModelDir,
+    opts: &DetectorOptions,
+    artifact: &Artifact,
+) -> Result<OrtBackend, EngineError> {
+    let t = std::time::Instant::now();
+    let (image_bytes, text_bytes) = match artifact {
+        Artifact::Load(_) => (Vec::new(), Vec::new()),
+        _ => (
+            graphs::build_image_graph(
+                &model.config,
+                &model.checkpoint,
+                opts.attention(),
+                opts.int8_weights(),
+            )?,
+            graphs::build_text_graph(&model.config, &model.checkpoint)?,
+        ),
+    };
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "graphs built");
+    let (image_path, image_weights) = artifact.files(&opts.provider, Graph::Image);
+    let (text_path, text_weights) = artifact.files(&opts.provider, Graph::Text);
+    let plan = SessionPlan {
+        library: opts.library.as_deref(),
+        provider: opts.provider.clone(),
+        threads: opts.threads,
+        optimize: opts.optimize,
+        image: graph_source(artifact, &image_bytes, &image_path, &image_weights),
+        text: graph_source(artifact, &text_bytes, &text_path, &text_weights),
+        weights_dir: &model.dir,
+        image_size: model.config.image_size,
+        text_len: model.config.text_len,
+    };
+    Ok(OrtBackend::new(&plan)?)
+}
+
+/// Where one graph's session comes from under `artifact`.
+fn graph_source<'a>(
+    artifact: &Artifact,
+    bytes: &'a [u8],
+    path: &'a Path,
+    weights: &'a str,
+) -> GraphSource<'a> {
+    match artifact {
+        Artifact::None => GraphSource::Build(bytes),
+        Artifact::Save(_) => GraphSource::BuildAndSave {
+            bytes,
+            path,
+            weights,
+        },
+        Artifact::Load(_) => GraphSource::Load(path),
+    }
+}
+
+/// A detector on an opened model, its tokenizer still loading on `tokenizer`. A model error
+/// (tokenizer) comes first: it is not the execution provider's fault.
+pub(super) fn detector(
+    model: &ModelDir,
+    tokenizer: JoinHandle<Result<QueryTokenizer, ModelError>>,
+    opts: &DetectorOptions,
+    artifact: &Artifact,
+) -> Result<Detector, EngineError> {
+    let backend = backend(model, opts, artifact);
+    let tokenizer = join_tokenizer(tokenizer)?;
+    Ok(Detector::new(
+        model.config.clone(),
+        tokenizer,
+        Box::new(backend?),
+        opts.query_cache,
+    ))
+}
+
+/// Opens `dir` and builds a detector on `opts.provider` in memory (no cache): for the offline
+/// commands and tests.
+pub fn load_detector(dir: &Path, opts: &DetectorOptions) -> Result<Detector, EngineError> {
+    load_detector_with(dir, opts, &Artifact::None)
+}
+
+/// `load_detector`, saving the optimised artifact into a folder or loading it from one (the
+/// cache's entries use this; tests use it directly).
+pub fn load_detector_with(
+    dir: &Path,
+    opts: &DetectorOptions,
+    artifact: &Artifact,
+) -> Result<Detector, EngineError> {
+    let model = ModelDir::open(dir)?;
+    let tokenizer = spawn_tokenizer(&model);
+    detector(&model, tokenizer, opts, artifact)
+}

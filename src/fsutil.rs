@@ -1,0 +1,70 @@
+//! Atomic installs of a folder: a complete staging folder takes the destination's place by
+//! rename, and a previous copy is removed only once the new one is in place, so a reader sees
+//! either the old folder or the new one, never a half-written one. Used by the model store and the
+//! artifact cache.
+
+use std::io;
+use std::path::Path;
+
+/// Replaces `dest` with `staging` (both in the same file system).
+pub fn replace_dir(staging: &Path, dest: &Path) -> io::Result<()> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let old = dest.with_file_name(format!(".old-{name}-{}", std::process::id()));
+    let had_old = dest.exists();
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(dest, &old)?;
+    }
+    if let Err(e) = std::fs::rename(staging, dest) {
+        if had_old {
+            // Put the previous copy back: the install failed, the old one is still good.
+            let _ = std::fs::rename(&old, dest);
+        }
+        return Err(e);
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_an_existing_folder_and_installs_a_new_one() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dest = root.path().join("entry");
+        let stage = |content: &str| {
+            let s = root.path().join(format!(".stage-{content}"));
+            std::fs::create_dir_all(&s).expect("mkdir");
+            std::fs::write(s.join("f"), content).expect("write");
+            s
+        };
+        replace_dir(&stage("one"), &dest).expect("install");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("f")).expect("read"),
+            "one"
+        );
+        replace_dir(&stage("two"), &dest).expect("replace");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("f")).expect("read"),
+            "two"
+        );
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("entry")]);
+        // A missing staging folder fails and keeps the installed copy.
+        assert!(replace_dir(&root.path().join("nope"), &dest).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dest.join("f")).expect("read"),
+            "two"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The integration tests, as one crate (one link, one test binary, all tests scheduled together).
+//! Each module is one area; `support` holds what they share (fixtures, the binary runner, the
+//! daemon harness, the detection comparator, the metrics reader, bounded waits).
+
+mod support;
+
+mod artifact;
+mod backends;
+mod bench;
+mod cli_detect;
+mod daemon;
+mod daemon_bad_input;
+mod daemon_load;
+mod int8;
+mod model_pull;
+mod optimize;
+mod parity;
+mod tokenizer;
