@@ -11,19 +11,19 @@ deb=${1:-$(ls -1t target/debian/intelligent-video_*.deb | head -n 1)}
 work=${IV_TEST_ROOT:-/var/tmp/iv-test-install}
 base=$work/base
 root=$work/root
+# The machine's configured Debian mirror; without one, debootstrap's own default.
 mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 
 fail() { echo "FAIL: $*"; [ -f "$work/console.log" ] && tail -n 30 "$work/console.log"; exit 1; }
 step() { echo "== $*"; }
 
 if [ ! -x "$base/lib/systemd/systemd" ]; then
-    step "debootstrap bookworm ($mirror)"
+    step "debootstrap bookworm (${mirror:-the default mirror of debootstrap})"
     rm -rf "$base"
     mkdir -p "$work"
     debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,curl,adduser \
-        bookworm "$base" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log"; fail debootstrap; }
+        bookworm "$base" ${mirror:+"$mirror"} >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log"; fail debootstrap; }
 fi
 rm -rf "$root"
 cp -a "$base" "$root"

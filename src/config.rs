@@ -8,7 +8,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::model::tokenizer::QueryRules;
+use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
 use crate::preprocess::ImageLimits;
 pub use crate::vocab::{BackendPreference, Precision};
 
@@ -243,18 +243,54 @@ impl Config {
                 format!("{} is not in [0, 1]", self.default_threshold),
             );
         }
-        for (key, v) in [
-            ("max_batch_size", self.max_batch_size),
-            ("max_queue", self.max_queue),
-            ("max_body_bytes", self.max_body_bytes),
-            ("max_queries", self.max_queries),
-            ("max_query_bytes", self.max_query_bytes),
-            ("query_cache_size", self.query_cache_size),
-            ("max_connections", self.max_connections),
-        ] {
+        // (key, value, the most the daemon can honour). Counts must also be at least 1: queue
+        // and connection permits, the query cache, batch and query limits (TensorRT profiles are
+        // built for them) and the request body (held in memory).
+        let counts = [
+            ("max_batch_size", self.max_batch_size as u64, 256),
+            ("max_queue", self.max_queue as u64, 1 << 20),
+            ("max_body_bytes", self.max_body_bytes as u64, 1 << 30),
+            ("max_queries", self.max_queries as u64, 4096),
+            (
+                "max_query_bytes",
+                self.max_query_bytes as u64,
+                MAX_QUERY_BYTES as u64,
+            ),
+            ("query_cache_size", self.query_cache_size as u64, 1 << 20),
+            ("max_connections", self.max_connections as u64, 1 << 20),
+        ];
+        // Timeouts above an hour are typos; tokio's timers would take them all the same.
+        let others = [
+            ("warmup_iterations", u64::from(self.warmup_iterations), 1000),
+            ("threads", self.threads as u64, 1024),
+            ("max_batch_wait_ms", self.max_batch_wait_ms, 10_000),
+            ("shutdown_grace_ms", self.shutdown_grace_ms, 3_600_000),
+            ("header_timeout_ms", self.header_timeout_ms, 3_600_000),
+            ("request_timeout_ms", self.request_timeout_ms, 3_600_000),
+            ("max_side", u64::from(self.max_side), 65_535),
+            ("max_pixels", self.max_pixels, 1 << 32),
+        ];
+        for (key, v, _) in counts {
             if v == 0 {
                 return bad(key, "must be at least 1".into());
             }
+        }
+        for (key, v, max) in counts.into_iter().chain(others) {
+            if v > max {
+                return bad(
+                    key,
+                    format!("{v} is more than the daemon can honour (at most {max})"),
+                );
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return bad(
+                "log_level",
+                format!(
+                    "{:?} is not a log filter ({e}); use error, warn, info, debug or trace",
+                    self.log_level
+                ),
+            );
         }
         if self.max_pixels == 0 || self.max_side == 0 {
             return bad("max_pixels", "image limits must be positive".into());
@@ -443,6 +479,33 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    #[test]
+    fn numbers_beyond_what_the_daemon_honours_and_bad_log_levels_are_refused() {
+        for (key, value) in [
+            ("IV_MAX_QUEUE", "18446744073709551615"),
+            ("IV_MAX_CONNECTIONS", "18446744073709551615"),
+            ("IV_QUERY_CACHE_SIZE", "18446744073709551615"),
+            ("IV_MAX_BATCH_SIZE", "100000"),
+            ("IV_REQUEST_TIMEOUT_MS", "18446744073709551615"),
+            ("IV_MAX_QUERY_BYTES", "5000"),
+            ("IV_LOG_LEVEL", "lots=of=noise"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(key, value);
+                let e = Config::load(None, &ConfigOverrides::default()).expect_err(key);
+                let field = key.trim_start_matches("IV_").to_ascii_lowercase();
+                assert!(e.to_string().contains(&field), "{key}: {e}");
+                Ok(())
+            });
+        }
+        Jail::expect_with(|jail| {
+            jail.set_env("IV_MAX_QUEUE", "1048576");
+            jail.set_env("IV_LOG_LEVEL", "intelligent_video=debug,info");
+            Config::load(None, &ConfigOverrides::default()).map_err(|e| e.to_string())?;
+            Ok(())
+        });
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl Detector {
     pub fn tokenize(&self, index: usize, text: &str) -> Result<Vec<i64>, QueryError> {
         let t = self.tokenizer.encode(index, text)?;
         if t.truncated {
-            tracing::warn!(query = %text, "query is longer than {} tokens and was truncated", self.tokenizer.len() - 2);
+            tracing::warn!(query = ?text, "query is longer than {} tokens and was truncated", self.tokenizer.len() - 2);
         }
         Ok(t.ids)
     }

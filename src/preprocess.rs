@@ -147,6 +147,36 @@ impl Rgb {
     }
 }
 
+/// The image size from its header alone (no CRC or body needed), so a bomb is refused before any
+/// decoding. BMP goes through the decoder's own header parse: its height is signed (negative for
+/// top-down rows), which the quick reader takes as a huge unsigned number.
+fn header_size(bytes: &[u8], format: ImageFormat) -> Result<(u32, u32), ImageError> {
+    let parsed = || {
+        ImageReader::with_format(Cursor::new(bytes), format)
+            .into_dimensions()
+            .map_err(|e| ImageError::Decode(e.to_string()))
+    };
+    if format == ImageFormat::Bmp {
+        return parsed();
+    }
+    match imagesize::blob_size(bytes) {
+        Ok(sz) => Ok((
+            u32::try_from(sz.width).unwrap_or(u32::MAX),
+            u32::try_from(sz.height).unwrap_or(u32::MAX),
+        )),
+        Err(_) => parsed(),
+    }
+}
+
+/// Whether a JPEG has its end-of-image marker after its last start-of-scan. Inside entropy-coded
+/// data `0xFF` is always followed by `0x00` or a restart marker, so `FF D9` there is the real end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(last_sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[last_sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
 /// Decodes JPEG/PNG/WebP/BMP bytes into RGB24 after checking the limits against the header.
 /// Images with alpha are composited onto white (PIL's `alpha_composite` arithmetic).
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb, ImageError> {
@@ -164,17 +194,14 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb, ImageError> {
         ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp => {}
         other => return Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
     }
-    // Header-only size read (no CRC or body needed), so a bomb is refused before any decoding.
-    let (width, height) = match imagesize::blob_size(bytes) {
-        Ok(sz) => (
-            u32::try_from(sz.width).unwrap_or(u32::MAX),
-            u32::try_from(sz.height).unwrap_or(u32::MAX),
-        ),
-        Err(_) => ImageReader::with_format(Cursor::new(bytes), format)
-            .into_dimensions()
-            .map_err(|e| ImageError::Decode(e.to_string()))?,
-    };
+    let (width, height) = header_size(bytes, format)?;
     limits.check(width, height)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // PIL (and so transformers) refuses these too, instead of inventing the missing rows.
+        return Err(ImageError::Decode(
+            "truncated JPEG: no end-of-image marker after the last scan".into(),
+        ));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_side);
@@ -533,6 +560,59 @@ mod tests {
             decode(b"hello world", &ImageLimits::default()),
             Err(ImageError::UnknownFormat)
         );
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused_and_whole_ones_decode() {
+        let img =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .expect("encode");
+        let whole = decode(&jpeg, &ImageLimits::default()).expect("whole JPEG");
+        assert_eq!((whole.width, whole.height), (64, 48));
+        for cut in [jpeg.len() - 2, jpeg.len() * 2 / 3] {
+            let e = decode(&jpeg[..cut], &ImageLimits::default()).expect_err("truncated");
+            assert!(e.to_string().contains("truncated JPEG"), "{cut}: {e}");
+        }
+        // Bytes after the end marker are ignored, as PIL does.
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"trailer");
+        assert!(decode(&trailing, &ImageLimits::default()).is_ok());
+    }
+
+    /// A 24-bit BMP of 2x2 pixels; `top_down` stores the height negative.
+    fn bmp_2x2(top_down: bool) -> Vec<u8> {
+        let rows: [[u8; 8]; 2] = [
+            [0, 0, 255, 0, 255, 0, 0, 0],
+            [255, 0, 0, 255, 255, 255, 0, 0],
+        ];
+        let mut b = Vec::new();
+        b.extend_from_slice(b"BM");
+        b.extend_from_slice(&(54u32 + 16).to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&54u32.to_le_bytes());
+        b.extend_from_slice(&40u32.to_le_bytes());
+        b.extend_from_slice(&2i32.to_le_bytes());
+        b.extend_from_slice(&(if top_down { -2i32 } else { 2 }).to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&24u16.to_le_bytes());
+        b.extend_from_slice(&[0; 24]);
+        for r in rows {
+            b.extend_from_slice(&r);
+        }
+        b
+    }
+
+    #[test]
+    fn top_down_bmps_decode_with_their_real_size() {
+        let down = decode(&bmp_2x2(true), &ImageLimits::default()).expect("top-down BMP");
+        let up = decode(&bmp_2x2(false), &ImageLimits::default()).expect("bottom-up BMP");
+        assert_eq!((down.width, down.height), (2, 2));
+        // The same rows, stored in the opposite order.
+        assert_eq!(&down.data[..6], &up.data[6..]);
+        assert_eq!(&down.data[6..], &up.data[..6]);
     }
 
     fn crc32(data: &[u8]) -> u32 {

@@ -167,10 +167,17 @@ fn spawn_signal_handler(token: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             tokio::select! {
+                // The configuration and the engine are fixed at start: a reload is a restart
+                // (systemctl restart), so SIGHUP must not kill the daemon either.
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP ignored: the configuration is read at start; restart the service to apply changes");
+                    continue;
+                }
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => {
                     if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1 {

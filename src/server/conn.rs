@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -43,14 +43,26 @@ impl Backoff {
     }
 }
 
-/// Answers a connection over the cap with a 503 and closes it.
-async fn refuse<S: tokio::io::AsyncWrite + Unpin>(mut s: S) {
+/// What a refused connection may still send (its request) before it is closed, and for how long.
+const REFUSE_DRAIN_BYTES: u64 = 1024 * 1024;
+const REFUSE_DRAIN_TIME: Duration = Duration::from_millis(500);
+
+/// Answers a connection over the cap with a 503 and closes it, after reading (within bounds) what
+/// the client is still sending, so that it reads the answer instead of a reset.
+async fn refuse<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
     let body = ApiError::unavailable("too_many_connections", "connection limit reached", 1).body();
     let msg = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = s.write_all(msg.as_bytes()).await;
+    let _ = s.flush().await;
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(
+        REFUSE_DRAIN_TIME,
+        tokio::io::copy(&mut (&mut s).take(REFUSE_DRAIN_BYTES), &mut sink),
+    )
+    .await;
     let _ = s.shutdown().await;
 }
 
@@ -127,6 +139,8 @@ impl<'a> Acceptor<'a> {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
+            // A client may shut its write side after a complete request: still answer it.
+            .half_close(true)
             .serve_connection(TokioIo::new(stream), svc);
         let fut = self.graceful.watch(conn);
         tokio::spawn(async move {

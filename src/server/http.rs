@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::error::ApiError;
 use super::state::{AppState, Phase};
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
@@ -54,9 +55,15 @@ pub async fn handle(
     peer: Peer,
 ) -> Result<Resp, Infallible> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let resp = route(req, &st, peer).await;
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let resp = route(&parts, &mut body, &st, peer).await;
+    if let Some(unread) = body {
+        // Answered before the body was read (a bad URL, not ready, 404…): read and discard it
+        // first, within bounds, so that an ordinary client still sending it can read the answer.
+        drain(unread, st.config.max_body_bytes, DRAIN_TIME).await;
+    }
+    let (method, path) = (&parts.method, parts.uri.path());
     let status = resp.status().as_u16();
     match peer {
         Peer::Unix { uid, pid } => {
@@ -69,9 +76,26 @@ pub async fn handle(
     Ok(resp)
 }
 
-async fn route(req: Request<Incoming>, st: &Arc<AppState>, peer: Peer) -> Resp {
-    let path = req.uri().path();
-    match (req.method(), path) {
+/// How long an unread request body is drained before the connection is closed.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and discards `body`, up to `max` bytes and for at most `limit`.
+async fn drain(mut body: Incoming, max: usize, limit: Duration) {
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > max {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn route(req: &Parts, body: &mut Option<Incoming>, st: &Arc<AppState>, peer: Peer) -> Resp {
+    let path = req.uri.path();
+    match (&req.method, path) {
         (&Method::GET, "/livez") => json_response(200, json!({"status": "alive"}).to_string()),
         (&Method::GET, "/readyz") => {
             let ready = st.phase() == Phase::Ready;
@@ -94,7 +118,7 @@ async fn route(req: Request<Incoming>, st: &Arc<AppState>, peer: Peer) -> Resp {
         (&Method::POST, "/v1/detect") => match peer {
             Peer::Unix { .. } => {
                 let started = Instant::now();
-                let result = detect(req, st, started).await;
+                let result = detect(req, body, st, started).await;
                 st.metrics
                     .observe_total(started.elapsed().as_secs_f64() * 1e3);
                 match result {
@@ -120,7 +144,7 @@ async fn route(req: Request<Incoming>, st: &Arc<AppState>, peer: Peer) -> Resp {
         ) => error_response(&ApiError::new(
             405,
             "method_not_allowed",
-            format!("{} is not allowed on {path}", req.method()),
+            format!("{} is not allowed on {path}", req.method),
         )),
         _ => error_response(&ApiError::new(
             404,
@@ -190,9 +214,24 @@ fn bad(kind: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(kind, message)
 }
 
+/// Percent-decodes one query-string component strictly: `+` is a space, every `%` starts two hex
+/// digits, the result is UTF-8 without control characters (which would forge log lines).
 fn decode_component(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        {
+            return Err(bad(
+                "invalid_query_string",
+                format!("invalid percent escape at byte {i} of the query string"),
+            ));
+        }
+    }
     let plus = s.replace('+', " ");
-    percent_decode_str(&plus)
+    let decoded = percent_decode_str(&plus)
         .decode_utf8()
         .map(|c| c.into_owned())
         .map_err(|_| {
@@ -200,7 +239,14 @@ fn decode_component(s: &str) -> Result<String, ApiError> {
                 "invalid_query_string",
                 "the query string is not valid UTF-8 after percent-decoding",
             )
-        })
+        })?;
+    if decoded.chars().any(char::is_control) {
+        return Err(bad(
+            "invalid_query_string",
+            "the query string contains control characters",
+        ));
+    }
+    Ok(decoded)
 }
 
 /// Parameters from the URL.
@@ -255,7 +301,12 @@ struct JsonRequest {
     nms: Option<f32>,
 }
 
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body (taking it out of `body`), refusing one over `max` bytes.
+async fn read_body(
+    headers: &hyper::HeaderMap,
+    body: &mut Option<Incoming>,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = |n: String| {
         ApiError::new(
             413,
@@ -263,8 +314,7 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError
             format!("request body {n} exceeds the limit of {max} bytes"),
         )
     };
-    if let Some(len) = req
-        .headers()
+    if let Some(len) = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
@@ -273,9 +323,14 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError
             return Err(too_large(format!("of {len} bytes")));
         }
     }
-    match Limited::new(req.into_body(), max).collect().await {
+    let Some(incoming) = body.take() else {
+        return Err(bad("body_read_failed", "the request body was already read"));
+    };
+    match Limited::new(incoming, max).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(String::new())),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(too_large(format!("of more than {max} bytes")))
+        }
         Err(e) => Err(bad(
             "body_read_failed",
             format!("cannot read the request body: {e}"),
@@ -307,8 +362,8 @@ fn ready_service(st: &AppState) -> Result<&DetectService, ApiError> {
 }
 
 /// The request's media type, lower-case, without parameters.
-fn media_type(req: &Request<Incoming>) -> String {
-    req.headers()
+fn media_type(req: &Parts) -> String {
+    req.headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|s| {
@@ -323,13 +378,14 @@ fn media_type(req: &Request<Incoming>) -> String {
 
 /// Parses a `/v1/detect` request (URL, content type, body) into the service's request.
 async fn parse_detect(
-    req: Request<Incoming>,
+    req: &Parts,
+    body: &mut Option<Incoming>,
     max_body: usize,
     received: Instant,
 ) -> Result<DetectRequest, ApiError> {
-    let url = parse_url(req.uri().query())?;
-    let ctype = media_type(&req);
-    let body = read_body(req, max_body).await?;
+    let url = parse_url(req.uri.query())?;
+    let ctype = media_type(req);
+    let body = read_body(&req.headers, body, max_body).await?;
     let (image, queries, threshold, nms) = match ctype.as_str() {
         "application/json" => {
             let j: JsonRequest = serde_json::from_slice(&body).map_err(|e| bad("invalid_json", format!("malformed JSON body: {e}")))?;
@@ -369,7 +425,8 @@ async fn parse_detect(
 
 /// `/v1/detect`: parse within the request's deadline, then hand the request to the service.
 async fn detect(
-    req: Request<Incoming>,
+    req: &Parts,
+    body: &mut Option<Incoming>,
     st: &AppState,
     started: Instant,
 ) -> Result<String, ApiError> {
@@ -378,7 +435,7 @@ async fn detect(
     let deadline = tokio::time::Instant::from_std(started + timeout);
     let request = tokio::time::timeout_at(
         deadline,
-        parse_detect(req, st.config.max_body_bytes, started),
+        parse_detect(req, body, st.config.max_body_bytes, started),
     )
     .await
     .map_err(|_| ApiError::from(&DetectError::Timeout(timeout.as_millis() as u64)))??;
@@ -428,5 +485,17 @@ mod tests {
         assert_eq!(e.kind, "invalid_parameter");
         let e = parse_url(Some("colour=red")).expect_err("unknown");
         assert!(e.message.contains("colour"));
+        for bad in [
+            "query=%ZZ",
+            "query=a%2",
+            "query=%00",
+            "query=a%0Ab",
+            "query=%1B%5B31m",
+        ] {
+            let e = parse_url(Some(bad)).expect_err(bad);
+            assert_eq!(e.kind, "invalid_query_string", "{bad}");
+        }
+        let p = parse_url(Some("query=50%25+off")).expect("escaped percent");
+        assert_eq!(p.queries, vec!["50% off"]);
     }
 }

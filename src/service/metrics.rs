@@ -8,8 +8,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-const LATENCY_BUCKETS_MS: [f64; 14] = [
-    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+/// Latency buckets in seconds (Prometheus base units).
+const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
@@ -55,9 +56,9 @@ impl Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     outcomes: Mutex<BTreeMap<String, u64>>,
-    queue_ms: Mutex<Histogram>,
-    inference_ms: Mutex<Histogram>,
-    total_ms: Mutex<Histogram>,
+    queue_s: Mutex<Histogram>,
+    inference_s: Mutex<Histogram>,
+    total_s: Mutex<Histogram>,
     batch_size: Mutex<Histogram>,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
@@ -67,9 +68,9 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             outcomes: Mutex::new(BTreeMap::new()),
-            queue_ms: Mutex::new(Histogram::new(&LATENCY_BUCKETS_MS)),
-            inference_ms: Mutex::new(Histogram::new(&LATENCY_BUCKETS_MS)),
-            total_ms: Mutex::new(Histogram::new(&LATENCY_BUCKETS_MS)),
+            queue_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
+            inference_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
+            total_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
             batch_size: Mutex::new(Histogram::new(&BATCH_BUCKETS)),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
@@ -90,14 +91,17 @@ impl Metrics {
             *m.entry(outcome.to_string()).or_insert(0) += 1;
         }
     }
+    /// Records a queue wait in milliseconds (exposed in seconds).
     pub fn observe_queue(&self, ms: f64) {
-        observe(&self.queue_ms, ms);
+        observe(&self.queue_s, ms / 1e3);
     }
+    /// Records one batch's image-graph time in milliseconds (exposed in seconds).
     pub fn observe_inference(&self, ms: f64) {
-        observe(&self.inference_ms, ms);
+        observe(&self.inference_s, ms / 1e3);
     }
+    /// Records a whole request's time in milliseconds (exposed in seconds).
     pub fn observe_total(&self, ms: f64) {
-        observe(&self.total_ms, ms);
+        observe(&self.total_s, ms / 1e3);
     }
     pub fn observe_batch(&self, n: usize) {
         observe(&self.batch_size, n as f64);
@@ -136,20 +140,20 @@ impl Metrics {
         };
         hist(
             &mut out,
-            &self.queue_ms,
-            "iv_queue_latency_ms",
+            &self.queue_s,
+            "iv_queue_latency_seconds",
             "Time from admission to the batch start.",
         );
         hist(
             &mut out,
-            &self.inference_ms,
-            "iv_inference_latency_ms",
+            &self.inference_s,
+            "iv_inference_latency_seconds",
             "Image-graph time per batch.",
         );
         hist(
             &mut out,
-            &self.total_ms,
-            "iv_request_latency_ms",
+            &self.total_s,
+            "iv_request_latency_seconds",
             "Whole detection request time.",
         );
         hist(
@@ -204,9 +208,14 @@ mod tests {
         assert!(t.contains("iv_queue_depth 3"));
         assert!(t.contains("iv_requests_total{outcome=\"ok\"} 2"), "{t}");
         assert!(t.contains("iv_requests_total{outcome=\"invalid_image\"} 1"));
-        assert!(t.contains("iv_request_latency_ms_bucket{le=\"5\"} 1"));
-        assert!(t.contains("iv_request_latency_ms_bucket{le=\"1000\"} 2"));
-        assert!(t.contains("iv_request_latency_ms_bucket{le=\"+Inf\"} 2"));
-        assert!(t.contains("iv_request_latency_ms_count 2"));
+        assert!(
+            t.contains("iv_request_latency_seconds_bucket{le=\"0.005\"} 1"),
+            "{t}"
+        );
+        assert!(t.contains("iv_request_latency_seconds_bucket{le=\"1\"} 2"));
+        assert!(t.contains("iv_request_latency_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(t.contains("iv_request_latency_seconds_count 2"));
+        assert!(t.contains("iv_request_latency_seconds_sum 0.703"), "{t}");
+        assert!(!t.contains("_ms"), "abbreviated units in {t}");
     }
 }

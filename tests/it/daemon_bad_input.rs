@@ -462,8 +462,13 @@ fn bad_requests_get_the_right_error_and_the_daemon_keeps_serving() {
         assert_eq!(v["height"], rgb.height, "{what}");
     }
 
-    // Outcomes are counted.
+    // Outcomes are counted, in an exposition that follows Prometheus conventions.
     let m = d.metrics();
+    if let Some(complaints) = metrics::promtool_lint(&m) {
+        f.check(complaints.trim().is_empty(), || {
+            format!("promtool check metrics: {complaints}")
+        });
+    }
     for outcome in [
         "ok",
         "invalid_image",

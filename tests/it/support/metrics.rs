@@ -125,3 +125,39 @@ fn reads_unlabelled_and_labelled_samples() {
     assert!(has(text, "iv_batch_size_bucket"));
     assert!(!has(text, "iv_batch_size"));
 }
+
+/// Runs `promtool check metrics` on `text` when promtool is installed (`.ci/run` installs it; under
+/// CI a missing promtool is a failure). Returns promtool's complaints, empty when it is satisfied.
+pub(crate) fn promtool_lint(text: &str) -> Option<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is required under CI: {e}"
+            );
+            eprintln!("promtool not installed ({e}); skipping the Prometheus lint");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    Some(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
