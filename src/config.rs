@@ -128,6 +128,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_pixels: u64,
     pub max_side: u32,
+    /// MiB that all concurrent image decodes may take together (estimated from the headers).
+    pub decode_budget_mb: u64,
     pub max_queries: usize,
     pub max_query_bytes: usize,
     pub default_threshold: f32,
@@ -167,6 +169,7 @@ impl Default for Config {
             max_body_bytes: limits.max_encoded_bytes,
             max_pixels: limits.max_pixels,
             max_side: limits.max_side,
+            decode_budget_mb: 1024,
             max_queries: queries.max_queries,
             max_query_bytes: queries.max_query_bytes,
             default_threshold: 0.1,
@@ -258,6 +261,8 @@ impl Config {
             ),
             ("query_cache_size", self.query_cache_size as u64, 1 << 20),
             ("max_connections", self.max_connections as u64, 1 << 20),
+            // Counted in KiB permits of a semaphore.
+            ("decode_budget_mb", self.decode_budget_mb, 1 << 22),
         ];
         // Timeouts above an hour are typos; tokio's timers would take them all the same.
         let others = [

@@ -58,6 +58,10 @@ pub enum ImageError {
     ZeroSize { width: u32, height: u32 },
     #[error("image cannot be decoded: {0}")]
     Decode(String),
+    #[error(
+        "decoding this image needs about {need} MiB, more than the decode budget of {budget} MiB"
+    )]
+    OverBudget { need: u64, budget: u64 },
     #[error("raw frame of {got} bytes does not match {width}x{height} RGB24 ({expected} bytes)")]
     RawSize {
         width: u32,
@@ -76,7 +80,7 @@ impl ImageError {
             ImageError::UnknownFormat | ImageError::UnsupportedFormat(_) => {
                 "unsupported_image_format"
             }
-            ImageError::TooManyPixels { .. } => "image_too_large",
+            ImageError::TooManyPixels { .. } | ImageError::OverBudget { .. } => "image_too_large",
             ImageError::ZeroSize { .. } => "invalid_image",
             ImageError::Decode(_) => "invalid_image",
             ImageError::RawSize { .. } => "invalid_raw_frame",
@@ -87,7 +91,9 @@ impl ImageError {
     pub fn is_too_large(&self) -> bool {
         matches!(
             self,
-            ImageError::TooManyBytes { .. } | ImageError::TooManyPixels { .. }
+            ImageError::TooManyBytes { .. }
+                | ImageError::TooManyPixels { .. }
+                | ImageError::OverBudget { .. }
         )
     }
 }
@@ -145,6 +151,26 @@ impl Rgb {
             data,
         })
     }
+}
+
+/// Memory that decoding `bytes` will take at its peak, estimated from the header alone: the
+/// decoder's buffer at the format's widest sample layout (16-bit RGBA for PNG, 8-bit RGBA
+/// otherwise) plus the 8-bit copy made from it (RGBA for PNG, RGB otherwise) while it is alive.
+/// Measured on a 16-bit RGBA PNG of 40 M pixels: 455 MiB of peak growth against 480 MB estimated.
+/// The limits are checked on the way.
+pub fn decode_cost(bytes: &[u8], limits: &ImageLimits) -> Result<u64, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat)?;
+    let (w, h) = header_size(bytes, format)?;
+    limits.check(w, h)?;
+    let bytes_per_pixel = if format == ImageFormat::Png {
+        8 + 4
+    } else {
+        4 + 3
+    };
+    Ok(u64::from(w) * u64::from(h) * bytes_per_pixel)
 }
 
 /// The image size from its header alone (no CRC or body needed), so a bomb is refused before any
@@ -560,6 +586,27 @@ mod tests {
             decode(b"hello world", &ImageLimits::default()),
             Err(ImageError::UnknownFormat)
         );
+    }
+
+    #[test]
+    fn decode_cost_counts_the_worst_sample_layout_and_the_rgb_copy() {
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(100, 50))
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .expect("encode");
+        assert_eq!(
+            decode_cost(&png, &ImageLimits::default()),
+            Ok(100 * 50 * 12)
+        );
+        let tiny = ImageLimits {
+            max_pixels: 100,
+            ..ImageLimits::default()
+        };
+        assert!(matches!(
+            decode_cost(&png, &tiny),
+            Err(ImageError::TooManyPixels { .. })
+        ));
+        assert_eq!(decode_cost(b"", &tiny), Err(ImageError::Empty));
     }
 
     #[test]

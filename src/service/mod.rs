@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
 use crate::pipeline::Detector;
 use crate::postprocess::{Detection, PostParams};
-use crate::preprocess::{self, ImageLimits, PreprocessConfig, Rgb};
+use crate::preprocess::{self, ImageError, ImageLimits, PreprocessConfig, Rgb};
 
 /// The service's limits and defaults (from the daemon's `Config`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +38,9 @@ pub struct ServiceConfig {
     pub image_limits: ImageLimits,
     /// Deadline of a request, counted from `DetectRequest::received`.
     pub request_timeout: Duration,
+    /// Memory all concurrent decodes may take together (estimated from each image's header); a
+    /// request waits for its share, within its deadline.
+    pub decode_budget_bytes: u64,
 }
 
 impl ServiceConfig {
@@ -53,6 +56,7 @@ impl ServiceConfig {
             default_threshold: c.default_threshold,
             image_limits: c.image_limits(),
             request_timeout: Duration::from_millis(c.request_timeout_ms),
+            decode_budget_bytes: c.decode_budget_mb << 20,
         }
     }
 }
@@ -123,6 +127,8 @@ struct Inner {
     cfg: ServiceConfig,
     pre: PreprocessConfig,
     queue: Arc<Semaphore>,
+    /// The decode budget in KiB permits.
+    decode_budget: Arc<Semaphore>,
     tx: Sender<batcher::Job>,
     heartbeat: Arc<Heartbeat>,
 }
@@ -153,6 +159,7 @@ impl DetectService {
         let (tx, heartbeat, worker) = batcher::spawn(det, metrics, batch)?;
         let inner = Inner {
             queue: Arc::new(Semaphore::new(cfg.max_queue)),
+            decode_budget: Arc::new(Semaphore::new(budget_kib(cfg.decode_budget_bytes) as usize)),
             cfg,
             pre,
             tx,
@@ -250,8 +257,9 @@ impl DetectService {
         })
     }
 
-    /// Decodes and preprocesses on the blocking pool. The queue slot travels with the work, so a
-    /// request that timed out keeps its slot until its decoding has actually stopped.
+    /// Decodes and preprocesses on the blocking pool, once the image's estimated decoding memory
+    /// fits in the decode budget. The queue slot and the budget share travel with the work, so a
+    /// request that timed out keeps both until its decoding has actually stopped.
     async fn preprocess(
         &self,
         image: ImageInput,
@@ -259,18 +267,50 @@ impl DetectService {
     ) -> Result<(Vec<f32>, u32, u32, OwnedSemaphorePermit), DetectError> {
         let limits = self.inner.cfg.image_limits;
         let pre = self.inner.pre;
+        let share = self.decode_share(&image).await?;
         tokio::task::spawn_blocking(move || {
             let rgb = decode(image, &limits)?;
             let pixels = preprocess::preprocess(&rgb, &pre);
+            drop(share);
             Ok((pixels, rgb.width, rgb.height, permit))
         })
         .await
         .map_err(|e| DetectError::Internal(format!("preprocessing task failed: {e}")))?
     }
+
+    /// Waits for the decode budget's share of an encoded image (nothing for frames already in
+    /// memory); an image that needs more than the whole budget is refused at once.
+    async fn decode_share(
+        &self,
+        image: &ImageInput,
+    ) -> Result<Option<OwnedSemaphorePermit>, DetectError> {
+        let ImageInput::Encoded(bytes) = image else {
+            return Ok(None);
+        };
+        let cost = preprocess::decode_cost(bytes, &self.inner.cfg.image_limits)?;
+        let budget = self.inner.cfg.decode_budget_bytes;
+        if cost > budget {
+            return Err(ImageError::OverBudget {
+                need: cost.div_ceil(1 << 20),
+                budget: budget >> 20,
+            }
+            .into());
+        }
+        let share = self
+            .inner
+            .decode_budget
+            .clone()
+            .acquire_many_owned(budget_kib(cost))
+            .await
+            .map_err(|_| DetectError::Stopped)?;
+        Ok(Some(share))
+    }
 }
 
-#[cfg(test)]
-mod tests;
+/// Bytes as KiB permits of the decode budget (rounded up, at least 1, within a semaphore's range).
+fn budget_kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+}
 
 /// The request's image as RGB, within the limits.
 fn decode(image: ImageInput, limits: &ImageLimits) -> Result<Rgb, DetectError> {

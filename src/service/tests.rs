@@ -358,3 +358,30 @@ async fn drain_answers_queued_requests_before_the_worker_stops() {
         .expect("joined");
     assert_eq!(*probe.batches.lock().expect("lock"), vec![1, 1, 1]);
 }
+
+#[tokio::test]
+async fn images_beyond_the_decode_budget_are_refused_before_decoding() {
+    let (svc, _w, probe, _m) = start(ServiceConfig {
+        // 64 KiB: a 100x50 PNG needs 100·50·12 = 60 000 bytes, a 100x100 one 120 000.
+        decode_budget_bytes: 64 * 1024,
+        ..config()
+    });
+    let png = |w: u32, h: u32| {
+        let mut out = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(w, h))
+            .write_to(
+                &mut std::io::Cursor::new(&mut out),
+                image::ImageFormat::Png,
+            )
+            .expect("encode");
+        Bytes::from(out)
+    };
+    let ok = DetectRequest::new(ImageInput::Encoded(png(100, 50)), vec!["a".into()]);
+    assert!(svc.detect(ok).await.is_ok());
+    let big = DetectRequest::new(ImageInput::Encoded(png(100, 100)), vec!["a".into()]);
+    let e = svc.detect(big).await.expect_err("over budget");
+    assert_eq!(e.kind(), "image_too_large");
+    assert!(e.to_string().contains("decode budget"), "{e}");
+    assert_eq!(probe.batches.lock().expect("lock").len(), 1);
+    assert_eq!(svc.queue_depth(), 0);
+}
