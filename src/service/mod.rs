@@ -312,6 +312,9 @@ fn budget_kib(bytes: u64) -> u32 {
     u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
 }
 
+#[cfg(test)]
+mod tests;
+
 /// The request's image as RGB, within the limits.
 fn decode(image: ImageInput, limits: &ImageLimits) -> Result<Rgb, DetectError> {
     Ok(match image {

@@ -369,10 +369,7 @@ async fn images_beyond_the_decode_budget_are_refused_before_decoding() {
     let png = |w: u32, h: u32| {
         let mut out = Vec::new();
         image::DynamicImage::ImageRgb8(image::RgbImage::new(w, h))
-            .write_to(
-                &mut std::io::Cursor::new(&mut out),
-                image::ImageFormat::Png,
-            )
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
             .expect("encode");
         Bytes::from(out)
     };

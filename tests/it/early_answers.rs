@@ -85,18 +85,51 @@ fn a_client_that_half_closes_after_its_request_gets_the_answer() {
 }
 
 #[test]
-fn a_connection_over_the_cap_reads_its_503() {
+fn a_connection_over_the_cap_of_busy_connections_reads_its_429() {
     let mut d = Daemon::start(&[("IV_MAX_CONNECTIONS", "1")]);
     d.wait_ready();
-    // The one allowed connection stays open (idle, before its request). The daemon accepts in
-    // order, so it holds the permit before any of the connections below is accepted.
-    let _held = TcpStream::connect(("127.0.0.1", d.port)).expect("first");
+    // The one allowed connection is busy: its request has started (the daemon asked for the body
+    // with `100 Continue`) and its body is still on the way.
+    let mut held = UnixStream::connect(&d.socket).expect("first");
+    held.write_all(
+        b"POST /v1/detect?query=a HTTP/1.1\r\nhost: localhost\r\ncontent-type: image/png\r\ncontent-length: 1000\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .expect("headers");
+    let mut buf = [0u8; 64];
+    let n = held.read(&mut buf).expect("100 continue");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     let body = vec![7u8; 400 * 1024];
     for _ in 0..10 {
-        let s = TcpStream::connect(("127.0.0.1", d.port)).expect("connect");
-        let r = send_then_read(s, &post_head("/api/health", body.len()), &body)
-            .expect("the 503 is read, not a reset");
-        assert_eq!(r.status, 503);
+        let s = UnixStream::connect(&d.socket).expect("connect");
+        let r = send_then_read(s, &post_head("/v1/detect?query=a", body.len()), &body)
+            .expect("the 429 is read, not a reset");
+        assert_eq!(r.status, 429);
         assert_eq!(r.kind(), "too_many_connections");
+        assert_eq!(r.header("retry-after"), Some("1"));
     }
+}
+
+#[test]
+fn idle_connections_cannot_lock_probes_out_of_the_health_listener() {
+    let mut d = Daemon::start(&[("IV_MAX_CONNECTIONS", "4")]);
+    d.wait_ready();
+    // Slowloris: more connections than the cap, each with an unfinished request head.
+    let idle: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", d.port)).expect("connect");
+            s.write_all(b"GET /api/health HTTP/1.1\r\nhost: loc")
+                .expect("partial head");
+            s
+        })
+        .collect();
+    for _ in 0..5 {
+        let r = d.health();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["status"], "healthy");
+    }
+    drop(idle);
 }
