@@ -15,14 +15,15 @@ $(ORT_LIB):
 
 ort: $(ORT_LIB)
 
-# Release binary at target/release/intelligent-video, with the library next to it.
+# Release binary at target/release/intelligent-video, with the library next to it. The library is
+# replaced by a new file (new inode), never rewritten in place under a daemon that has it mapped.
 build: $(ORT_LIB)
 	$(CARGO) build --release --locked
-	cp -f $(ORT_LIB) target/release/
+	cp --remove-destination $(ORT_LIB) target/release/
 
 test: $(ORT_LIB)
 	mkdir -p target/debug
-	cp -f $(ORT_LIB) target/debug/
+	cp --remove-destination $(ORT_LIB) target/debug/
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --locked

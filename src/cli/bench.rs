@@ -279,11 +279,9 @@ fn measure_side(
 ) -> anyhow::Result<(SideResult, Detector)> {
     let opts = DetectorOptions {
         provider: provider.clone(),
-        library: args.runtime.onnxruntime.clone(),
-        threads: args.runtime.threads,
         optimize,
         precision: args.precision,
-        ..DetectorOptions::default()
+        ..args.runtime.detector_options()
     };
     let t = Instant::now();
     let mut det = load_detector(&args.model, &opts)
@@ -357,14 +355,7 @@ fn measure_preprocess(
 fn int8_drift(args: &BenchArgs, mut det: Detector, frame: &Rgb) -> anyhow::Result<Drift> {
     let ours = patch_outputs(&mut det, frame)?;
     drop(det);
-    let mut exact = load_detector(
-        &args.model,
-        &DetectorOptions {
-            library: args.runtime.onnxruntime.clone(),
-            threads: args.runtime.threads,
-            ..DetectorOptions::default()
-        },
-    )?;
+    let mut exact = load_detector(&args.model, &args.runtime.detector_options())?;
     let reference = patch_outputs(&mut exact, frame)?;
     Ok(drift(
         &reference,

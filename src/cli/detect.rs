@@ -64,10 +64,8 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
         max_side: args.max_side,
     };
     let opts = DetectorOptions {
-        library: args.runtime.onnxruntime.clone(),
-        threads: args.runtime.threads,
         precision: args.precision,
-        ..DetectorOptions::default()
+        ..args.runtime.detector_options()
     };
     let mut det = load_detector(&args.model, &opts)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;

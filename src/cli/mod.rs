@@ -50,6 +50,17 @@ pub struct RuntimeArgs {
     pub threads: usize,
 }
 
+impl RuntimeArgs {
+    /// Detector options on the CPU with this library and thread count (the rest at defaults).
+    pub fn detector_options(&self) -> crate::engine::DetectorOptions {
+        crate::engine::DetectorOptions {
+            library: self.onnxruntime.clone(),
+            threads: self.threads,
+            ..crate::engine::DetectorOptions::default()
+        }
+    }
+}
+
 /// `--precision` of the commands that build a CPU engine: `fp32` or `int8` (fp16 is TensorRT's).
 pub fn cpu_precision(s: &str) -> Result<Precision, String> {
     match Precision::from_str(s, true)? {

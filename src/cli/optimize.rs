@@ -85,11 +85,10 @@ pub fn run(args: &OptimizeArgs) -> anyhow::Result<OptimizeReport> {
         let mut eager = load_detector(
             &dir,
             &DetectorOptions {
-                library: cfg.onnxruntime_path.clone(),
-                threads: cfg.threads,
                 optimize: false,
-                provider,
-                ..DetectorOptions::default()
+                // The eager baseline: exact fp32, nothing cached.
+                precision: crate::vocab::Precision::Fp32,
+                ..DetectorOptions::from_config(&cfg, provider)
             },
         )?;
         let base = median_ms(&time_inference(&mut eager, &frame, runs, 1, &|_| {})?);
