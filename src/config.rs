@@ -246,6 +246,48 @@ impl Config {
                 format!("{} is not in [0, 1]", self.default_threshold),
             );
         }
+        self.check_numbers()?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return bad(
+                "log_level",
+                format!(
+                    "{:?} is not a log filter ({e}); use error, warn, info, debug or trace",
+                    self.log_level
+                ),
+            );
+        }
+        if self.max_pixels == 0 || self.max_side == 0 {
+            return bad("max_pixels", "image limits must be positive".into());
+        }
+        if self.socket_path.as_os_str().is_empty() {
+            return bad("socket_path", "is empty".into());
+        }
+        for (key, v) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings that are valid but unsafe, each a sentence for the log and `config check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.socket_mode.grants_other() {
+            w.push(format!(
+                "socket_mode {:04o} lets every local user run detections (other bits set); 0660 with socket_group is the usual choice",
+                self.socket_mode.0
+            ));
+        }
+        w
+    }
+
+    /// Every number within what the daemon can honour, and counts at least 1.
+    fn check_numbers(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
         // (key, value, the most the daemon can honour). Counts must also be at least 1: queue
         // and connection permits, the query cache, batch and query limits (TensorRT profiles are
         // built for them) and the request body (held in memory).
@@ -288,42 +330,7 @@ impl Config {
                 );
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
-            return bad(
-                "log_level",
-                format!(
-                    "{:?} is not a log filter ({e}); use error, warn, info, debug or trace",
-                    self.log_level
-                ),
-            );
-        }
-        if self.max_pixels == 0 || self.max_side == 0 {
-            return bad("max_pixels", "image limits must be positive".into());
-        }
-        if self.socket_path.as_os_str().is_empty() {
-            return bad("socket_path", "is empty".into());
-        }
-        for (key, v) in [
-            ("header_timeout_ms", self.header_timeout_ms),
-            ("request_timeout_ms", self.request_timeout_ms),
-        ] {
-            if v == 0 {
-                return bad(key, "must be positive".into());
-            }
-        }
         Ok(())
-    }
-
-    /// Settings that are valid but unsafe, each a sentence for the log and `config check`.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
-        if self.socket_mode.grants_other() {
-            w.push(format!(
-                "socket_mode {:04o} lets every local user run detections (other bits set); 0660 with socket_group is the usual choice",
-                self.socket_mode.0
-            ));
-        }
-        w
     }
 
     /// Image limits of the detection API.

@@ -179,6 +179,21 @@ fn build_on(
     cached::in_memory(ctx.model, opts)
 }
 
+/// The model's fingerprint for cache keys, or `None` when nothing is cached (optimisation off, or
+/// the files cannot be read: the engine is then built in memory).
+fn fingerprint(cfg: &Config, dir: &Path) -> Option<String> {
+    if !cfg.enable_optimization {
+        return None;
+    }
+    match cache::model_fingerprint(dir) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot fingerprint the model; building in memory");
+            None
+        }
+    }
+}
+
 /// Loads `dir` on the first provider of the chain that works (`force`: rebuild the cached
 /// artifact). The model directory is opened and fingerprinted once, the tokenizer loads beside
 /// the first session build.
@@ -195,17 +210,7 @@ pub fn load(
     log_gpu(&gpu);
     let model = ModelDir::open(dir)?;
     let tokenizer = build::spawn_tokenizer(&model);
-    let fingerprint = match cfg
-        .enable_optimization
-        .then(|| cache::model_fingerprint(dir))
-    {
-        Some(Ok(f)) => Some(f),
-        Some(Err(e)) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot fingerprint the model; building in memory");
-            None
-        }
-        None => None,
-    };
+    let fingerprint = fingerprint(cfg, dir);
     let ctx = cached::CacheRequest {
         cfg,
         model: &model,
