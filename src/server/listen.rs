@@ -108,12 +108,19 @@ fn stale_verdict(connect: std::io::Result<()>) -> Result<(), String> {
 
 /// Binds with the socket file created in its final `mode` (under a umask that clears every other
 /// bit), so there is no moment where it is more open than asked and no chmod by path afterwards.
+/// The umask is per process: binds that set it take turns (tests bind in parallel threads).
+static UMASK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, ListenError> {
     use nix::sys::stat::{umask, Mode};
     let keep = Mode::from_bits_truncate((!mode & 0o777) as nix::libc::mode_t);
-    let previous = umask(keep);
-    let bound = UnixListener::bind(path);
-    umask(previous);
+    let bound = {
+        let _turn = UMASK.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = umask(keep);
+        let bound = UnixListener::bind(path);
+        umask(previous);
+        bound
+    };
     bound.map_err(|e| sock_err(path, format!("cannot bind: {e}")))
 }
 
