@@ -168,6 +168,17 @@ pub(super) fn detector(
     artifact: &Artifact,
 ) -> Result<Detector, EngineError> {
     let backend = backend(model, opts, artifact);
+    assemble(model, tokenizer, backend, opts)
+}
+
+/// The detector from a backend build's result, once the tokenizer has loaded. A model error
+/// (tokenizer) comes first: it is not the execution provider's fault.
+pub(super) fn assemble(
+    model: &ModelDir,
+    tokenizer: JoinHandle<Result<QueryTokenizer, ModelError>>,
+    backend: Result<OrtBackend, EngineError>,
+    opts: &DetectorOptions,
+) -> Result<Detector, EngineError> {
     let tokenizer = join_tokenizer(tokenizer)?;
     Ok(Detector::new(
         model.config.clone(),

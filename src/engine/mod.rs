@@ -233,13 +233,7 @@ pub fn load(
         let built = build_on(&ctx, &opts, status);
         match built {
             Ok(b) => {
-                let tokenizer = build::join_tokenizer(tokenizer)?;
-                let detector = Detector::new(
-                    model.config.clone(),
-                    tokenizer,
-                    Box::new(b.backend),
-                    opts.query_cache,
-                );
+                let detector = build::assemble(&model, tokenizer, Ok(b.backend), &opts)?;
                 return Ok(Engine {
                     detector,
                     backend: name.into(),

@@ -153,24 +153,60 @@ impl Rgb {
     }
 }
 
-/// Memory that decoding `bytes` will take at its peak, estimated from the header alone: the
-/// decoder's buffer at the format's widest sample layout (16-bit RGBA for PNG, 8-bit RGBA
-/// otherwise) plus the 8-bit copy made from it (RGBA for PNG, RGB otherwise) while it is alive.
-/// Measured on a 16-bit RGBA PNG of 40 M pixels: 455 MiB of peak growth against 480 MB estimated.
-/// The limits are checked on the way.
-pub fn decode_cost(bytes: &[u8], limits: &ImageLimits) -> Result<u64, ImageError> {
+/// What an encoded image's header says, already checked: a supported format, within the byte,
+/// side and pixel limits, and (JPEG) not truncated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Header {
+    /// Memory that decoding will take at its peak: the decoder's buffer at the format's widest
+    /// sample layout (16-bit RGBA for PNG, 8-bit RGBA otherwise) plus the 8-bit copy made from it
+    /// (RGBA for PNG, RGB otherwise) while it is alive. Measured on a 16-bit RGBA PNG of 40 M
+    /// pixels: 455 MiB of peak growth against 480 MB estimated.
+    pub fn decode_cost(&self) -> u64 {
+        let bytes_per_pixel = if self.format == ImageFormat::Png {
+            8 + 4
+        } else {
+            4 + 3
+        };
+        u64::from(self.width) * u64::from(self.height) * bytes_per_pixel
+    }
+}
+
+/// Reads and checks an encoded image's header, so that a bomb, a truncated JPEG or an unsupported
+/// format is refused before any pixel is decoded.
+pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<Header, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
+    if bytes.len() > limits.max_encoded_bytes {
+        return Err(ImageError::TooManyBytes {
+            len: bytes.len(),
+            max: limits.max_encoded_bytes,
+        });
+    }
     let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat)?;
-    let (w, h) = header_size(bytes, format)?;
-    limits.check(w, h)?;
-    let bytes_per_pixel = if format == ImageFormat::Png {
-        8 + 4
-    } else {
-        4 + 3
-    };
-    Ok(u64::from(w) * u64::from(h) * bytes_per_pixel)
+    match format {
+        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp => {}
+        other => return Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
+    }
+    let (width, height) = header_size(bytes, format)?;
+    limits.check(width, height)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // PIL (and so transformers) refuses these too, instead of inventing the missing rows.
+        return Err(ImageError::Decode(
+            "truncated JPEG: no end-of-image marker after the last scan".into(),
+        ));
+    }
+    Ok(Header {
+        format,
+        width,
+        height,
+    })
 }
 
 /// The image size from its header alone (no CRC or body needed), so a bomb is refused before any
@@ -206,28 +242,16 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Decodes JPEG/PNG/WebP/BMP bytes into RGB24 after checking the limits against the header.
 /// Images with alpha are composited onto white (PIL's `alpha_composite` arithmetic).
 pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<Rgb, ImageError> {
-    if bytes.is_empty() {
-        return Err(ImageError::Empty);
-    }
-    if bytes.len() > limits.max_encoded_bytes {
-        return Err(ImageError::TooManyBytes {
-            len: bytes.len(),
-            max: limits.max_encoded_bytes,
-        });
-    }
-    let format = image::guess_format(bytes).map_err(|_| ImageError::UnknownFormat)?;
-    match format {
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp => {}
-        other => return Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
-    }
-    let (width, height) = header_size(bytes, format)?;
-    limits.check(width, height)?;
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        // PIL (and so transformers) refuses these too, instead of inventing the missing rows.
-        return Err(ImageError::Decode(
-            "truncated JPEG: no end-of-image marker after the last scan".into(),
-        ));
-    }
+    decode_probed(bytes, &probe(bytes, limits)?, limits)
+}
+
+/// `decode` of bytes whose header `probe` has already read and checked.
+pub fn decode_probed(
+    bytes: &[u8],
+    header: &Header,
+    limits: &ImageLimits,
+) -> Result<Rgb, ImageError> {
+    let format = header.format;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_side);

@@ -116,7 +116,8 @@ pub(crate) fn spawn(
     Ok((tx, heartbeat, Worker { join }))
 }
 
-fn ms(d: Duration) -> f64 {
+/// A duration in milliseconds.
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use batcher::ms;
 pub use batcher::{Heartbeat, Worker};
 pub use error::DetectError;
 pub use metrics::Metrics;
@@ -24,7 +25,7 @@ use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
 use crate::pipeline::Detector;
 use crate::postprocess::{Detection, PostParams};
-use crate::preprocess::{self, ImageError, ImageLimits, PreprocessConfig, Rgb};
+use crate::preprocess::{self, Header, ImageError, ImageLimits, PreprocessConfig, Rgb};
 
 /// The service's limits and defaults (from the daemon's `Config`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -138,10 +139,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct DetectService {
     inner: Arc<Inner>,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 impl DetectService {
@@ -267,9 +264,13 @@ impl DetectService {
     ) -> Result<(Vec<f32>, u32, u32, OwnedSemaphorePermit), DetectError> {
         let limits = self.inner.cfg.image_limits;
         let pre = self.inner.pre;
-        let share = self.decode_share(&image).await?;
+        let header = match &image {
+            ImageInput::Encoded(bytes) => Some(preprocess::probe(bytes, &limits)?),
+            _ => None,
+        };
+        let share = self.decode_share(header.as_ref()).await?;
         tokio::task::spawn_blocking(move || {
-            let rgb = decode(image, &limits)?;
+            let rgb = decode(image, header.as_ref(), &limits)?;
             let pixels = preprocess::preprocess(&rgb, &pre);
             drop(share);
             Ok((pixels, rgb.width, rgb.height, permit))
@@ -278,16 +279,17 @@ impl DetectService {
         .map_err(|e| DetectError::Internal(format!("preprocessing task failed: {e}")))?
     }
 
-    /// Waits for the decode budget's share of an encoded image (nothing for frames already in
-    /// memory); an image that needs more than the whole budget is refused at once.
+    /// Waits for the decode budget's share of an encoded image, given its checked `header`
+    /// (nothing for frames already in memory); an image that needs more than the whole budget is
+    /// refused at once.
     async fn decode_share(
         &self,
-        image: &ImageInput,
+        header: Option<&Header>,
     ) -> Result<Option<OwnedSemaphorePermit>, DetectError> {
-        let ImageInput::Encoded(bytes) = image else {
+        let Some(header) = header else {
             return Ok(None);
         };
-        let cost = preprocess::decode_cost(bytes, &self.inner.cfg.image_limits)?;
+        let cost = header.decode_cost();
         let budget = self.inner.cfg.decode_budget_bytes;
         if cost > budget {
             return Err(ImageError::OverBudget {
@@ -315,16 +317,24 @@ fn budget_kib(bytes: u64) -> u32 {
 #[cfg(test)]
 mod tests;
 
-/// The request's image as RGB, within the limits.
-fn decode(image: ImageInput, limits: &ImageLimits) -> Result<Rgb, DetectError> {
-    Ok(match image {
-        ImageInput::Encoded(b) => preprocess::decode(&b, limits)?,
-        ImageInput::Raw {
-            width,
-            height,
-            data,
-        } => Rgb::from_raw(width, height, data.to_vec(), limits)?,
-        ImageInput::Decoded(rgb) => {
+/// The request's image as RGB, within the limits (`header`: an encoded image's, already probed).
+fn decode(
+    image: ImageInput,
+    header: Option<&Header>,
+    limits: &ImageLimits,
+) -> Result<Rgb, DetectError> {
+    Ok(match (image, header) {
+        (ImageInput::Encoded(b), Some(h)) => preprocess::decode_probed(&b, h, limits)?,
+        (ImageInput::Encoded(b), None) => preprocess::decode(&b, limits)?,
+        (
+            ImageInput::Raw {
+                width,
+                height,
+                data,
+            },
+            _,
+        ) => Rgb::from_raw(width, height, data.to_vec(), limits)?,
+        (ImageInput::Decoded(rgb), _) => {
             limits.check(rgb.width, rgb.height)?;
             rgb
         }

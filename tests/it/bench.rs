@@ -15,11 +15,7 @@ fn bench(extra: &[&str]) -> std::process::Output {
 }
 
 fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bin::assert_success(out);
     serde_json::from_slice(&out.stdout).expect("one JSON report")
 }
 

@@ -56,11 +56,7 @@ fn prints_one_json_line_per_image_matching_the_library() {
         ],
         &refs,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bin::assert_success(&out);
     let stdout = String::from_utf8(out.stdout).expect("utf8");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2);

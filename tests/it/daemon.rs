@@ -377,11 +377,7 @@ fn config_check_prints_effective_settings_or_exits_78() {
         .env("IV_MAX_QUEUE", "12")
         .output()
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bin::assert_success(&out);
     let text = String::from_utf8(out.stdout).expect("utf8");
     let v: toml::Value = toml::from_str(&text).expect("prints TOML");
     assert_eq!(v["model"].as_str(), Some("/srv/models/owl"));

@@ -119,11 +119,7 @@ fn pull_verifies_installs_atomically_lists_and_removes() {
     let store = tempfile::tempdir().expect("tmp");
 
     let out = model(&["pull", "acme/tiny-owl"], store.path(), port);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bin::assert_success(&out);
     let dir = store.path().join("acme/tiny-owl");
     for f in FILES {
         assert_eq!(

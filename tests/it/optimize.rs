@@ -17,11 +17,7 @@ fn optimize(cache: &std::path::Path, extra: &[&str]) -> serde_json::Value {
         .args(extra)
         .output()
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bin::assert_success(&out);
     serde_json::from_slice(&out.stdout).expect("json report")
 }
 

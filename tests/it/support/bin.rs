@@ -24,7 +24,11 @@ const PASSED_ON: [&str; 6] = [
 /// A `Command` for the binary under test with the common test environment; callers add the
 /// subcommand, arguments and their own `env`.
 pub(crate) fn command() -> Command {
-    let mut c = Command::new(PATH);
+    with_passed_env(Command::new(PATH))
+}
+
+/// `c` with a cleared environment plus the [`PASSED_ON`] variables of the test's own.
+fn with_passed_env(mut c: Command) -> Command {
     c.env_clear();
     for k in PASSED_ON {
         if let Some(v) = std::env::var_os(k) {
@@ -32,6 +36,15 @@ pub(crate) fn command() -> Command {
         }
     }
     c
+}
+
+/// Asserts that the binary exited 0, showing its stderr otherwise.
+pub(crate) fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `launcher launcher_args… <binary> <args…>` for a launcher that execs the binary itself with
@@ -42,13 +55,7 @@ pub(crate) fn under(
     launcher_args: &[&OsStr],
     inner: &Command,
 ) -> Command {
-    let mut c = Command::new(launcher);
-    c.env_clear();
-    for k in PASSED_ON {
-        if let Some(v) = std::env::var_os(k) {
-            c.env(k, v);
-        }
-    }
+    let mut c = with_passed_env(Command::new(launcher));
     c.args(launcher_args);
     for (k, v) in inner.get_envs() {
         if let Some(v) = v {
