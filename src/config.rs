@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
 use crate::preprocess::ImageLimits;
+pub use crate::video::spec::StreamSpec;
 pub use crate::vocab::{BackendPreference, Precision};
 
 /// Default configuration file.
@@ -142,6 +143,38 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Where streams added through the API are kept (`streams.json`); default: systemd's
+    /// `STATE_DIRECTORY`, else `/var/lib/intelligent-video`.
+    pub state_dir: PathBuf,
+    /// Streams of the config file (`[[streams]]` tables; read-only through the API).
+    pub streams: Vec<StreamSpec>,
+    /// Streams at most (config file and API together).
+    pub max_streams: usize,
+    /// Frame events each stream keeps for `?since=N` replays.
+    pub stream_events_buffer: usize,
+    /// Events an events follower may fall behind before it is disconnected.
+    pub stream_follower_lag: usize,
+    /// Longest wait between reconnection attempts of a live source.
+    pub stream_reconnect_max_ms: u64,
+    /// A live source without a frame for this long is reconnected.
+    pub stream_stall_timeout_ms: u64,
+    /// RTSP connection timeout, and how long UDP may stay silent before rtspsrc falls back to TCP.
+    pub stream_rtsp_timeout_ms: u64,
+    /// A tracked object unseen for this long loses its track id.
+    pub stream_track_lost_ms: u64,
+}
+
+/// The default state folder: the first of systemd's `STATE_DIRECTORY`, else
+/// `/var/lib/intelligent-video`.
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| "/var/lib/intelligent-video".into())
 }
 
 impl Default for Config {
@@ -182,6 +215,15 @@ impl Default for Config {
             header_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            state_dir: default_state_dir(),
+            streams: Vec::new(),
+            max_streams: 16,
+            stream_events_buffer: 1024,
+            stream_follower_lag: 256,
+            stream_reconnect_max_ms: 30_000,
+            stream_stall_timeout_ms: 10_000,
+            stream_rtsp_timeout_ms: 5_000,
+            stream_track_lost_ms: 1_000,
         }
     }
 }
@@ -262,9 +304,13 @@ impl Config {
         if self.socket_path.as_os_str().is_empty() {
             return bad("socket_path", "is empty".into());
         }
+        self.check_streams()?;
         for (key, v) in [
             ("header_timeout_ms", self.header_timeout_ms),
             ("request_timeout_ms", self.request_timeout_ms),
+            ("stream_stall_timeout_ms", self.stream_stall_timeout_ms),
+            ("stream_rtsp_timeout_ms", self.stream_rtsp_timeout_ms),
+            ("stream_reconnect_max_ms", self.stream_reconnect_max_ms),
         ] {
             if v == 0 {
                 return bad(key, "must be positive".into());
@@ -305,6 +351,12 @@ impl Config {
             ("max_connections", self.max_connections as u64, 1 << 20),
             // Counted in KiB permits of a semaphore.
             ("decode_budget_mb", self.decode_budget_mb, 1 << 22),
+            ("max_streams", self.max_streams as u64, 1024),
+            (
+                "stream_follower_lag",
+                self.stream_follower_lag as u64,
+                1 << 16,
+            ),
         ];
         // Timeouts above an hour are typos; tokio's timers would take them all the same.
         let others = [
@@ -316,6 +368,27 @@ impl Config {
             ("request_timeout_ms", self.request_timeout_ms, 3_600_000),
             ("max_side", u64::from(self.max_side), 65_535),
             ("max_pixels", self.max_pixels, 1 << 32),
+            (
+                "stream_events_buffer",
+                self.stream_events_buffer as u64,
+                1 << 20,
+            ),
+            (
+                "stream_reconnect_max_ms",
+                self.stream_reconnect_max_ms,
+                3_600_000,
+            ),
+            (
+                "stream_stall_timeout_ms",
+                self.stream_stall_timeout_ms,
+                3_600_000,
+            ),
+            (
+                "stream_rtsp_timeout_ms",
+                self.stream_rtsp_timeout_ms,
+                3_600_000,
+            ),
+            ("stream_track_lost_ms", self.stream_track_lost_ms, 3_600_000),
         ];
         for (key, v, _) in counts {
             if v == 0 {
@@ -331,6 +404,41 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Each `[[streams]]` table valid, names unique, within `max_streams`.
+    fn check_streams(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| {
+            Err(ConfigError::Invalid {
+                key: "streams",
+                message,
+            })
+        };
+        if self.streams.len() > self.max_streams {
+            return bad(format!(
+                "{} streams are configured, more than max_streams ({})",
+                self.streams.len(),
+                self.max_streams
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.streams {
+            if let Err(e) = s.validate(&self.query_rules()) {
+                return bad(format!("stream {:?}: {e}", s.name));
+            }
+            if !seen.insert(s.name.as_str()) {
+                return bad(format!("stream {:?} is defined twice", s.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Query limits of the detection API.
+    pub fn query_rules(&self) -> QueryRules {
+        QueryRules {
+            max_queries: self.max_queries,
+            max_query_bytes: self.max_query_bytes,
+        }
     }
 
     /// Image limits of the detection API.

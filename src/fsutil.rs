@@ -1,7 +1,7 @@
-//! Atomic installs of a folder: a complete staging folder takes the destination's place by
+//! Atomic installs of a folder or a file: a complete staging copy takes the destination's place by
 //! rename, and a previous copy is removed only once the new one is in place, so a reader sees
-//! either the old folder or the new one, never a half-written one. Used by the model store and the
-//! artifact cache.
+//! either the old version or the new one, never a half-written one. Used by the model store, the
+//! artifact cache and the stream state file.
 
 use std::io;
 use std::path::Path;
@@ -31,9 +31,51 @@ pub fn replace_dir(staging: &Path, dest: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `dest` atomically and durably: a temporary file in the same folder, synced,
+/// renamed over `dest`, then the folder synced.
+pub fn write_file_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dest)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_files_atomically() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dest = root.path().join("state.json");
+        write_file_atomic(&dest, b"one").expect("first");
+        write_file_atomic(&dest, b"two").expect("second");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"two");
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        // A folder that does not exist fails and leaves nothing behind.
+        assert!(write_file_atomic(&root.path().join("no/x"), b"x").is_err());
+    }
 
     #[test]
     fn replaces_an_existing_folder_and_installs_a_new_one() {

@@ -17,4 +17,5 @@ pub mod preprocess;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod video;
 pub mod vocab;

@@ -255,8 +255,11 @@ impl<'a> Acceptor<'a> {
                 let busy = InFlight::new(&in_conn);
                 let st = st.clone();
                 async move {
-                    let r = http::handle(req, st, peer).await;
-                    drop(busy);
+                    let mut r = http::handle(req, st, peer).await;
+                    // A streamed answer keeps the connection busy until it ends.
+                    if let Ok(resp) = &mut r {
+                        resp.body_mut().hold(busy);
+                    }
                     r
                 }
             });

@@ -6,13 +6,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::body::Body;
 use super::error::ApiError;
 use super::state::{AppState, Phase};
 use crate::postprocess::Detection;
 use crate::service::{DetectError, DetectRequest, DetectService, ImageInput, Timing};
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
@@ -30,17 +31,17 @@ pub enum Peer {
     Tcp,
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Body>;
 
-fn json_response(status: u16, body: String) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+pub(crate) fn json_response(status: u16, body: String) -> Resp {
+    let mut r = Response::new(Body::full(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-fn error_response(e: &ApiError) -> Resp {
+pub(crate) fn error_response(e: &ApiError) -> Resp {
     let mut r = json_response(e.status, e.body());
     if let Some(s) = e.retry_after {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
@@ -108,7 +109,11 @@ async fn route(req: &Parts, body: &mut Option<Incoming>, st: &Arc<AppState>, pee
         (&Method::GET, "/api/optimization") => optimization(st),
         (&Method::GET, "/metrics") => {
             let depth = st.queue_depth() as u64;
-            let mut r = Response::new(Full::new(Bytes::from(st.metrics.render(depth))));
+            let mut text = st.metrics.render(depth);
+            if let Some(m) = st.streams.get() {
+                m.render_metrics(&mut text);
+            }
+            let mut r = Response::new(Body::full(text));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -136,6 +141,14 @@ async fn route(req: &Parts, body: &mut Option<Incoming>, st: &Arc<AppState>, pee
                 404,
                 "not_found",
                 "detection is served on the Unix socket only",
+            )),
+        },
+        (_, p) if p == "/v1/streams" || p.starts_with("/v1/streams/") => match peer {
+            Peer::Unix { .. } => super::streams::route(req, body, st).await,
+            Peer::Tcp => error_response(&ApiError::new(
+                404,
+                "not_found",
+                "streams are served on the Unix socket only",
             )),
         },
         (
@@ -176,6 +189,7 @@ fn health(st: &AppState) -> Resp {
             "cached": e.cached,
         },
         "status_line": st.status_line.lock().map(|s| s.clone()).unwrap_or_default(),
+        "streams": st.streams.get().map(|m| m.summary()).unwrap_or_default(),
     });
     json_response(if p == Phase::Ready { 200 } else { 503 }, body.to_string())
 }
@@ -259,7 +273,7 @@ struct UrlParams {
     height: Option<u32>,
 }
 
-fn parse_number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError> {
     v.parse::<T>().map_err(|_| {
         bad(
             "invalid_parameter",
@@ -268,12 +282,21 @@ fn parse_number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError
     })
 }
 
+/// The query string's `key=value` pairs, each strictly percent-decoded.
+pub(crate) fn query_pairs(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode_component(k)?, decode_component(v)?))
+        })
+        .collect()
+}
+
 fn parse_url(q: Option<&str>) -> Result<UrlParams, ApiError> {
     let mut p = UrlParams::default();
-    for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = decode_component(k)?;
-        let v = decode_component(v)?;
+    for (k, v) in query_pairs(q)? {
         match k.as_str() {
             "query" => p.queries.push(v),
             "threshold" => p.threshold = Some(parse_number("threshold", &v)?),
@@ -302,7 +325,7 @@ struct JsonRequest {
 }
 
 /// Reads the whole body (taking it out of `body`), refusing one over `max` bytes.
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &hyper::HeaderMap,
     body: &mut Option<Incoming>,
     max: usize,
@@ -339,7 +362,7 @@ async fn read_body(
 }
 
 /// The service, or why this request cannot be served now.
-fn ready_service(st: &AppState) -> Result<&DetectService, ApiError> {
+pub(crate) fn ready_service(st: &AppState) -> Result<&DetectService, ApiError> {
     let service = st.service.get();
     match (st.phase(), service) {
         (Phase::Ready, Some(s)) => Ok(s),
@@ -362,7 +385,7 @@ fn ready_service(st: &AppState) -> Result<&DetectService, ApiError> {
 }
 
 /// The request's media type, lower-case, without parameters.
-fn media_type(req: &Parts) -> String {
+pub(crate) fn media_type(req: &Parts) -> String {
     req.headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -6,11 +6,13 @@
 //! `run` takes its listeners, a model loader and a cancellation token; only `main` exits the
 //! process.
 
+pub mod body;
 mod conn;
 pub mod error;
 pub mod http;
 pub mod listen;
 pub mod state;
+mod streams;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use crate::config::Config;
 use crate::pipeline::Detector;
 use crate::preprocess::Rgb;
 use crate::service::{DetectRequest, DetectService, ImageInput, ServiceConfig};
+use crate::video::manager::{ManagerConfig, StreamManager};
 
 /// Reports a startup phase (systemd `STATUS=` and the health document).
 pub type StatusFn = Arc<dyn Fn(&str) + Send + Sync>;
@@ -249,6 +252,12 @@ async fn lifecycle(
     if let Ok(mut e) = st.engine.lock() {
         *e = info;
     }
+    let streams = StreamManager::start(
+        ManagerConfig::from_config(&st.config),
+        service.clone(),
+        &st.config.streams,
+    );
+    let _ = st.streams.set(streams.clone());
     st.set_phase(Phase::Ready);
     let line = format!("serving on {backend}");
     st.set_status(&line);
@@ -264,5 +273,8 @@ async fn lifecycle(
     st.set_status("stopping");
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     tracing::info!("shutdown requested; draining");
+    streams
+        .shutdown(Duration::from_millis(st.config.shutdown_grace_ms))
+        .await;
     Ok(())
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::service::{DetectService, Metrics};
+use crate::video::manager::StreamManager;
 
 /// Lifecycle phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set once the model is loaded.
     pub service: OnceLock<DetectService>,
+    /// Set once the daemon is ready.
+    pub streams: OnceLock<Arc<StreamManager>>,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
             engine: Mutex::new(EngineInfo::default()),
             metrics: Arc::new(Metrics::default()),
             service: OnceLock::new(),
+            streams: OnceLock::new(),
         })
     }
 

@@ -73,8 +73,11 @@ pub enum ImageInput {
         height: u32,
         data: Bytes,
     },
-    /// An already decoded frame (warmup, video frames); its size is checked against the limits.
+    /// An already decoded frame (warmup); its size is checked against the limits.
     Decoded(Rgb),
+    /// A decoded frame the caller keeps too (video streams keep it for snapshots); read, not
+    /// copied.
+    Shared(Arc<Rgb>),
 }
 
 /// One detection request.
@@ -270,10 +273,18 @@ impl DetectService {
         };
         let share = self.decode_share(header.as_ref()).await?;
         tokio::task::spawn_blocking(move || {
-            let rgb = decode(image, header.as_ref(), &limits)?;
-            let pixels = preprocess::preprocess(&rgb, &pre);
+            let (pixels, width, height) = match image {
+                ImageInput::Shared(rgb) => {
+                    limits.check(rgb.width, rgb.height)?;
+                    (preprocess::preprocess(&rgb, &pre), rgb.width, rgb.height)
+                }
+                other => {
+                    let rgb = decode(other, header.as_ref(), &limits)?;
+                    (preprocess::preprocess(&rgb, &pre), rgb.width, rgb.height)
+                }
+            };
             drop(share);
-            Ok((pixels, rgb.width, rgb.height, permit))
+            Ok((pixels, width, height, permit))
         })
         .await
         .map_err(|e| DetectError::Internal(format!("preprocessing task failed: {e}")))?
@@ -337,6 +348,10 @@ fn decode(
         (ImageInput::Decoded(rgb), _) => {
             limits.check(rgb.width, rgb.height)?;
             rgb
+        }
+        (ImageInput::Shared(rgb), _) => {
+            limits.check(rgb.width, rgb.height)?;
+            Arc::unwrap_or_clone(rgb)
         }
     })
 }

@@ -1,0 +1,69 @@
+//! Response bodies: a whole body (`Full`) for every JSON, text or image answer, or a stream of
+//! NDJSON lines fed by a channel (stream events). A streamed body can hold its connection's
+//! "request in progress" guard, so a follower is not taken for an idle connection.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Frame, SizeHint};
+use tokio::sync::mpsc;
+
+/// A response body.
+pub enum Body {
+    Full(Full<Bytes>),
+    Stream {
+        rx: mpsc::Receiver<Bytes>,
+        /// Dropped with the body (the connection's in-flight mark).
+        guard: Option<Box<dyn Send + Sync>>,
+    },
+}
+
+impl Body {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Body::Full(Full::new(b.into()))
+    }
+
+    /// A body that yields what `rx` receives, and ends when every sender is gone.
+    pub fn stream(rx: mpsc::Receiver<Bytes>) -> Self {
+        Body::Stream { rx, guard: None }
+    }
+
+    /// Keeps `g` alive as long as a streamed body (a whole body drops it at once).
+    pub fn hold(&mut self, g: impl Send + Sync + 'static) {
+        if let Body::Stream { guard, .. } = self {
+            *guard = Some(Box::new(g));
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(f) => Pin::new(f).poll_frame(cx),
+            Body::Stream { rx, .. } => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(f) => f.is_end_stream(),
+            Body::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(f) => f.size_hint(),
+            Body::Stream { .. } => SizeHint::default(),
+        }
+    }
+}

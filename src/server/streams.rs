@@ -1,0 +1,334 @@
+//! `/v1/streams` handlers (Unix socket only): list, get, put, delete, follow a stream's events
+//! (NDJSON, `?since=N` replays), and its latest snapshot as JPEG (`?raw=1` without drawing).
+//! Stream logic is in `crate::video`; this module maps requests and errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::{Method, Response};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::body::Body;
+use super::error::ApiError;
+use super::http::{
+    error_response, json_response, media_type, parse_number, query_pairs, read_body, ready_service,
+    Resp,
+};
+use super::state::AppState;
+use crate::video::draw;
+use crate::video::events::{self, StateEvent, Subscription};
+use crate::video::manager::{ManagerError, Put, StreamManager};
+use crate::video::spec::{check_name, SpecError, StreamBody};
+
+/// A follower whose connection took no line for this long is disconnected.
+const FOLLOWER_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines waiting for a follower's connection.
+const FOLLOWER_QUEUE: usize = 64;
+/// Biggest `PUT /v1/streams/{name}` body.
+const MAX_STREAM_BODY: usize = 256 * 1024;
+
+enum Target<'a> {
+    List,
+    Item(&'a str),
+    Events(&'a str),
+    Snapshot(&'a str),
+}
+
+fn target(path: &str) -> Option<Target<'_>> {
+    let rest = path.strip_prefix("/v1/streams")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Target::List);
+    }
+    let rest = rest.strip_prefix('/')?;
+    match rest.split_once('/') {
+        None => Some(Target::Item(rest)),
+        Some((name, "events")) => Some(Target::Events(name)),
+        Some((name, "snapshot.jpg")) => Some(Target::Snapshot(name)),
+        Some(_) => None,
+    }
+}
+
+/// Routes one `/v1/streams…` request.
+pub(crate) async fn route(req: &Parts, body: &mut Option<Incoming>, st: &Arc<AppState>) -> Resp {
+    match handle(req, body, st).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn handle(
+    req: &Parts,
+    body: &mut Option<Incoming>,
+    st: &Arc<AppState>,
+) -> Result<Resp, ApiError> {
+    let path = req.uri.path();
+    let Some(t) = target(path) else {
+        return Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no route for {path}"),
+        ));
+    };
+    ready_service(st)?;
+    let m = st
+        .streams
+        .get()
+        .ok_or_else(|| ApiError::unavailable("not_ready", "streams are not started yet", 1))?;
+    let not_allowed = || {
+        ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", req.method),
+        )
+    };
+    match (t, &req.method) {
+        (Target::List, &Method::GET) => {
+            Ok(json_response(200, json!({"streams": m.list()}).to_string()))
+        }
+        (Target::Item(name), &Method::GET) => {
+            let s = m
+                .list()
+                .into_iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| not_found(name))?;
+            Ok(json_response(200, json!(s).to_string()))
+        }
+        (Target::Item(name), &Method::PUT) => put(req, body, m, name).await,
+        (Target::Item(name), &Method::DELETE) => {
+            m.delete(name).map_err(|e| manager_error(&e))?;
+            let mut r = Response::new(Body::full(Bytes::new()));
+            *r.status_mut() = hyper::StatusCode::NO_CONTENT;
+            Ok(r)
+        }
+        (Target::Events(name), &Method::GET) => follow(req, m, name),
+        (Target::Snapshot(name), &Method::GET) => snapshot(req, m, name).await,
+        _ => Err(not_allowed()),
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(404, "not_found", format!("no stream named {name:?}"))
+}
+
+fn manager_error(e: &ManagerError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        ManagerError::NotFound(_) => ApiError::new(404, "not_found", msg),
+        ManagerError::ReadOnly(_) => ApiError::new(409, "read_only", msg),
+        ManagerError::TooMany(_) => ApiError::new(409, "too_many_streams", msg),
+        ManagerError::Invalid(s) => spec_error(s),
+        ManagerError::Persist { .. } => ApiError::new(500, "persist_failed", msg),
+    }
+}
+
+fn spec_error(e: &SpecError) -> ApiError {
+    let kind = match e {
+        SpecError::Name(_) => "invalid_stream_name",
+        SpecError::Url(_) => "invalid_url",
+        SpecError::Queries(_) => "invalid_query",
+        SpecError::Number(_) => "invalid_parameter",
+    };
+    ApiError::bad_request(kind, e.to_string())
+}
+
+async fn put(
+    req: &Parts,
+    body: &mut Option<Incoming>,
+    m: &StreamManager,
+    name: &str,
+) -> Result<Resp, ApiError> {
+    check_name(name).map_err(|e| spec_error(&e))?;
+    let ctype = media_type(req);
+    // `curl -d` sends application/x-www-form-urlencoded unless told otherwise: read it as JSON.
+    if !matches!(
+        ctype.as_str(),
+        "" | "application/json" | "application/x-www-form-urlencoded"
+    ) {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            format!("content type {ctype:?} is not supported (application/json)"),
+        ));
+    }
+    let bytes = read_body(&req.headers, body, MAX_STREAM_BODY).await?;
+    let b: StreamBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("malformed stream definition: {e}"))
+    })?;
+    let outcome = m.put(b.named(name)).map_err(|e| manager_error(&e))?;
+    let status = m
+        .list()
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| not_found(name))?;
+    let code = match outcome {
+        Put::Created => 201,
+        Put::Replaced => 200,
+    };
+    Ok(json_response(code, json!(status).to_string()))
+}
+
+/// `GET /v1/streams/{name}/events[?since=N]`.
+fn follow(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, ApiError> {
+    let mut since = None;
+    for (k, v) in query_pairs(req.uri.query())? {
+        match k.as_str() {
+            "since" => since = Some(parse_number::<u64>("since", &v)?),
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("unknown parameter {other:?}"),
+                ))
+            }
+        }
+    }
+    let shared = m.get(name).ok_or_else(|| not_found(name))?;
+    let sub = shared.hub.subscribe(since);
+    let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
+    tokio::spawn(forward(sub, tx, m.stopping().clone(), shared.name.clone()));
+    let mut r = Response::new(Body::stream(rx));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// Feeds a follower: the replay, then live events, until the stream goes, the daemon stops, the
+/// connection closes, or the follower falls behind (told so in a last line).
+async fn forward(
+    sub: Subscription,
+    tx: mpsc::Sender<Bytes>,
+    stop: CancellationToken,
+    name: String,
+) {
+    let send = |line: Bytes| {
+        let tx = tx.clone();
+        async move {
+            matches!(
+                tokio::time::timeout(FOLLOWER_SEND_TIMEOUT, tx.send(line)).await,
+                Ok(Ok(()))
+            )
+        }
+    };
+    let Subscription { replay, mut live } = sub;
+    for line in replay {
+        if !send(line).await {
+            return;
+        }
+    }
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = tx.try_send(state_line(&name, "stopping", "the daemon is stopping"));
+                return;
+            }
+            _ = tx.closed() => return,
+            r = live.recv() => r,
+        };
+        match next {
+            Ok(line) => {
+                if !send(line).await {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let msg = format!(
+                    "this follower fell {n} events behind and is disconnected; reconnect with ?since="
+                );
+                let _ = tx.try_send(state_line(&name, "lagged", &msg));
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn state_line(stream: &str, state: &str, message: &str) -> Bytes {
+    events::line(&StateEvent {
+        stream,
+        state,
+        message,
+    })
+}
+
+/// `GET /v1/streams/{name}/snapshot.jpg[?raw=1]`.
+async fn snapshot(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, ApiError> {
+    let mut raw = false;
+    for (k, v) in query_pairs(req.uri.query())? {
+        match (k.as_str(), v.as_str()) {
+            ("raw", "1" | "true") => raw = true,
+            ("raw", "0" | "false") => raw = false,
+            ("raw", other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("raw={other:?} is not 0 or 1"),
+                ))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("unknown parameter {other:?}"),
+                ))
+            }
+        }
+    }
+    let shared = m.get(name).ok_or_else(|| not_found(name))?;
+    let snap = shared.snapshot().ok_or_else(|| {
+        ApiError::unavailable(
+            "no_frame_yet",
+            format!("stream {name:?} has no processed frame yet"),
+            1,
+        )
+    })?;
+    let jpeg = tokio::task::spawn_blocking(move || {
+        let (w, h) = (snap.rgb.width, snap.rgb.height);
+        if raw {
+            return draw::encode_jpeg(w, h, &snap.rgb.data, 85);
+        }
+        let mut data = snap.rgb.data.clone();
+        draw::annotate(w, h, &mut data, &snap.annotations)?;
+        draw::encode_jpeg(w, h, &data, 85)
+    })
+    .await
+    .map_err(|e| ApiError::new(500, "internal", format!("snapshot task failed: {e}")))?
+    .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    let mut r = Response::new(Body::full(jpeg));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert!(matches!(target("/v1/streams"), Some(Target::List)));
+        assert!(matches!(target("/v1/streams/"), Some(Target::List)));
+        assert!(matches!(
+            target("/v1/streams/cam"),
+            Some(Target::Item("cam"))
+        ));
+        assert!(matches!(
+            target("/v1/streams/cam/events"),
+            Some(Target::Events("cam"))
+        ));
+        assert!(matches!(
+            target("/v1/streams/cam/snapshot.jpg"),
+            Some(Target::Snapshot("cam"))
+        ));
+        assert!(target("/v1/streams/cam/other").is_none());
+        assert!(target("/v1/streamsx").is_none());
+    }
+}

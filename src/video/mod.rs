@@ -1,0 +1,13 @@
+//! Video streams: the daemon's own ingestion of cameras and video files.
+//!
+//! Owns stream definitions and their validation (`spec`), GStreamer ingestion (`source`, the only
+//! GStreamer user), the tracker (`track`), the event fan-out (`events`) and snapshot drawing
+//! (`draw`).
+
+pub mod draw;
+pub mod events;
+pub mod manager;
+pub mod source;
+pub mod spec;
+pub mod stream;
+pub mod track;

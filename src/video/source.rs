@@ -1,0 +1,632 @@
+//! GStreamer ingestion of one stream attempt: builds the pipeline for a `Source`
+//! (`uridecodebin3`, or `v4l2src ! decodebin3`, then `videoconvert ! video/x-raw,format=RGB !
+//! appsink`), reports the decoder `decodebin3` chose, and hands decoded RGB frames over: live
+//! sources through a one-frame slot that keeps the newest frame (overwritten frames are counted
+//! as drops), files through a bounded channel that holds the decoder back (every frame, in order).
+//! The only module that uses GStreamer.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use gstreamer_video::prelude::*;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::spec::Source;
+use crate::preprocess::Rgb;
+
+/// One decoded frame.
+#[derive(Debug)]
+pub struct Frame {
+    /// The stream's frame number: frames decoded before it, over every attempt.
+    pub seq: u64,
+    pub rgb: Rgb,
+    /// Presentation time in milliseconds from the stream's start (0 when the source gave none).
+    pub pts_ms: u64,
+    /// When the frame left GStreamer.
+    pub decoded_at: Instant,
+    /// Time from the compressed buffer entering the decoder to this RGB frame, when known.
+    pub decode_latency: Option<Duration>,
+}
+
+/// Settings of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceOptions {
+    /// Files only: keep one frame per `1/max_fps` of stream time (0: every frame).
+    pub max_fps: f64,
+    /// Live sources: no frame for this long ends the attempt with an error.
+    pub stall_timeout: Duration,
+    /// RTSP: connection and UDP-fallback timeouts.
+    pub rtsp_timeout: Duration,
+}
+
+/// Counters of one stream, shared by its attempts.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Frames decoded and handed over or dropped.
+    pub decoded: AtomicU64,
+    /// Frames decoded but not processed (overwritten in the live slot, or sampled out).
+    pub dropped: AtomicU64,
+    /// The decoder element's factory name (e.g. `avdec_h264`, `nvh264dec`).
+    pub decoder: Mutex<Option<String>>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The source ended (end of a file; a live source that hung up).
+    Eos,
+    Error(String),
+    /// Stopped by the caller.
+    Stopped,
+}
+
+/// Why a pipeline could not be built or started.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("GStreamer is not usable: {0}")]
+    Init(String),
+    #[error("cannot build the pipeline: {0}")]
+    Build(String),
+    #[error("cannot start the pipeline: {0}")]
+    Start(String),
+}
+
+static INIT: Once = Once::new();
+static INIT_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Initialises GStreamer once per process.
+pub fn init() -> Result<(), SourceError> {
+    INIT.call_once(|| {
+        if let Err(e) = gst::init() {
+            if let Ok(mut slot) = INIT_ERROR.lock() {
+                *slot = Some(e.to_string());
+            }
+        }
+    });
+    match INIT_ERROR.lock().ok().and_then(|e| e.clone()) {
+        Some(e) => Err(SourceError::Init(e)),
+        None => Ok(()),
+    }
+}
+
+/// GStreamer's version, as `1.22.0`.
+pub fn gstreamer_version() -> Option<String> {
+    init().ok()?;
+    let (a, b, c, _) = gst::version();
+    Some(format!("{a}.{b}.{c}"))
+}
+
+/// The consumer's side of the frame hand-over.
+enum Frames {
+    /// Live: the newest frame only.
+    Latest(Arc<LatestSlot>),
+    /// Files: every frame, in order.
+    Ordered(mpsc::Receiver<Frame>),
+}
+
+impl Frames {
+    /// The next frame; `None` when the producer is gone and nothing is left.
+    async fn next(&mut self) -> Option<Frame> {
+        match self {
+            Frames::Latest(slot) => Some(slot.take().await),
+            Frames::Ordered(rx) => rx.recv().await,
+        }
+    }
+
+    /// A frame already waiting, if any.
+    fn try_next(&mut self) -> Option<Frame> {
+        match self {
+            Frames::Latest(slot) => slot.frame.lock().ok().and_then(|mut s| s.take()),
+            Frames::Ordered(rx) => rx.try_recv().ok(),
+        }
+    }
+}
+
+/// A one-frame slot: a new frame replaces one not yet taken.
+#[derive(Default)]
+struct LatestSlot {
+    frame: Mutex<Option<Frame>>,
+    notify: Notify,
+}
+
+impl LatestSlot {
+    /// Puts `f`, returning whether it replaced a frame nobody took.
+    fn put(&self, f: Frame) -> bool {
+        let replaced = match self.frame.lock() {
+            Ok(mut slot) => slot.replace(f).is_some(),
+            Err(_) => false,
+        };
+        self.notify.notify_one();
+        replaced
+    }
+
+    async fn take(&self) -> Frame {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(f) = self.frame.lock().ok().and_then(|mut s| s.take()) {
+                return f;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The producer's side, owned by the appsink callback.
+enum FrameSink {
+    Latest(Arc<LatestSlot>),
+    Ordered(mpsc::Sender<Frame>),
+}
+
+/// A running attempt: `next` gives its frames until it ends; `finish` stops it (if it still runs)
+/// and says how it ended.
+pub struct Attempt {
+    frames: Frames,
+    stats: Arc<SourceStats>,
+    stop: Arc<AtomicBool>,
+    outcome: oneshot::Receiver<Outcome>,
+    ended: Option<Outcome>,
+}
+
+impl Attempt {
+    /// The next frame; `None` once the pipeline has stopped and every frame it gave was taken.
+    pub async fn next(&mut self) -> Option<Frame> {
+        if self.ended.is_some() {
+            return self.frames.try_next();
+        }
+        tokio::select! {
+            biased;
+            f = self.frames.next() => match f {
+                Some(f) => Some(f),
+                None => {
+                    self.ended = Some(recv_outcome(&mut self.outcome).await);
+                    None
+                }
+            },
+            o = &mut self.outcome => {
+                self.ended = Some(o.unwrap_or_else(|_| lost_thread()));
+                self.frames.try_next()
+            }
+        }
+    }
+
+    /// `f`, or a newer frame that arrived meanwhile (live sources; `f` then counts as dropped).
+    pub fn newest(&mut self, f: Frame) -> Frame {
+        match &self.frames {
+            Frames::Latest(slot) => match slot.frame.lock().ok().and_then(|mut s| s.take()) {
+                Some(newer) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    newer
+                }
+                None => f,
+            },
+            Frames::Ordered(_) => f,
+        }
+    }
+
+    /// Stops the pipeline if it still runs and waits until it has stopped.
+    pub async fn finish(mut self) -> Outcome {
+        if let Some(o) = self.ended.take() {
+            return o;
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        // Unblocks a streaming thread waiting to hand over a file's frame.
+        drop(self.frames);
+        recv_outcome(&mut self.outcome).await
+    }
+}
+
+fn lost_thread() -> Outcome {
+    Outcome::Error("the stream's bus thread ended without a word".into())
+}
+
+async fn recv_outcome(rx: &mut oneshot::Receiver<Outcome>) -> Outcome {
+    rx.await.unwrap_or_else(|_| lost_thread())
+}
+
+/// Pipeline timestamps of buffers entering the decoder, to measure decode latency.
+type Arrivals = Arc<Mutex<VecDeque<(gst::ClockTime, Instant)>>>;
+
+/// Builds the pipeline for `source`, starts it, and returns the running attempt.
+pub fn start(
+    source: &Source,
+    opts: SourceOptions,
+    stats: Arc<SourceStats>,
+) -> Result<Attempt, SourceError> {
+    init()?;
+    let pipeline = gst::Pipeline::new();
+    let arrivals: Arrivals = Arc::new(Mutex::new(VecDeque::new()));
+    watch_decoder(&pipeline, &stats, &arrivals);
+    let (sink, frames) = if source.is_live() {
+        let slot = Arc::new(LatestSlot::default());
+        (FrameSink::Latest(slot.clone()), Frames::Latest(slot))
+    } else {
+        let (tx, rx) = mpsc::channel(2);
+        (FrameSink::Ordered(tx), Frames::Ordered(rx))
+    };
+    let last_frame = Arc::new(Mutex::new(Instant::now()));
+    let convert = build_output(
+        &pipeline,
+        source,
+        opts,
+        sink,
+        &stats,
+        &arrivals,
+        &last_frame,
+    )?;
+    build_input(&pipeline, source, opts, &convert)?;
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        let why = first_error(&pipeline).unwrap_or_else(|| e.to_string());
+        let _ = pipeline.set_state(gst::State::Null);
+        return Err(SourceError::Start(why));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let stall = source.is_live().then_some(opts.stall_timeout);
+    let (tx, outcome) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("iv-stream-bus".into())
+        .spawn(move || {
+            let o = watch_bus(&pipeline, &stop2, stall, &last_frame);
+            let _ = pipeline.set_state(gst::State::Null);
+            drop(pipeline);
+            let _ = tx.send(o);
+        })
+        .map_err(|e| SourceError::Start(format!("cannot start the bus thread: {e}")))?;
+    Ok(Attempt {
+        frames,
+        stats,
+        stop,
+        outcome,
+        ended: None,
+    })
+}
+
+/// Records the video decoder `decodebin3` picks, and probes its input for decode latency.
+fn watch_decoder(pipeline: &gst::Pipeline, stats: &Arc<SourceStats>, arrivals: &Arrivals) {
+    let stats = stats.clone();
+    let arrivals = arrivals.clone();
+    pipeline.connect_deep_element_added(move |_, _, element| {
+        let Some(factory) = element.factory() else {
+            return;
+        };
+        let klass = factory.metadata(gst::ELEMENT_METADATA_KLASS).unwrap_or("");
+        // Video decoders, and image decoders fed by a video source (`jpegdec` for MJPEG).
+        if !(klass.contains("Decoder") && (klass.contains("Video") || klass.contains("Image"))) {
+            return;
+        }
+        if let Ok(mut d) = stats.decoder.lock() {
+            *d = Some(factory.name().to_string());
+        }
+        let Some(pad) = element.static_pad("sink") else {
+            return;
+        };
+        let arrivals = arrivals.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(pts) = info.buffer().and_then(|b| b.pts()) {
+                if let Ok(mut a) = arrivals.lock() {
+                    if a.len() >= 256 {
+                        a.pop_front();
+                    }
+                    a.push_back((pts, Instant::now()));
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+}
+
+fn make(factory: &str) -> Result<gst::Element, SourceError> {
+    gst::ElementFactory::make(factory).build().map_err(|_| {
+        SourceError::Build(format!(
+            "GStreamer element {factory} is missing (install the GStreamer plugins)"
+        ))
+    })
+}
+
+/// `videoconvert ! video/x-raw,format=RGB ! appsink`; returns the converter to link decoded
+/// video into.
+fn build_output(
+    pipeline: &gst::Pipeline,
+    source: &Source,
+    opts: SourceOptions,
+    sink: FrameSink,
+    stats: &Arc<SourceStats>,
+    arrivals: &Arrivals,
+    last_frame: &Arc<Mutex<Instant>>,
+) -> Result<gst::Element, SourceError> {
+    let convert = make("videoconvert")?;
+    let caps = gst_video::VideoCapsBuilder::new()
+        .format(gst_video::VideoFormat::Rgb)
+        .build();
+    let live = source.is_live();
+    let appsink = gst_app::AppSink::builder()
+        .caps(&caps)
+        .sync(false)
+        .enable_last_sample(false)
+        .max_buffers(if live { 1 } else { 2 })
+        .drop(live)
+        .build();
+    let mut on_frame = FrameCallback {
+        sink,
+        stats: stats.clone(),
+        arrivals: arrivals.clone(),
+        last_frame: last_frame.clone(),
+        interval_ns: (!live && opts.max_fps > 0.0).then(|| (1e9 / opts.max_fps) as u64),
+        next_due_ns: 0,
+    };
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| on_frame.on_sample(s))
+            .build(),
+    );
+    pipeline
+        .add_many([&convert, appsink.upcast_ref()])
+        .map_err(|e| SourceError::Build(e.to_string()))?;
+    convert
+        .link(&appsink)
+        .map_err(|e| SourceError::Build(format!("cannot link videoconvert to appsink: {e}")))?;
+    Ok(convert)
+}
+
+/// The source part: `uridecodebin3 uri=…` or `v4l2src device=… ! decodebin3`, whose video pad is
+/// linked to `convert` once it appears (other streams, e.g. audio, go to a `fakesink`).
+fn build_input(
+    pipeline: &gst::Pipeline,
+    source: &Source,
+    opts: SourceOptions,
+    convert: &gst::Element,
+) -> Result<(), SourceError> {
+    let decoder = match (source, source.uri()) {
+        (Source::V4l2(dev), _) => {
+            let src = make("v4l2src")?;
+            src.set_property("device", dev.to_string_lossy().to_string());
+            let dec = make("decodebin3")?;
+            pipeline
+                .add_many([&src, &dec])
+                .map_err(|e| SourceError::Build(e.to_string()))?;
+            src.link(&dec)
+                .map_err(|e| SourceError::Build(format!("cannot link v4l2src: {e}")))?;
+            dec
+        }
+        (_, Some(uri)) => {
+            let dec = make("uridecodebin3")?;
+            dec.set_property("uri", uri);
+            let rtsp_timeout = opts.rtsp_timeout;
+            dec.connect("source-setup", false, move |args| {
+                if let Some(Ok(src)) = args.get(1).map(|v| v.get::<gst::Element>()) {
+                    configure_source(&src, rtsp_timeout);
+                }
+                None
+            });
+            pipeline
+                .add(&dec)
+                .map_err(|e| SourceError::Build(e.to_string()))?;
+            dec
+        }
+        (_, None) => return Err(SourceError::Build("the source has no URI".into())),
+    };
+    let convert = convert.downgrade();
+    let bin = pipeline.downgrade();
+    decoder.connect_pad_added(move |_, pad| {
+        let (Some(convert), Some(bin)) = (convert.upgrade(), bin.upgrade()) else {
+            return;
+        };
+        link_pad(pad, &convert, &bin);
+    });
+    Ok(())
+}
+
+/// Sets RTSP timeouts on `rtspsrc` (UDP first, TCP when UDP gets nothing within the timeout:
+/// rtspsrc's own fallback) and a short jitter buffer.
+fn configure_source(src: &gst::Element, timeout: Duration) {
+    let us = timeout.as_micros() as u64;
+    if src.find_property("tcp-timeout").is_some() {
+        src.set_property("tcp-timeout", us);
+    }
+    if src.find_property("timeout").is_some() && src.find_property("latency").is_some() {
+        src.set_property("timeout", us);
+        src.set_property("latency", 200u32);
+        src.set_property("drop-on-latency", true);
+    }
+}
+
+/// Links a new decoded pad: the first video pad to the converter, anything else to a fakesink.
+fn link_pad(pad: &gst::Pad, convert: &gst::Element, bin: &gst::Pipeline) {
+    // decodebin3 names its pads by stream type (`video_0`) and knows their stream before the
+    // caps are fixed (RTSP pads can come without caps).
+    let is_video = pad
+        .stream()
+        .map(|s| s.stream_type().contains(gst::StreamType::VIDEO))
+        .or_else(|| {
+            pad.current_caps()
+                .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+        })
+        .unwrap_or_else(|| pad.name().starts_with("video"));
+    if is_video {
+        if let Some(sinkpad) = convert.static_pad("sink") {
+            if !sinkpad.is_linked() {
+                if let Err(e) = pad.link(&sinkpad) {
+                    tracing::warn!(error = ?e, "cannot link the decoded video pad");
+                }
+                return;
+            }
+        }
+    }
+    let Ok(fake) = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+    else {
+        return;
+    };
+    if bin.add(&fake).is_ok() {
+        let _ = fake.sync_state_with_parent();
+        if let Some(sinkpad) = fake.static_pad("sink") {
+            let _ = pad.link(&sinkpad);
+        }
+    }
+}
+
+/// The appsink's `new-sample` handler.
+struct FrameCallback {
+    sink: FrameSink,
+    stats: Arc<SourceStats>,
+    arrivals: Arrivals,
+    last_frame: Arc<Mutex<Instant>>,
+    /// Files with `max_fps`: keep a frame per interval of stream time.
+    interval_ns: Option<u64>,
+    next_due_ns: u64,
+}
+
+impl FrameCallback {
+    fn on_sample(
+        &mut self,
+        appsink: &gst_app::AppSink,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+        let now = Instant::now();
+        if let Ok(mut t) = self.last_frame.lock() {
+            *t = now;
+        }
+        let seq = self.stats.decoded.fetch_add(1, Ordering::Relaxed);
+        let pts = sample.buffer().and_then(|b| b.pts());
+        let pts_ns = pts.map_or(0, gst::ClockTime::nseconds);
+        if let Some(interval) = self.interval_ns {
+            if pts_ns < self.next_due_ns {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            self.next_due_ns = (self.next_due_ns.max(pts_ns.saturating_sub(interval))) + interval;
+        }
+        let rgb = match packed_rgb(&sample) {
+            Ok(rgb) => rgb,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a decoded frame");
+                return Err(gst::FlowError::Error);
+            }
+        };
+        let frame = Frame {
+            seq,
+            rgb,
+            pts_ms: pts_ns / 1_000_000,
+            decoded_at: now,
+            decode_latency: pts.and_then(|p| self.decode_latency(p, now)),
+        };
+        match &self.sink {
+            FrameSink::Latest(slot) => {
+                if slot.put(frame) {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            }
+            FrameSink::Ordered(tx) => tx
+                .blocking_send(frame)
+                .map(|()| gst::FlowSuccess::Ok)
+                .map_err(|_| gst::FlowError::Flushing),
+        }
+    }
+
+    /// Time since the buffer with this `pts` entered the decoder (forgetting older entries).
+    fn decode_latency(&self, pts: gst::ClockTime, now: Instant) -> Option<Duration> {
+        let mut a = self.arrivals.lock().ok()?;
+        while let Some(&(p, t)) = a.front() {
+            if p > pts {
+                return None;
+            }
+            a.pop_front();
+            if p == pts {
+                return Some(now.saturating_duration_since(t));
+            }
+        }
+        None
+    }
+}
+
+/// Copies a sample's RGB rows (GStreamer pads each row to 4 bytes) into packed RGB24.
+fn packed_rgb(sample: &gst::Sample) -> Result<Rgb, String> {
+    let caps = sample.caps().ok_or("the frame has no caps")?;
+    let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| e.to_string())?;
+    let buffer = sample.buffer().ok_or("the frame has no buffer")?;
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+        .map_err(|e| e.to_string())?;
+    let (w, h) = (info.width() as usize, info.height() as usize);
+    let stride = *frame.plane_stride().first().ok_or("no plane")? as usize;
+    let plane = frame.plane_data(0).map_err(|e| e.to_string())?;
+    let row = w * 3;
+    if stride < row || plane.len() < stride * h.saturating_sub(1) + row {
+        return Err(format!(
+            "frame plane of {} bytes is too small for {w}x{h}",
+            plane.len()
+        ));
+    }
+    let mut data = Vec::with_capacity(row * h);
+    if stride == row {
+        data.extend_from_slice(&plane[..row * h]);
+    } else {
+        for y in 0..h {
+            data.extend_from_slice(&plane[y * stride..y * stride + row]);
+        }
+    }
+    Ok(Rgb {
+        width: info.width(),
+        height: info.height(),
+        data,
+    })
+}
+
+/// The first error message waiting on the pipeline's bus.
+fn first_error(pipeline: &gst::Pipeline) -> Option<String> {
+    let bus = pipeline.bus()?;
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        if let gst::MessageView::Error(e) = msg.view() {
+            return Some(error_text(e));
+        }
+    }
+    None
+}
+
+fn error_text(e: &gst::message::Error) -> String {
+    let src = e
+        .src()
+        .map(|s| s.name().to_string())
+        .unwrap_or_else(|| "pipeline".into());
+    format!("{src}: {}", e.error())
+}
+
+/// Polls the bus until the end, an error, a stall (live sources) or `stop`.
+fn watch_bus(
+    pipeline: &gst::Pipeline,
+    stop: &AtomicBool,
+    stall: Option<Duration>,
+    last_frame: &Mutex<Instant>,
+) -> Outcome {
+    let Some(bus) = pipeline.bus() else {
+        return Outcome::Error("the pipeline has no bus".into());
+    };
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Outcome::Stopped;
+        }
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(100),
+            &[gst::MessageType::Error, gst::MessageType::Eos],
+        );
+        match msg.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Eos(_)) => return Outcome::Eos,
+            Some(gst::MessageView::Error(e)) => return Outcome::Error(error_text(e)),
+            _ => {}
+        }
+        if let Some(limit) = stall {
+            let idle = last_frame.lock().map(|t| t.elapsed()).unwrap_or_default();
+            if idle > limit {
+                return Outcome::Error(format!("no frame for {} s", limit.as_secs_f64()));
+            }
+        }
+    }
+}

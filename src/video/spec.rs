@@ -1,0 +1,302 @@
+//! Stream definitions: what a `[[streams]]` table of the config file, a `PUT /v1/streams/{name}`
+//! body and the persisted state file hold, and their validation (name, URL scheme, queries,
+//! numbers). Knows nothing about GStreamer.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::tokenizer::QueryRules;
+use crate::postprocess::PostParams;
+
+/// The most frames per second `max_fps` may ask for.
+pub const MAX_FPS_LIMIT: f64 = 1000.0;
+
+/// One stream's definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// `[a-z0-9_-]{1,64}`.
+    pub name: String,
+    pub url: String,
+    pub queries: Vec<String>,
+    /// Score threshold (default: the daemon's `default_threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    /// Per-query NMS IoU (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nms: Option<f32>,
+    /// Frames per second to process at most (0: as fast as inference allows).
+    #[serde(default)]
+    pub max_fps: f64,
+}
+
+/// A `PUT /v1/streams/{name}` body: a definition without its name (the path gives it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamBody {
+    pub url: String,
+    pub queries: Vec<String>,
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    #[serde(default)]
+    pub nms: Option<f32>,
+    #[serde(default)]
+    pub max_fps: f64,
+}
+
+impl StreamBody {
+    pub fn named(self, name: &str) -> StreamSpec {
+        StreamSpec {
+            name: name.to_string(),
+            url: self.url,
+            queries: self.queries,
+            threshold: self.threshold,
+            nms: self.nms,
+            max_fps: self.max_fps,
+        }
+    }
+}
+
+/// Where a stream's frames come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `rtsp://` or `rtsps://`.
+    Rtsp(String),
+    /// `http://` or `https://` (MJPEG, HLS…).
+    Http(String),
+    /// A local file (a path or `file://`).
+    File(PathBuf),
+    /// `v4l2:///dev/videoN`.
+    V4l2(PathBuf),
+}
+
+impl Source {
+    /// Live sources keep only the newest frame and reconnect forever; files end.
+    pub fn is_live(&self) -> bool {
+        !matches!(self, Source::File(_))
+    }
+
+    /// A URI GStreamer's `uridecodebin3` takes (`None` for V4L2 devices, which get `v4l2src`).
+    pub fn uri(&self) -> Option<String> {
+        match self {
+            Source::Rtsp(u) | Source::Http(u) => Some(u.clone()),
+            Source::File(p) => Some(file_uri(p)),
+            Source::V4l2(_) => None,
+        }
+    }
+}
+
+/// `file://` URI of an absolute path, percent-encoding what a URI path cannot hold.
+fn file_uri(p: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut s = String::from("file://");
+    for &b in p.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// Why a stream definition is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("stream name {0:?} is invalid: use 1 to 64 of a-z, 0-9, '_' and '-'")]
+    Name(String),
+    #[error("{0}")]
+    Url(String),
+    #[error("{0}")]
+    Queries(String),
+    #[error("{0}")]
+    Number(String),
+}
+
+/// Checks a stream name: `[a-z0-9_-]{1,64}`.
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Name(name.chars().take(80).collect()))
+    }
+}
+
+/// Parses a stream URL into its source.
+pub fn parse_url(url: &str) -> Result<Source, SpecError> {
+    let bad = |m: String| Err(SpecError::Url(m));
+    if url.is_empty() || url.len() > 4096 {
+        return bad("url must be 1 to 4096 bytes".into());
+    }
+    if url.chars().any(char::is_control) {
+        return bad("url contains control characters".into());
+    }
+    let lower = url.to_ascii_lowercase();
+    let rest = |scheme: &str| &url[scheme.len()..];
+    if lower.starts_with("rtsp://") || lower.starts_with("rtsps://") {
+        let scheme_len = if lower.starts_with("rtsp://") { 7 } else { 8 };
+        if url.len() == scheme_len {
+            return bad(format!("url {url:?} has no host"));
+        }
+        return Ok(Source::Rtsp(url.to_string()));
+    }
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        let scheme_len = if lower.starts_with("http://") { 7 } else { 8 };
+        if url.len() == scheme_len {
+            return bad(format!("url {url:?} has no host"));
+        }
+        return Ok(Source::Http(url.to_string()));
+    }
+    if lower.starts_with("v4l2://") {
+        let dev = rest("v4l2://");
+        if !dev.starts_with("/dev/") || dev.len() <= 5 {
+            return bad(format!("url {url:?}: a V4L2 camera is v4l2:///dev/videoN"));
+        }
+        return Ok(Source::V4l2(PathBuf::from(dev)));
+    }
+    if lower.starts_with("file://") {
+        let path = rest("file://");
+        if !path.starts_with('/') {
+            return bad(format!(
+                "url {url:?}: a file URL needs an absolute path (file:///path)"
+            ));
+        }
+        let decoded = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
+        use std::os::unix::ffi::OsStringExt;
+        return Ok(Source::File(PathBuf::from(std::ffi::OsString::from_vec(
+            decoded,
+        ))));
+    }
+    if url.starts_with('/') {
+        return Ok(Source::File(PathBuf::from(url)));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return bad(format!(
+            "url scheme {scheme:?} is not supported (rtsp, rtsps, http, https, file, v4l2, or an absolute path)"
+        ));
+    }
+    bad(format!(
+        "url {url:?} is neither a supported URL (rtsp, rtsps, http, https, file, v4l2) nor an absolute path"
+    ))
+}
+
+impl StreamSpec {
+    /// Checks the whole definition against the daemon's query rules; returns its source.
+    pub fn validate(&self, rules: &QueryRules) -> Result<Source, SpecError> {
+        check_name(&self.name)?;
+        let source = parse_url(&self.url)?;
+        if self.queries.is_empty() {
+            return Err(SpecError::Queries("queries must not be empty".into()));
+        }
+        rules
+            .check(&self.queries)
+            .map_err(|e| SpecError::Queries(e.to_string()))?;
+        if let Some(t) = self.threshold {
+            PostParams::new(t, self.nms).map_err(SpecError::Number)?;
+        } else {
+            PostParams::new(0.0, self.nms).map_err(SpecError::Number)?;
+        }
+        if !self.max_fps.is_finite() || !(0.0..=MAX_FPS_LIMIT).contains(&self.max_fps) {
+            return Err(SpecError::Number(format!(
+                "max_fps must be a number in [0, {MAX_FPS_LIMIT}], got {}",
+                self.max_fps
+            )));
+        }
+        Ok(source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, url: &str) -> StreamSpec {
+        StreamSpec {
+            name: name.into(),
+            url: url.into(),
+            queries: vec!["a person".into()],
+            threshold: None,
+            nms: None,
+            max_fps: 0.0,
+        }
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "cam-1", "front_door", &"x".repeat(64)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Cam", "a b", "a/b", "é", &"x".repeat(65), "a.b"] {
+            assert!(matches!(check_name(bad), Err(SpecError::Name(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("rtsp://127.0.0.1:8554/cam"),
+            Ok(Source::Rtsp("rtsp://127.0.0.1:8554/cam".into()))
+        );
+        assert!(parse_url("RTSPS://host/x").is_ok());
+        assert_eq!(
+            parse_url("/srv/v.mkv"),
+            Ok(Source::File("/srv/v.mkv".into()))
+        );
+        assert_eq!(
+            parse_url("file:///srv/a%20b.mp4"),
+            Ok(Source::File("/srv/a b.mp4".into()))
+        );
+        assert_eq!(
+            parse_url("v4l2:///dev/video0"),
+            Ok(Source::V4l2("/dev/video0".into()))
+        );
+        assert!(parse_url("https://cam.local/mjpeg").is_ok_and(|s| s.is_live()));
+        for bad in [
+            "",
+            "ftp://x/y",
+            "relative/path.mp4",
+            "file://relative",
+            "v4l2://video0",
+            "rtsp://",
+            "rtsp://a\nb",
+        ] {
+            assert!(matches!(parse_url(bad), Err(SpecError::Url(_))), "{bad}");
+        }
+        assert!(!parse_url("/a.mp4").is_ok_and(|s| s.is_live()));
+        assert_eq!(
+            Source::File("/a b/%.mp4".into()).uri().as_deref(),
+            Some("file:///a%20b/%25.mp4")
+        );
+    }
+
+    #[test]
+    fn validate_numbers_and_queries() {
+        let rules = QueryRules::default();
+        assert!(spec("a", "/v.mp4").validate(&rules).is_ok());
+        let mut s = spec("a", "/v.mp4");
+        s.queries.clear();
+        assert!(matches!(s.validate(&rules), Err(SpecError::Queries(_))));
+        let mut s = spec("a", "/v.mp4");
+        s.threshold = Some(1.5);
+        assert!(matches!(s.validate(&rules), Err(SpecError::Number(_))));
+        let mut s = spec("a", "/v.mp4");
+        s.nms = Some(-0.1);
+        assert!(matches!(s.validate(&rules), Err(SpecError::Number(_))));
+        for fps in [-1.0, f64::NAN, 1e9] {
+            let mut s = spec("a", "/v.mp4");
+            s.max_fps = fps;
+            assert!(matches!(s.validate(&rules), Err(SpecError::Number(_))));
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = serde_json::from_str::<StreamBody>(r#"{"url":"/a","queries":["x"],"fps":3}"#);
+        assert!(e.is_err_and(|e| e.to_string().contains("fps")));
+    }
+}

@@ -1,0 +1,424 @@
+//! One stream's life: attempts of its source (`source::start`), each frame through the detection
+//! service (the same admission, batcher and worker as `/v1/detect`), the tracker, the event hub and
+//! the snapshot; reconnection with capped exponential backoff for live sources; `finished` or
+//! `failed` for files. Its shared part (`StreamShared`: state, counters, events, snapshot) outlives
+//! a replacement of the definition, so followers keep following.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::draw::Annotation;
+use super::events::{self, EventHub, FrameEvent, StateEvent, TrackedDetection};
+use super::source::{self, Frame, Outcome, SourceOptions, SourceStats};
+use super::spec::{Source, StreamSpec};
+use super::track::{TrackInput, Tracker, TrackerConfig};
+use crate::preprocess::Rgb;
+use crate::service::metrics::{Histogram, LATENCY_BUCKETS_S};
+use crate::service::{DetectError, DetectRequest, DetectService, ImageInput};
+
+/// A stream's state, as `GET /v1/streams` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Starting,
+    Running,
+    Reconnecting,
+    Finished,
+    Failed,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Reconnecting => "reconnecting",
+            State::Finished => "finished",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// The latest processed frame and what was found in it.
+pub struct Snapshot {
+    pub frame: u64,
+    pub rgb: Arc<Rgb>,
+    pub annotations: Vec<Annotation>,
+}
+
+/// Daemon-wide settings of stream runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSettings {
+    pub stall_timeout: Duration,
+    pub rtsp_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub lost_track_ms: u64,
+}
+
+/// Detections down to this fraction of the threshold feed the tracker's second stage (they
+/// continue tracks, and are not reported).
+const TRACK_LOW_RATIO: f32 = 0.5;
+
+/// Processing instants kept for the frame rate.
+const FPS_WINDOW: usize = 32;
+
+struct Status {
+    state: State,
+    last_error: Option<String>,
+    processed_at: VecDeque<Instant>,
+}
+
+/// The part of a stream that lives as long as its name: counters, state, events, snapshot,
+/// latency histograms.
+pub struct StreamShared {
+    pub name: String,
+    pub hub: EventHub,
+    pub stats: Arc<SourceStats>,
+    pub processed: AtomicU64,
+    status: Mutex<Status>,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    decode_s: Mutex<Histogram>,
+    end_to_end_s: Mutex<Histogram>,
+}
+
+/// A point-in-time view of a stream's run.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    pub state: State,
+    pub last_error: Option<String>,
+    pub decoder: Option<String>,
+    pub frames: u64,
+    pub dropped: u64,
+    pub fps: f64,
+}
+
+impl StreamShared {
+    pub fn new(name: &str, ring: usize, follower_lag: usize) -> Self {
+        StreamShared {
+            name: name.to_string(),
+            hub: EventHub::new(ring, follower_lag),
+            stats: Arc::new(SourceStats::default()),
+            processed: AtomicU64::new(0),
+            status: Mutex::new(Status {
+                state: State::Starting,
+                last_error: None,
+                processed_at: VecDeque::with_capacity(FPS_WINDOW),
+            }),
+            snapshot: Mutex::new(None),
+            decode_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
+            end_to_end_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
+        }
+    }
+
+    /// Sets the state (and the last error, for failures) and tells the followers.
+    pub fn set_state(&self, state: State, message: &str) {
+        if let Ok(mut s) = self.status.lock() {
+            s.state = state;
+            if matches!(state, State::Reconnecting | State::Failed) && !message.is_empty() {
+                s.last_error = Some(message.to_string());
+            }
+        }
+        tracing::info!(stream = %self.name, state = state.name(), message, "stream state");
+        self.hub.publish_state(events::line(&StateEvent {
+            stream: &self.name,
+            state: state.name(),
+            message,
+        }));
+    }
+
+    fn note_error(&self, message: String) {
+        tracing::warn!(stream = %self.name, error = %message, "stream frame not processed");
+        if let Ok(mut s) = self.status.lock() {
+            s.last_error = Some(message);
+        }
+    }
+
+    pub fn view(&self) -> RunView {
+        let (state, last_error, fps) = match self.status.lock() {
+            Ok(s) => (s.state, s.last_error.clone(), fps(&s.processed_at)),
+            Err(_) => (State::Failed, Some("status lock poisoned".into()), 0.0),
+        };
+        RunView {
+            state,
+            last_error,
+            decoder: self.stats.decoder.lock().ok().and_then(|d| d.clone()),
+            frames: self.processed.load(Ordering::Relaxed),
+            dropped: self.stats.dropped.load(Ordering::Relaxed),
+            fps,
+        }
+    }
+
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Prometheus samples of the decode latency histogram for this stream.
+    pub fn render_decode_latency(&self, out: &mut String, name: &str) {
+        if let Ok(h) = self.decode_s.lock() {
+            h.render_samples(out, name, &format!("stream=\"{}\"", self.name));
+        }
+    }
+
+    /// Prometheus samples of the end-to-end latency histogram for this stream.
+    pub fn render_end_to_end_latency(&self, out: &mut String, name: &str) {
+        if let Ok(h) = self.end_to_end_s.lock() {
+            h.render_samples(out, name, &format!("stream=\"{}\"", self.name));
+        }
+    }
+
+    fn processed(&self, decoded_at: Instant, decode_latency: Option<Duration>) {
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if let Ok(mut s) = self.status.lock() {
+            if s.processed_at.len() >= FPS_WINDOW {
+                s.processed_at.pop_front();
+            }
+            s.processed_at.push_back(now);
+        }
+        if let (Some(d), Ok(mut h)) = (decode_latency, self.decode_s.lock()) {
+            h.observe(d.as_secs_f64());
+        }
+        if let Ok(mut h) = self.end_to_end_s.lock() {
+            h.observe(now.duration_since(decoded_at).as_secs_f64());
+        }
+    }
+}
+
+/// Frames per second over the recent processing instants (0 when idle for 5 s).
+fn fps(times: &VecDeque<Instant>) -> f64 {
+    match (times.front(), times.back()) {
+        (Some(first), Some(last)) if times.len() > 1 && last.elapsed() < Duration::from_secs(5) => {
+            let span = last.duration_since(*first).as_secs_f64();
+            if span > 0.0 {
+                (times.len() - 1) as f64 / span
+            } else {
+                0.0
+            }
+        }
+        _ => 0.0,
+    }
+}
+
+/// One definition's run.
+pub struct Run {
+    pub shared: Arc<StreamShared>,
+    pub spec: StreamSpec,
+    pub source: Source,
+    pub service: DetectService,
+    pub settings: RunSettings,
+}
+
+/// The settings a frame is processed with.
+struct FrameRules {
+    threshold: f32,
+    low: f32,
+    live: bool,
+}
+
+impl Run {
+    /// Runs until `cancel`, or until a file ends or fails.
+    pub async fn run(self, cancel: CancellationToken) {
+        let live = self.source.is_live();
+        let threshold = self
+            .spec
+            .threshold
+            .unwrap_or(self.service.config().default_threshold);
+        let rules = FrameRules {
+            threshold,
+            low: threshold * TRACK_LOW_RATIO,
+            live,
+        };
+        let mut tracker = Tracker::new(TrackerConfig {
+            high: threshold.next_up(),
+            low: rules.low,
+            match_iou: 0.3,
+            lost_timeout_ms: self.settings.lost_track_ms,
+        });
+        let opts = SourceOptions {
+            max_fps: self.spec.max_fps,
+            stall_timeout: self.settings.stall_timeout,
+            rtsp_timeout: self.settings.rtsp_timeout,
+        };
+        let mut backoff = self.settings.reconnect_min;
+        self.shared.set_state(State::Starting, "");
+        loop {
+            tracker.reset();
+            let (outcome, had_frames) =
+                match source::start(&self.source, opts, self.shared.stats.clone()) {
+                    Ok(attempt) => self.frames(attempt, &rules, &mut tracker, &cancel).await,
+                    Err(e) => (Outcome::Error(e.to_string()), false),
+                };
+            if cancel.is_cancelled() {
+                return;
+            }
+            let message = match &outcome {
+                Outcome::Eos => "the source ended".to_string(),
+                Outcome::Error(e) => e.clone(),
+                Outcome::Stopped => return,
+            };
+            if !live {
+                match outcome {
+                    Outcome::Eos => self.shared.set_state(State::Finished, "end of file"),
+                    _ => self.shared.set_state(State::Failed, &message),
+                }
+                return;
+            }
+            if had_frames {
+                backoff = self.settings.reconnect_min;
+            }
+            self.shared.set_state(
+                State::Reconnecting,
+                &format!("{message}; reconnecting in {:.1} s", backoff.as_secs_f64()),
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.settings.reconnect_max);
+        }
+    }
+
+    /// Processes an attempt's frames until it ends or `cancel`; says how it ended and whether it
+    /// gave any frame.
+    async fn frames(
+        &self,
+        mut attempt: source::Attempt,
+        rules: &FrameRules,
+        tracker: &mut Tracker,
+        cancel: &CancellationToken,
+    ) -> (Outcome, bool) {
+        let mut had_frames = false;
+        let interval = (rules.live && self.spec.max_fps > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / self.spec.max_fps));
+        let mut next_due = Instant::now();
+        let mut last_t = 0u64;
+        loop {
+            let frame = tokio::select! {
+                _ = cancel.cancelled() => break,
+                f = attempt.next() => f,
+            };
+            let Some(frame) = frame else { break };
+            if !had_frames {
+                had_frames = true;
+                self.shared.set_state(State::Running, "");
+            }
+            let frame = match interval {
+                // Live sources with max_fps: wait for the next slot, then take the newest frame
+                // (the slot keeps replacing it meanwhile, counting drops).
+                Some(step) => {
+                    if Instant::now() < next_due {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep_until(next_due.into()) => {}
+                        }
+                    }
+                    next_due = Instant::now() + step;
+                    attempt.newest(frame)
+                }
+                None => frame,
+            };
+            last_t = last_t.max(frame.pts_ms);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.process(frame, last_t, rules, tracker) => {}
+            }
+        }
+        (attempt.finish().await, had_frames)
+    }
+
+    /// Detects, tracks, publishes and keeps the snapshot of one frame.
+    async fn process(&self, frame: Frame, t_ms: u64, rules: &FrameRules, tracker: &mut Tracker) {
+        let Frame {
+            seq,
+            rgb,
+            pts_ms,
+            decoded_at,
+            decode_latency,
+        } = frame;
+        let rgb = Arc::new(rgb);
+        let Some(out) = self.detect(&rgb, rules).await else {
+            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let inputs: Vec<TrackInput> = out
+            .detections
+            .iter()
+            .map(|d| TrackInput {
+                class: d.query_index,
+                score: d.score,
+                bbox: d.bbox,
+            })
+            .collect();
+        let ids = tracker.update(t_ms, &inputs);
+        let tracked: Vec<TrackedDetection> = out
+            .detections
+            .into_iter()
+            .zip(ids)
+            .filter(|(d, _)| d.score > rules.threshold)
+            .map(|(detection, track_id)| TrackedDetection {
+                detection,
+                track_id,
+            })
+            .collect();
+        let line = events::line(&FrameEvent {
+            stream: &self.shared.name,
+            frame: seq,
+            pts_ms,
+            width: out.width,
+            height: out.height,
+            detections: &tracked,
+        });
+        self.shared.hub.publish_frame(seq, line);
+        let annotations = tracked
+            .iter()
+            .map(|t| Annotation {
+                bbox: t.detection.bbox,
+                label: t.detection.label.clone(),
+                score: t.detection.score,
+                track_id: t.track_id,
+                class: t.detection.query_index,
+            })
+            .collect();
+        if let Ok(mut s) = self.shared.snapshot.lock() {
+            *s = Some(Arc::new(Snapshot {
+                frame: seq,
+                rgb,
+                annotations,
+            }));
+        }
+        self.shared.processed(decoded_at, decode_latency);
+    }
+
+    /// The service's answer for one frame at the tracker's low threshold. Files wait for room in
+    /// the queue (every frame counts); live frames are dropped when the service is saturated.
+    async fn detect(
+        &self,
+        rgb: &Arc<Rgb>,
+        rules: &FrameRules,
+    ) -> Option<crate::service::DetectOutput> {
+        loop {
+            let mut req =
+                DetectRequest::new(ImageInput::Shared(rgb.clone()), self.spec.queries.clone());
+            req.threshold = Some(rules.low);
+            req.nms = self.spec.nms;
+            match self.service.detect(req).await {
+                Ok(out) => return Some(out),
+                Err(DetectError::QueueFull) if !rules.live => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(DetectError::QueueFull) => return None,
+                Err(DetectError::Stopped) => return None,
+                Err(e) => {
+                    self.shared.note_error(e.to_string());
+                    return None;
+                }
+            }
+        }
+    }
+}
