@@ -16,7 +16,11 @@ for f in ./usr/bin/intelligent-video ./usr/lib/intelligent-video/libonnxruntime.
     ./usr/lib/systemd/system/intelligent-video.socket; do
     grep -q " $f\$" <<<"$contents" || { echo "missing $f in the package"; exit 1; }
 done
-dpkg-deb -f "$deb" Depends | grep -q adduser
+depends=$(dpkg-deb -f "$deb" Depends)
+for d in adduser libgstreamer1.0-0 libgstreamer-plugins-base1.0-0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good; do
+    grep -q "$d" <<<"$depends" || { echo "Depends lacks $d: $depends"; exit 1; }
+done
+dpkg-deb -f "$deb" Recommends | grep -q gstreamer1.0-libav || { echo "Recommends lacks gstreamer1.0-libav"; exit 1; }
 dpkg-deb -e "$deb" "$(mktemp -d)" && echo "control files ok"
 conffiles=$(dpkg-deb -I "$deb" conffiles)
 grep -qx /etc/intelligent-video/config.toml <<<"$conffiles" || { echo "config.toml is not a conffile"; exit 1; }

@@ -1,9 +1,11 @@
 //! Response bodies: a whole body (`Full`) for every JSON, text or image answer, or a stream of
 //! NDJSON lines fed by a channel (stream events). A streamed body can hold its connection's
-//! "request in progress" guard, so a follower is not taken for an idle connection.
+//! "request in progress" guard, so a follower is not taken for an idle connection; its feeder can
+//! let go of that guard (a follower that stopped reading), making the connection evictable again.
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,25 +18,32 @@ pub enum Body {
     Full(Full<Bytes>),
     Stream {
         rx: mpsc::Receiver<Bytes>,
-        /// Dropped with the body (the connection's in-flight mark).
-        guard: Option<Box<dyn Send + Sync>>,
+        /// The connection's in-flight mark: dropped with the body, or earlier by the feeder.
+        guard: Guard,
     },
 }
+
+/// A slot for a connection's in-flight mark, shared by a streamed body and its feeder.
+pub type Guard = Arc<Mutex<Option<Box<dyn Send + Sync>>>>;
 
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Self {
         Body::Full(Full::new(b.into()))
     }
 
-    /// A body that yields what `rx` receives, and ends when every sender is gone.
-    pub fn stream(rx: mpsc::Receiver<Bytes>) -> Self {
-        Body::Stream { rx, guard: None }
+    /// A body that yields what `rx` receives, and ends when every sender is gone; `guard` will
+    /// hold the connection's in-flight mark.
+    pub fn stream(rx: mpsc::Receiver<Bytes>, guard: Guard) -> Self {
+        Body::Stream { rx, guard }
     }
 
-    /// Keeps `g` alive as long as a streamed body (a whole body drops it at once).
+    /// Keeps `g` as long as a streamed body (or until its feeder lets go); a whole body drops it
+    /// at once.
     pub fn hold(&mut self, g: impl Send + Sync + 'static) {
         if let Body::Stream { guard, .. } = self {
-            *guard = Some(Box::new(g));
+            if let Ok(mut slot) = guard.lock() {
+                *slot = Some(Box::new(g));
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::body::Body;
+use super::body::{Body, Guard};
 use super::error::ApiError;
 use super::http::{
     error_response, json_response, media_type, parse_number, query_pairs, read_body, ready_service,
@@ -190,8 +190,15 @@ fn follow(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, ApiError> 
     let shared = m.get(name).ok_or_else(|| not_found(name))?;
     let sub = shared.hub.subscribe(since);
     let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
-    tokio::spawn(forward(sub, tx, m.stopping().clone(), shared.name.clone()));
-    let mut r = Response::new(Body::stream(rx));
+    let guard = Guard::default();
+    tokio::spawn(forward(
+        sub,
+        tx,
+        m.stopping().clone(),
+        shared.name.clone(),
+        guard.clone(),
+    ));
+    let mut r = Response::new(Body::stream(rx, guard));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
@@ -202,30 +209,30 @@ fn follow(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, ApiError> 
 }
 
 /// Feeds a follower: the replay, then live events, until the stream goes, the daemon stops, the
-/// connection closes, or the follower falls behind (told so in a last line).
+/// connection closes, or the follower falls behind (told so in a last line). A follower that took
+/// no line for `FOLLOWER_SEND_TIMEOUT` is let go: its connection loses its in-flight mark, so the
+/// connection cap can evict it.
 async fn forward(
     sub: Subscription,
     tx: mpsc::Sender<Bytes>,
     stop: CancellationToken,
     name: String,
+    guard: Guard,
 ) {
-    let send = |line: Bytes| {
-        let tx = tx.clone();
-        async move {
-            matches!(
-                tokio::time::timeout(FOLLOWER_SEND_TIMEOUT, tx.send(line)).await,
-                Ok(Ok(()))
-            )
+    let Subscription { replay, mut live } = sub;
+    let let_go = || {
+        if let Ok(mut g) = guard.lock() {
+            g.take();
         }
     };
-    let Subscription { replay, mut live } = sub;
     for line in replay {
-        if !send(line).await {
-            return;
+        if !send(&tx, line).await {
+            return let_go();
         }
     }
     loop {
         let next = tokio::select! {
+            biased;
             _ = stop.cancelled() => {
                 let _ = tx.try_send(state_line(&name, "stopping", "the daemon is stopping"));
                 return;
@@ -235,8 +242,8 @@ async fn forward(
         };
         match next {
             Ok(line) => {
-                if !send(line).await {
-                    return;
+                if !send(&tx, line).await {
+                    return let_go();
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -246,9 +253,23 @@ async fn forward(
                 let _ = tx.try_send(state_line(&name, "lagged", &msg));
                 return;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => {
+                // Stopping wins over a stream that closed at the same moment.
+                if stop.is_cancelled() {
+                    let _ = tx.try_send(state_line(&name, "stopping", "the daemon is stopping"));
+                }
+                return;
+            }
         }
     }
+}
+
+/// Sends one line, within `FOLLOWER_SEND_TIMEOUT`; false when the follower is gone or stuck.
+async fn send(tx: &mpsc::Sender<Bytes>, line: Bytes) -> bool {
+    matches!(
+        tokio::time::timeout(FOLLOWER_SEND_TIMEOUT, tx.send(line)).await,
+        Ok(Ok(()))
+    )
 }
 
 fn state_line(stream: &str, state: &str, message: &str) -> Bytes {

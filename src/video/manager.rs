@@ -65,9 +65,10 @@ pub struct StreamStatus {
     pub name: String,
     pub url: String,
     pub queries: Vec<String>,
-    pub threshold: f32,
+    /// As written (0.1, not the f32's 0.10000000149011612).
+    pub threshold: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub nms: Option<f32>,
+    pub nms: Option<f64>,
     pub max_fps: f64,
     pub origin: Origin,
     pub state: State,
@@ -310,8 +311,8 @@ impl StreamManager {
                     name: e.spec.name.clone(),
                     url: e.spec.url.clone(),
                     queries: e.spec.queries.clone(),
-                    threshold: e.spec.threshold.unwrap_or(default),
-                    nms: e.spec.nms,
+                    threshold: shortest(e.spec.threshold.unwrap_or(default)),
+                    nms: e.spec.nms.map(shortest),
                     max_fps: e.spec.max_fps,
                     origin: e.origin,
                     state: v.state,
@@ -427,6 +428,11 @@ impl StreamManager {
             tracing::warn!("streams did not stop within the grace period");
         }
     }
+}
+
+/// The f64 whose shortest decimal form is the f32's (what the user wrote).
+fn shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
 }
 
 /// Reads a counter off a stream's view.

@@ -16,4 +16,5 @@ mod int8;
 mod model_pull;
 mod optimize;
 mod parity;
+mod streams;
 mod tokenizer;

@@ -184,6 +184,12 @@ impl Daemon {
     }
 
     pub(crate) fn start_with(model: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::launch(model, &[], env)
+    }
+
+    /// Starts `serve ARGS…` with `model` and extra `IV_*` settings (they override the harness's
+    /// own, e.g. `IV_STATE_DIR`).
+    pub(crate) fn launch(model: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tmp");
         let socket = dir.path().join("run/detect.sock");
         let notify_path = dir.path().join("notify.sock");
@@ -223,7 +229,9 @@ impl Daemon {
         let stderr = std::fs::File::create(&stderr_path).expect("log");
         let mut cmd = bin::command();
         cmd.arg("serve")
+            .args(args)
             .env("NOTIFY_SOCKET", &notify_path)
+            .env("IV_STATE_DIR", dir.path().join("state"))
             .env("IV_MODEL", model)
             .env("IV_SOCKET_PATH", &socket)
             .env("IV_HTTP_ADDR", format!("127.0.0.1:{port}"))
