@@ -43,10 +43,13 @@ IV_MODEL="$model" IV_SOCKET_PATH="$sock" IV_HTTP_ADDR="127.0.0.1:$port" IV_WARMU
     IV_CACHE_DIR="$out/cache" IV_STATE_DIR="$out/state" IV_LOG_LEVEL=warn IV_MAX_BATCH_SIZE=4 \
     "$bin" serve 2>"$out/serve.log" &
 pid=$!
-until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.1; done
+until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || { cat "$out/serve.log" >&2; exit 1; }
+    sleep 0.1
+done
 tck=$(getconf CLK_TCK)
 cpu() { awk -v t="$tck" '{print ($14 + $15) / t}' "/proc/$pid/stat"; }
-metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {s += $2} END {print s + 0}'; }
+metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'; }
 api() { curl -s --unix-socket "$sock" "$@"; }
 
 for n in 1 4; do

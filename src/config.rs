@@ -138,6 +138,8 @@ pub struct Config {
     pub log_level: String,
     pub onnxruntime_path: Option<PathBuf>,
     pub threads: usize,
+    /// Idle ONNX Runtime threads spin-wait for work (off: their cores go to decoding streams).
+    pub cpu_spin_wait: bool,
     pub query_cache_size: usize,
     pub max_connections: usize,
     pub header_timeout_ms: u64,
@@ -210,6 +212,7 @@ impl Default for Config {
             log_level: "info".into(),
             onnxruntime_path: None,
             threads: 0,
+            cpu_spin_wait: false,
             query_cache_size: 1024,
             max_connections: 256,
             header_timeout_ms: 10_000,

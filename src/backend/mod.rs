@@ -123,6 +123,8 @@ pub struct SessionPlan<'a> {
     pub provider: Provider,
     /// Intra-op threads (0 = ONNX Runtime's default: one per core).
     pub threads: usize,
+    /// Whether idle intra-op threads spin-wait for work (CPU provider).
+    pub spin_wait: bool,
     /// Full graph optimisations (`true`) or only the basic, semantics-preserving rewrites (the
     /// eager baseline of `bench --compare`).
     pub optimize: bool,

@@ -240,6 +240,11 @@ fn session(
             .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
             .map_err(|e| err(e.to_string()))?;
     }
+    // Idle intra-op threads spin for work unless told not to: faster back-to-back inferences of
+    // small graphs, but cores taken from video decoding and preprocessing (README, "CPU threads").
+    b = b
+        .with_intra_op_spinning(plan.spin_wait)
+        .map_err(|e| err(e.to_string()))?;
     if plan.threads > 0 {
         b = b
             .with_intra_threads(plan.threads)

@@ -48,6 +48,10 @@ pub struct RuntimeArgs {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0, env = "IV_THREADS")]
     pub threads: usize,
+    /// Let idle ONNX Runtime threads spin-wait for work (faster back-to-back small inferences,
+    /// more CPU).
+    #[arg(long, env = "IV_CPU_SPIN_WAIT")]
+    pub cpu_spin_wait: bool,
 }
 
 impl RuntimeArgs {
@@ -56,6 +60,7 @@ impl RuntimeArgs {
         crate::engine::DetectorOptions {
             library: self.onnxruntime.clone(),
             threads: self.threads,
+            spin_wait: self.cpu_spin_wait,
             ..crate::engine::DetectorOptions::default()
         }
     }

@@ -23,6 +23,8 @@ pub struct DetectorOptions {
     pub library: Option<PathBuf>,
     /// Intra-op threads for ONNX Runtime (0 = one per core).
     pub threads: usize,
+    /// Idle intra-op threads spin-wait for work (default off: the cores go to decoding).
+    pub spin_wait: bool,
     /// Query embeddings kept in the LRU cache.
     pub query_cache: usize,
     /// Attention form of the image graph on providers that run the fused kernel (TensorRT always
@@ -44,6 +46,7 @@ impl Default for DetectorOptions {
         DetectorOptions {
             library: None,
             threads: 0,
+            spin_wait: false,
             query_cache: 1024,
             attention: Attention::Fused,
             optimize: true,
@@ -60,6 +63,7 @@ impl DetectorOptions {
         DetectorOptions {
             library: cfg.onnxruntime_path.clone(),
             threads: cfg.threads,
+            spin_wait: cfg.cpu_spin_wait,
             query_cache: cfg.query_cache_size,
             optimize: cfg.enable_optimization,
             precision: if provider == Provider::Cpu {
@@ -131,6 +135,7 @@ pub(super) fn backend(
         library: opts.library.as_deref(),
         provider: opts.provider.clone(),
         threads: opts.threads,
+        spin_wait: opts.spin_wait,
         optimize: opts.optimize,
         image: graph_source(artifact, &image_bytes, &image_path, &image_weights),
         text: graph_source(artifact, &text_bytes, &text_path, &text_weights),
