@@ -358,7 +358,7 @@ fn build_output(
         arrivals: arrivals.clone(),
         last_frame: last_frame.clone(),
         interval_ns: (!live && opts.max_fps > 0.0).then(|| (1e9 / opts.max_fps) as u64),
-        next_due_ns: 0,
+        sampler: Sampler::default(),
     };
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -481,7 +481,38 @@ struct FrameCallback {
     last_frame: Arc<Mutex<Instant>>,
     /// Files with `max_fps`: keep a frame per interval of stream time.
     interval_ns: Option<u64>,
-    next_due_ns: u64,
+    sampler: Sampler,
+}
+
+/// Keeps one frame per interval of stream time, on a grid anchored at the first frame kept (1 ms
+/// of slack, so 30 fps sampled at 10 fps keeps every third frame despite rounded timestamps).
+#[derive(Debug, Default)]
+struct Sampler {
+    next_due_ns: Option<u64>,
+}
+
+impl Sampler {
+    const SLACK_NS: u64 = 1_000_000;
+
+    fn keep(&mut self, t_ns: u64, interval_ns: u64) -> bool {
+        let due = self.next_due_ns.unwrap_or(0);
+        if self.next_due_ns.is_some() && t_ns + Self::SLACK_NS < due {
+            return false;
+        }
+        let mut next = if self.next_due_ns.is_some() {
+            due
+        } else {
+            t_ns
+        };
+        while next <= t_ns + Self::SLACK_NS {
+            next = next.saturating_add(interval_ns.max(1));
+            if next == u64::MAX {
+                break;
+            }
+        }
+        self.next_due_ns = Some(next);
+        true
+    }
 }
 
 impl FrameCallback {
@@ -496,13 +527,22 @@ impl FrameCallback {
         }
         let seq = self.stats.decoded.fetch_add(1, Ordering::Relaxed);
         let pts = sample.buffer().and_then(|b| b.pts());
-        let pts_ns = pts.map_or(0, gst::ClockTime::nseconds);
+        // Running time: a file's first frame is at 0 even when its PTS start later (an MP4 edit
+        // list starts them at the B-frame delay).
+        let pts_ns = pts
+            .and_then(|p| {
+                sample
+                    .segment()
+                    .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                    .and_then(|s| s.to_running_time(p))
+                    .or(Some(p))
+            })
+            .map_or(0, gst::ClockTime::nseconds);
         if let Some(interval) = self.interval_ns {
-            if pts_ns < self.next_due_ns {
+            if !self.sampler.keep(pts_ns, interval) {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(gst::FlowSuccess::Ok);
             }
-            self.next_due_ns = (self.next_due_ns.max(pts_ns.saturating_sub(interval))) + interval;
         }
         let rgb = match packed_rgb(&sample) {
             Ok(rgb) => rgb,
@@ -628,5 +668,35 @@ fn watch_bus(
                 return Outcome::Error(format!("no frame for {} s", limit.as_secs_f64()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sampler;
+
+    fn kept(times_ms: &[f64], fps: f64) -> Vec<usize> {
+        let mut s = Sampler::default();
+        let interval = (1e9 / fps) as u64;
+        times_ms
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| s.keep((*t * 1e6) as u64, interval))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn samples_on_a_grid_from_the_first_frame() {
+        let ten: Vec<f64> = (0..8).map(|i| 200.0 + i as f64 * 100.0).collect();
+        assert_eq!(kept(&ten, 5.0), vec![0, 2, 4, 6]);
+        let thirty: Vec<f64> = (0..10).map(|i| i as f64 * 1000.0 / 30.0).collect();
+        assert_eq!(kept(&thirty, 10.0), vec![0, 3, 6, 9]);
+        // A gap does not make a burst: the grid jumps past it.
+        assert_eq!(
+            kept(&[0.0, 100.0, 1000.0, 1100.0, 1200.0], 5.0),
+            vec![0, 2, 4]
+        );
+        assert_eq!(kept(&[0.0, 0.0, 0.0], 1.0), vec![0]);
     }
 }

@@ -447,6 +447,47 @@ fn api_validates_persists_and_restores_streams() {
         "{saved}"
     );
 
+    // max_fps on a file samples by timestamp: 5 of 10 fps keeps frames 0, 2, 4, 6.
+    let sampled = json!({"url": url, "queries": ["a dog"], "max_fps": 5});
+    assert_eq!(put(&d, "sampled", &sampled).status, 201);
+    let s = wait_status(&d, "sampled", Duration::from_secs(60), |s| {
+        s["state"] == "finished"
+    });
+    assert_eq!(
+        (s["frames"].as_u64(), s["dropped"].as_u64()),
+        (Some(4), Some(4)),
+        "{s}"
+    );
+    let numbers: Vec<u64> =
+        frame_lines(Follower::open(&d, "/v1/streams/sampled/events?since=0").lines(4))
+            .iter()
+            .filter_map(|l| l["frame"].as_u64())
+            .collect();
+    assert_eq!(numbers, vec![0, 2, 4, 6]);
+    assert_eq!(
+        d.request("DELETE", "/v1/streams/sampled", None, b"").status,
+        204
+    );
+
+    // An http:// source (GStreamer's HTTP client): a live source, so it plays and then reconnects.
+    let http = HttpServer::start(tmp.path());
+    let http_url = format!("http://127.0.0.1:{}/clip.mp4", http.port);
+    assert_eq!(
+        put(&d, "web", &json!({"url": http_url, "queries": ["a dog"]})).status,
+        201
+    );
+    let s = wait_status(&d, "web", Duration::from_secs(60), |s| {
+        s["frames"].as_u64() > Some(0)
+    });
+    assert!(
+        s["decoder"].as_str().is_some_and(|n| n.contains("264")),
+        "{s}"
+    );
+    assert_eq!(
+        d.request("DELETE", "/v1/streams/web", None, b"").status,
+        204
+    );
+
     // Back after a restart, from the state file; deleted for good.
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0));
@@ -468,6 +509,43 @@ fn api_validates_persists_and_restores_streams() {
     assert_eq!(d.request("GET", "/v1/streams/extra", None, b"").status, 404);
     let saved = std::fs::read_to_string(state.join("streams.json")).expect("state file");
     assert!(!saved.contains("extra"), "{saved}");
+}
+
+/// `python3 -m http.server` on a free loopback port, serving `dir` (killed on drop).
+struct HttpServer {
+    child: Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start(dir: &Path) -> HttpServer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 http.server starts");
+        let up = wait::until_true(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "http.server did not listen");
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The local RTSP server (killed on drop).
