@@ -187,6 +187,12 @@ pub fn tensorrt_version(ort_dir: Option<&std::path::Path>) -> Result<String, Str
     library_version(TENSORRT_LIBS, ort_dir, VersionFn::TensorRt)
 }
 
+/// TensorRT 11's version when `libnvinfer.so.11` is present (ONNX Runtime 1.31's TensorRT EP
+/// links `libnvinfer.so.10` and cannot use it).
+pub fn tensorrt11_version(ort_dir: Option<&std::path::Path>) -> Result<String, String> {
+    library_version(&["libnvinfer.so.11"], ort_dir, VersionFn::TensorRt)
+}
+
 /// The CUDA runtime's version (`libcudart`), looked up beside ONNX Runtime first.
 pub fn cuda_runtime_version(ort_dir: Option<&std::path::Path>) -> Result<String, String> {
     library_version(CUDART_LIBS, ort_dir, VersionFn::CudaRuntime)

@@ -63,5 +63,6 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => intelligent_video::cli::serve::serve(&args),
         Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),
+        Command::Doctor(args) => intelligent_video::cli::doctor::run(&args),
     }
 }

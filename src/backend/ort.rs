@@ -122,6 +122,18 @@ pub fn runtime_path() -> Option<PathBuf> {
     RUNTIME.get()?.as_ref().ok().map(|(_, p)| p.clone())
 }
 
+/// The execution providers the loaded ONNX Runtime was built with, among those the daemon uses.
+pub fn compiled_providers() -> Vec<&'static str> {
+    let mut v = vec!["CPUExecutionProvider"];
+    if matches!(ort::ep::CUDA::is_available(), Ok(true)) {
+        v.push("CUDAExecutionProvider");
+    }
+    if matches!(ort::ep::TensorRT::is_available(), Ok(true)) {
+        v.push("TensorrtExecutionProvider");
+    }
+    v
+}
+
 /// Fails with a clear reason when the loaded ONNX Runtime was built without `provider`'s
 /// execution provider (the PyPI `onnxruntime` wheel is CPU-only).
 pub fn provider_available(provider: &Provider, library: Option<&Path>) -> Result<(), BackendError> {

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod detect;
+pub mod doctor;
 pub mod model;
 pub mod optimize;
 pub mod serve;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(serve::ConfigCommand),
+    /// Check everything the daemon's start depends on (model, folders, socket, ONNX Runtime, GPU,
+    /// CUDA/cuDNN/TensorRT, the backend `auto` picks, GStreamer); exit 1 when it cannot serve.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Settings shared by commands that load the model.

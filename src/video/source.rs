@@ -95,6 +95,18 @@ pub fn init() -> Result<(), SourceError> {
     }
 }
 
+/// Which of `names` are not installed GStreamer elements.
+pub fn missing_elements<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    if init().is_err() {
+        return names.to_vec();
+    }
+    names
+        .iter()
+        .copied()
+        .filter(|n| gst::ElementFactory::find(n).is_none())
+        .collect()
+}
+
 /// GStreamer's version, as `1.22.0`.
 pub fn gstreamer_version() -> Option<String> {
     init().ok()?;

@@ -11,6 +11,7 @@ mod cli_detect;
 mod daemon;
 mod daemon_bad_input;
 mod daemon_load;
+mod doctor;
 mod early_answers;
 mod int8;
 mod model_pull;

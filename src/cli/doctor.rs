@@ -1,0 +1,410 @@
+//! `intelligent-video doctor [--json]`: every check the daemon's start depends on, each `ok`,
+//! `warn` or `fail` with what was found and the fix — the README's troubleshooting as one command.
+//! Exit 0 when the daemon can serve with this configuration (falling back to another backend
+//! counts), 1 when it cannot.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::serve::EX_CONFIG;
+use crate::backend::ort as ort_backend;
+use crate::config::{Config, ConfigOverrides};
+use crate::{engine, gpu, video};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// Configuration file (default /etc/intelligent-video/config.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub overrides: ConfigOverrides,
+}
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn check(
+    name: &'static str,
+    status: Status,
+    detail: impl Into<String>,
+    fix: Option<String>,
+) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+        fix,
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Whether the daemon can serve with this configuration.
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+/// Runs `doctor` and prints its report.
+pub fn run(args: &DoctorArgs) -> ExitCode {
+    let cfg = match Config::load(args.config.as_deref(), &args.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            let r = Report {
+                ok: false,
+                checks: vec![check(
+                    "config",
+                    Status::Fail,
+                    e.to_string(),
+                    Some("fix the setting; `intelligent-video config check` shows the effective configuration".into()),
+                )],
+            };
+            print(&r, args.json);
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let r = diagnose(&cfg);
+    print(&r, args.json);
+    if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print(r: &Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return;
+    }
+    for c in &r.checks {
+        let tag = match c.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        println!("[{tag}] {:<12} {}", c.name, c.detail);
+        if let Some(f) = &c.fix {
+            println!("       {:<12} fix: {f}", "");
+        }
+    }
+    println!(
+        "{}",
+        if r.ok {
+            "the daemon can serve with this configuration"
+        } else {
+            "the daemon cannot serve with this configuration: see FAIL above"
+        }
+    );
+}
+
+/// Every check, in the order the daemon meets them at start.
+pub fn diagnose(cfg: &Config) -> Report {
+    let mut checks = vec![check("config", Status::Ok, "valid".to_string(), None)];
+    for w in cfg.warnings() {
+        checks.push(check("config", Status::Warn, w, None));
+    }
+    checks.push(model(cfg));
+    checks.push(writable_dir(
+        "cache_dir",
+        &cfg.cache_dir,
+        "engines are built in memory at every start",
+    ));
+    checks.push(writable_dir(
+        "state_dir",
+        &cfg.state_dir,
+        "streams added through the API cannot be saved",
+    ));
+    checks.push(socket(cfg));
+    let ort = onnxruntime(cfg);
+    let ort_dir = ort_backend::runtime_path().and_then(|p| p.parent().map(Path::to_path_buf));
+    checks.push(ort);
+    checks.push(gpu_check());
+    checks.extend(gpu_libraries(ort_dir.as_deref()));
+    checks.push(backend_choice(cfg));
+    checks.push(gstreamer(cfg));
+    let ok = checks.iter().all(|c| c.status != Status::Fail);
+    Report { ok, checks }
+}
+
+fn model(cfg: &Config) -> Check {
+    match cfg.installed_model_dir() {
+        Ok(dir) => check(
+            "model",
+            Status::Ok,
+            format!("{} at {}", cfg.model, dir.display()),
+            None,
+        ),
+        Err(e) => check(
+            "model",
+            Status::Fail,
+            e,
+            Some(format!("intelligent-video model pull {}", cfg.model)),
+        ),
+    }
+}
+
+/// Whether this process may write in `dir`, or create it (its nearest existing ancestor is
+/// writable); nothing is created.
+fn writable_dir(name: &'static str, dir: &Path, consequence: &str) -> Check {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let result =
+        nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).map_err(std::io::Error::from);
+    match result {
+        Ok(()) => check(name, Status::Ok, format!("{} is writable", dir.display()), None),
+        Err(e) => check(
+            name,
+            Status::Warn,
+            format!("{} is not writable by this user ({e}): {consequence}", dir.display()),
+            Some(format!(
+                "run doctor as the service user (sudo -u intelligent-video intelligent-video doctor), or give it {}",
+                dir.display()
+            )),
+        ),
+    }
+}
+
+fn socket(cfg: &Config) -> Check {
+    if let Some(g) = &cfg.socket_group {
+        if !matches!(nix::unistd::Group::from_name(g), Ok(Some(_))) {
+            return check(
+                "socket",
+                Status::Fail,
+                format!("socket_group {g:?} does not exist"),
+                Some(format!("groupadd --system {g}, or unset socket_group")),
+            );
+        }
+    }
+    let dir = cfg.socket_path.parent().unwrap_or(Path::new("/"));
+    let detail = format!(
+        "{} (mode {:04o}{})",
+        cfg.socket_path.display(),
+        cfg.socket_mode.0,
+        cfg.socket_group
+            .as_ref()
+            .map(|g| format!(", group {g}"))
+            .unwrap_or_default()
+    );
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let may_create = nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).is_ok();
+    if std::env::var_os("LISTEN_FDS").is_some() || may_create {
+        check("socket", Status::Ok, detail, None)
+    } else {
+        check(
+            "socket",
+            Status::Fail,
+            format!("{detail}: this user cannot create it in {}", existing.display()),
+            Some("use the packaged socket unit (systemctl start intelligent-video.socket), or set IV_SOCKET_PATH to a writable place".into()),
+        )
+    }
+}
+
+fn onnxruntime(cfg: &Config) -> Check {
+    match ort_backend::ensure_runtime(cfg.onnxruntime_path.as_deref()) {
+        Ok(v) => check(
+            "onnxruntime",
+            Status::Ok,
+            format!(
+                "{} at {}; providers: {}",
+                v,
+                ort_backend::runtime_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                ort_backend::compiled_providers().join(", ")
+            ),
+            None,
+        ),
+        Err(e) => check(
+            "onnxruntime",
+            Status::Fail,
+            e.to_string(),
+            Some("reinstall the package (it ships /usr/lib/intelligent-video/libonnxruntime.so.1.31.1) or set IV_ONNXRUNTIME_PATH".into()),
+        ),
+    }
+}
+
+fn gpu_check() -> Check {
+    let g = gpu::discover();
+    match &g.reason {
+        None => check(
+            "gpu",
+            Status::Ok,
+            format!(
+                "{} (compute capability {}, {} MiB, driver {}, {} device(s))",
+                g.name.as_deref().unwrap_or("unknown"),
+                g.compute_capability.as_deref().unwrap_or("?"),
+                g.memory_mb
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                g.driver_version.as_deref().unwrap_or("?"),
+                g.device_count
+            ),
+            None,
+        ),
+        Some(r) => check(
+            "gpu",
+            Status::Warn,
+            format!("no GPU: {r}; the CPU serves"),
+            None,
+        ),
+    }
+}
+
+/// CUDA runtime, cuDNN and TensorRT as ONNX Runtime's GPU providers need them.
+fn gpu_libraries(ort_dir: Option<&Path>) -> Vec<Check> {
+    let lib = |name: &'static str, r: Result<String, String>, fix: &str| match r {
+        Ok(v) => check(name, Status::Ok, v, None),
+        Err(e) => check(name, Status::Warn, e, Some(fix.to_string())),
+    };
+    let mut v = vec![
+        lib(
+            "cuda",
+            gpu::cuda_runtime_version(ort_dir),
+            "for the CUDA and TensorRT backends: install the CUDA 13 runtime (libcudart.so.13)",
+        ),
+        lib(
+            "cudnn",
+            gpu::cudnn_version(ort_dir),
+            "for the CUDA backend: install cuDNN 9 for CUDA 13 (libcudnn.so.9)",
+        ),
+    ];
+    let trt = match (gpu::tensorrt_version(ort_dir), gpu::tensorrt11_version(ort_dir)) {
+        (Ok(v), _) => check("tensorrt", Status::Ok, v, None),
+        (Err(_), Ok(v11)) => check(
+            "tensorrt",
+            Status::Warn,
+            format!("TensorRT {v11} found, but ONNX Runtime's TensorRT provider needs TensorRT 10 (libnvinfer.so.10)"),
+            Some("install TensorRT 10 (libnvinfer10, libnvonnxparsers10) beside it".into()),
+        ),
+        (Err(e), Err(_)) => check(
+            "tensorrt",
+            Status::Warn,
+            e,
+            Some("for the TensorRT backend: install TensorRT 10 (libnvinfer10, libnvonnxparsers10)".into()),
+        ),
+    };
+    v.push(trt);
+    v
+}
+
+fn backend_choice(cfg: &Config) -> Check {
+    let (chosen, fallbacks) = engine::first_available(cfg);
+    let why = fallbacks
+        .iter()
+        .map(|f| format!("{} skipped: {}", f.backend, f.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let detail = format!(
+        "{} would serve (preference {}){}",
+        chosen.name(),
+        serde_json::to_value(cfg.optimization_backend)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!("; {why}")
+        }
+    );
+    let status = if fallbacks.is_empty() {
+        Status::Ok
+    } else {
+        Status::Warn
+    };
+    check("backend", status, detail, None)
+}
+
+/// GStreamer, for video streams: fails only when streams are configured and cannot be decoded.
+fn gstreamer(cfg: &Config) -> Check {
+    let Some(version) = video::source::gstreamer_version() else {
+        let status = if cfg.streams.is_empty() {
+            Status::Warn
+        } else {
+            Status::Fail
+        };
+        return check(
+            "gstreamer",
+            status,
+            "GStreamer cannot be initialised: video streams cannot run",
+            Some("apt install gstreamer1.0-plugins-base gstreamer1.0-plugins-good".into()),
+        );
+    };
+    let core = video::source::missing_elements(&[
+        "uridecodebin3",
+        "decodebin3",
+        "videoconvert",
+        "appsink",
+    ]);
+    let optional = video::source::missing_elements(&[
+        "rtspsrc",
+        "souphttpsrc",
+        "v4l2src",
+        "avdec_h264",
+        "avdec_h265",
+    ]);
+    let hardware: Vec<&str> = ["nvh264dec", "nvh265dec", "nvv4l2decoder"]
+        .into_iter()
+        .filter(|e| !video::source::missing_elements(&[e]).contains(e))
+        .collect();
+    let hw = if hardware.is_empty() {
+        "no NVIDIA hardware decoder (software decoding)".to_string()
+    } else {
+        format!("NVIDIA decoders: {}", hardware.join(", "))
+    };
+    if !core.is_empty() {
+        let status = if cfg.streams.is_empty() {
+            Status::Warn
+        } else {
+            Status::Fail
+        };
+        return check(
+            "gstreamer",
+            status,
+            format!(
+                "{version}; missing elements {}: video streams cannot run",
+                core.join(", ")
+            ),
+            Some("apt install gstreamer1.0-plugins-base".into()),
+        );
+    }
+    if !optional.is_empty() {
+        return check(
+            "gstreamer",
+            Status::Warn,
+            format!(
+                "{version}; {hw}; missing {} (those sources or codecs will fail)",
+                optional.join(", ")
+            ),
+            Some("apt install gstreamer1.0-plugins-good gstreamer1.0-libav".into()),
+        );
+    }
+    check("gstreamer", Status::Ok, format!("{version}; {hw}"), None)
+}
