@@ -344,17 +344,19 @@ fn backend_choice(cfg: &Config) -> Check {
 
 /// GStreamer, for video streams: fails only when streams are configured and cannot be decoded.
 fn gstreamer(cfg: &Config) -> Check {
-    let Some(version) = video::source::gstreamer_version() else {
+    // Without streams configured, a GStreamer problem only stops streams added later.
+    let blocked = |detail: String, fix: &str| {
         let status = if cfg.streams.is_empty() {
             Status::Warn
         } else {
             Status::Fail
         };
-        return check(
-            "gstreamer",
-            status,
-            "GStreamer cannot be initialised: video streams cannot run",
-            Some("apt install gstreamer1.0-plugins-base gstreamer1.0-plugins-good".into()),
+        check("gstreamer", status, detail, Some(fix.to_string()))
+    };
+    let Some(version) = video::source::gstreamer_version() else {
+        return blocked(
+            "GStreamer cannot be initialised: video streams cannot run".into(),
+            "apt install gstreamer1.0-plugins-base gstreamer1.0-plugins-good",
         );
     };
     let core = video::source::missing_elements(&[
@@ -380,19 +382,12 @@ fn gstreamer(cfg: &Config) -> Check {
         format!("NVIDIA decoders: {}", hardware.join(", "))
     };
     if !core.is_empty() {
-        let status = if cfg.streams.is_empty() {
-            Status::Warn
-        } else {
-            Status::Fail
-        };
-        return check(
-            "gstreamer",
-            status,
+        return blocked(
             format!(
                 "{version}; missing elements {}: video streams cannot run",
                 core.join(", ")
             ),
-            Some("apt install gstreamer1.0-plugins-base".into()),
+            "apt install gstreamer1.0-plugins-base",
         );
     }
     if !optional.is_empty() {

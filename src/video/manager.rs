@@ -385,27 +385,23 @@ impl StreamManager {
             let up = u8::from(e.shared.view().state == State::Running);
             let _ = writeln!(out, "iv_stream_up{{stream=\"{}\"}} {up}", e.spec.name);
         }
-        let (dec, e2e) = (
-            "iv_stream_decode_latency_seconds",
-            "iv_stream_end_to_end_latency_seconds",
-        );
-        header(
-            out,
-            dec,
-            "histogram",
-            "Time from a compressed frame entering the decoder to its RGB frame.",
-        );
-        for e in map.values() {
-            e.shared.render_decode_latency(out, dec);
-        }
-        header(
-            out,
-            e2e,
-            "histogram",
-            "Time from a decoded frame to its event being published.",
-        );
-        for e in map.values() {
-            e.shared.render_end_to_end_latency(out, e2e);
+        let histograms: [(&str, &str, RenderLatency); 2] = [
+            (
+                "iv_stream_decode_latency_seconds",
+                "Time from a compressed frame entering the decoder to its RGB frame.",
+                StreamShared::render_decode_latency,
+            ),
+            (
+                "iv_stream_end_to_end_latency_seconds",
+                "Time from a decoded frame to its event being published.",
+                StreamShared::render_end_to_end_latency,
+            ),
+        ];
+        for (name, help, render) in histograms {
+            header(out, name, "histogram", help);
+            for e in map.values() {
+                render(&e.shared, out, name);
+            }
         }
     }
 
@@ -434,6 +430,9 @@ impl StreamManager {
 fn shortest(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(f64::from(v))
 }
+
+/// Renders one of a stream's latency histograms.
+type RenderLatency = fn(&StreamShared, &mut String, &str);
 
 /// Reads a counter off a stream's view.
 type ViewCount = fn(&super::stream::RunView) -> u64;
