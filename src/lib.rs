@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod cpu;
 pub mod engine;
 pub mod fsutil;
 pub mod gpu;

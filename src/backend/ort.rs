@@ -122,6 +122,22 @@ pub fn runtime_path() -> Option<PathBuf> {
     RUNTIME.get()?.as_ref().ok().map(|(_, p)| p.clone())
 }
 
+/// Intra-op threads and their affinity: the configured count; or, by default on the CPU provider
+/// of a heterogeneous CPU, one thread per performance core, pinned there (GB10: 41.6 vs 32.9 FPS
+/// for a YOLO model pinned to the 10 X925 cores, ultralytics' DGX Spark report).
+fn intra_op_threads(plan: &SessionPlan<'_>) -> (usize, Option<String>) {
+    if plan.threads > 0 || plan.provider != Provider::Cpu {
+        return (plan.threads, None);
+    }
+    match crate::cpu::performance_cores(Path::new(crate::cpu::SYSFS_CPU)) {
+        Some(big) => {
+            tracing::info!(cores = ?big, "heterogeneous CPU: inference threads on the performance cores");
+            (big.len(), crate::cpu::affinity_string(&big))
+        }
+        None => (0, None),
+    }
+}
+
 /// The execution providers the loaded ONNX Runtime was built with, among those the daemon uses.
 pub fn compiled_providers() -> Vec<&'static str> {
     let mut v = vec!["CPUExecutionProvider"];
@@ -257,9 +273,15 @@ fn session(
     b = b
         .with_intra_op_spinning(plan.spin_wait)
         .map_err(|e| err(e.to_string()))?;
-    if plan.threads > 0 {
+    let (threads, affinity) = intra_op_threads(plan);
+    if threads > 0 {
         b = b
-            .with_intra_threads(plan.threads)
+            .with_intra_threads(threads)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if let Some(a) = affinity {
+        b = b
+            .with_config_entry("session.intra_op_thread_affinities", a)
             .map_err(|e| err(e.to_string()))?;
     }
     let eps = execution_providers(&plan.provider, graph, input, source);

@@ -140,6 +140,7 @@ pub fn diagnose(cfg: &Config) -> Report {
     let ort = onnxruntime(cfg);
     let ort_dir = ort_backend::runtime_path().and_then(|p| p.parent().map(Path::to_path_buf));
     checks.push(ort);
+    checks.push(cpu_check(cfg));
     checks.push(gpu_check());
     checks.extend(gpu_libraries(ort_dir.as_deref()));
     checks.push(backend_choice(cfg));
@@ -248,6 +249,21 @@ fn onnxruntime(cfg: &Config) -> Check {
             Some("reinstall the package (it ships /usr/lib/intelligent-video/libonnxruntime.so.1.31.1) or set IV_ONNXRUNTIME_PATH".into()),
         ),
     }
+}
+
+fn cpu_check(cfg: &Config) -> Check {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let detail = match (
+        cfg.threads,
+        crate::cpu::performance_cores(Path::new(crate::cpu::SYSFS_CPU)),
+    ) {
+        (0, Some(big)) => format!(
+            "{cores} cores, heterogeneous: inference threads on the performance cores {big:?}"
+        ),
+        (0, None) => format!("{cores} cores: one inference thread per core"),
+        (n, _) => format!("{cores} cores: {n} inference threads (threads)"),
+    };
+    check("cpu", Status::Ok, detail, None)
 }
 
 fn gpu_check() -> Check {

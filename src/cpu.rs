@@ -1,0 +1,142 @@
+//! CPU topology for the inference threads: on heterogeneous CPUs (Arm big.LITTLE / DynamIQ, such as
+//! DGX Spark's GB10 with 10 Cortex-X925 and 10 Cortex-A725 cores), the performance cores, read from
+//! sysfs (`cpu_capacity`, else `cpufreq/cpuinfo_max_freq`); and ONNX Runtime's affinity string
+//! that pins its intra-op threads to them. Pure reads; no effect on homogeneous CPUs.
+
+use std::path::Path;
+
+/// Where Linux lists the CPUs.
+pub const SYSFS_CPU: &str = "/sys/devices/system/cpu";
+
+/// CPU ids in a sysfs list such as `0-3,8,10-11`.
+fn parse_list(s: &str) -> Vec<usize> {
+    let mut v = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    if b >= a && b - a < 65_536 {
+                        v.extend(a..=b);
+                    }
+                }
+            }
+            None => {
+                if let Ok(a) = part.parse() {
+                    v.push(a);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// A CPU's relative performance: its capacity (Arm), else its maximum frequency.
+fn performance_of(root: &Path, cpu: usize) -> Option<u64> {
+    let dir = root.join(format!("cpu{cpu}"));
+    ["cpu_capacity", "cpufreq/cpuinfo_max_freq"]
+        .iter()
+        .find_map(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+/// The online CPUs of the fastest kind, when the online CPUs are not all alike (`None` on a
+/// homogeneous CPU or when sysfs does not say).
+pub fn performance_cores(root: &Path) -> Option<Vec<usize>> {
+    let online = parse_list(&std::fs::read_to_string(root.join("online")).ok()?);
+    let perf: Vec<(usize, u64)> = online
+        .iter()
+        .map(|&c| performance_of(root, c).map(|p| (c, p)))
+        .collect::<Option<_>>()?;
+    let max = perf.iter().map(|&(_, p)| p).max()?;
+    let min = perf.iter().map(|&(_, p)| p).min()?;
+    if max == min {
+        return None;
+    }
+    Some(
+        perf.into_iter()
+            .filter(|&(_, p)| p == max)
+            .map(|(c, _)| c)
+            .collect(),
+    )
+}
+
+/// ONNX Runtime's `session.intra_op_thread_affinities` for one intra-op thread per core of
+/// `cores`: one entry per thread but the first (the calling thread), `;`-separated, with 1-based
+/// processor ids (ONNX Runtime's `ReadThreadAffinityConfig`). `None` for fewer than two cores.
+pub fn affinity_string(cores: &[usize]) -> Option<String> {
+    (cores.len() > 1).then(|| {
+        cores[1..]
+            .iter()
+            .map(|c| (c + 1).to_string())
+            .collect::<Vec<_>>()
+            .join(";")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(cpus: &[(usize, &str, &str)], online: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(d.path().join("online"), online).expect("online");
+        for (c, file, v) in cpus {
+            let p = d.path().join(format!("cpu{c}")).join(file);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("dir");
+            std::fs::write(p, v).expect("write");
+        }
+        d
+    }
+
+    #[test]
+    fn lists_parse() {
+        assert_eq!(parse_list("0-3,8,10-11\n"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_list(""), Vec::<usize>::new());
+        assert_eq!(parse_list("3-1,x,5"), vec![5]);
+    }
+
+    #[test]
+    fn gb10_like_capacities_pick_the_big_cores() {
+        // 20 cores, little ones first (as GB10 numbers them): capacity 1024 big, 718 little.
+        let cpus: Vec<(usize, &str, &str)> = (0..20)
+            .map(|c| (c, "cpu_capacity", if c < 10 { "718\n" } else { "1024\n" }))
+            .collect();
+        let d = fake(&cpus, "0-19\n");
+        let big = performance_cores(d.path()).expect("heterogeneous");
+        assert_eq!(big, (10..20).collect::<Vec<_>>());
+        assert_eq!(
+            affinity_string(&big).as_deref(),
+            Some("12;13;14;15;16;17;18;19;20")
+        );
+    }
+
+    #[test]
+    fn frequencies_when_there_is_no_capacity() {
+        let d = fake(
+            &[
+                (0, "cpufreq/cpuinfo_max_freq", "3900000"),
+                (1, "cpufreq/cpuinfo_max_freq", "2800000"),
+                (2, "cpufreq/cpuinfo_max_freq", "3900000"),
+            ],
+            "0-2",
+        );
+        assert_eq!(performance_cores(d.path()), Some(vec![0, 2]));
+    }
+
+    #[test]
+    fn homogeneous_or_unknown_is_none() {
+        let d = fake(
+            &[(0, "cpu_capacity", "1024"), (1, "cpu_capacity", "1024")],
+            "0-1",
+        );
+        assert_eq!(performance_cores(d.path()), None);
+        let d = fake(&[(0, "cpu_capacity", "1024")], "0-1");
+        assert_eq!(performance_cores(d.path()), None, "cpu1 unreadable");
+        assert_eq!(affinity_string(&[4]), None);
+    }
+}
