@@ -127,7 +127,11 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     init_logging(&cfg);
-    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "effective configuration");
+    let mut shown = cfg.clone();
+    for s in &mut shown.streams {
+        s.url = crate::video::spec::redacted(&s.url);
+    }
+    tracing::info!(config = %serde_json::to_string(&shown).unwrap_or_default(), "effective configuration");
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }

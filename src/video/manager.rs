@@ -309,7 +309,7 @@ impl StreamManager {
                 let v = e.shared.view();
                 StreamStatus {
                     name: e.spec.name.clone(),
-                    url: e.spec.url.clone(),
+                    url: super::spec::redacted(&e.spec.url),
                     queries: e.spec.queries.clone(),
                     threshold: shortest(e.spec.threshold.unwrap_or(default)),
                     nms: e.spec.nms.map(shortest),

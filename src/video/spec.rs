@@ -101,6 +101,24 @@ fn file_uri(p: &std::path::Path) -> String {
     s
 }
 
+/// `url` with the password of its user information hidden (`rtsp://admin:***@cam/…`), for logs
+/// and status documents; other URLs unchanged.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Why a stream definition is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
@@ -272,6 +290,18 @@ mod tests {
             Source::File("/a b/%.mp4".into()).uri().as_deref(),
             Some("file:///a%20b/%25.mp4")
         );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("rtsp://admin:s3cr3t@10.0.0.5:554/Streaming/101"),
+            "rtsp://admin:***@10.0.0.5:554/Streaming/101"
+        );
+        assert_eq!(redacted("rtsp://user@cam/x"), "rtsp://user@cam/x");
+        assert_eq!(redacted("rtsp://cam/a@b"), "rtsp://cam/a@b");
+        assert_eq!(redacted("/srv/v.mp4"), "/srv/v.mp4");
+        assert_eq!(redacted("http://a:b:c@h"), "http://a:***@h");
     }
 
     #[test]
