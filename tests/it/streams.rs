@@ -641,3 +641,28 @@ fn rtsp_stream_reconnects_and_sigterm_stops_it_cleanly() {
         "{tail}"
     );
 }
+
+#[test]
+fn a_stream_that_cannot_be_saved_is_not_started() {
+    let mut d = Daemon::start(&[("IV_STATE_DIR", "/dev/null/state")]);
+    d.wait_ready();
+    let r = put(
+        &d,
+        "cam",
+        &json!({"url": "rtsp://127.0.0.1:9/cam", "queries": ["a dog"]}),
+    );
+    assert_eq!((r.status, r.kind().as_str()), (500, "persist_failed"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/dev/null/state/streams.json")),
+        "{}",
+        r.json()
+    );
+    let list = d.request("GET", "/v1/streams", None, b"").json();
+    assert_eq!(
+        list["streams"],
+        json!([]),
+        "nothing runs that would be lost at restart"
+    );
+}
