@@ -437,15 +437,15 @@ fn build_input(
 /// Sets RTSP timeouts on `rtspsrc` (UDP first, TCP when UDP gets nothing within the timeout:
 /// rtspsrc's own fallback) and a short jitter buffer.
 fn configure_source(src: &gst::Element, timeout: Duration) {
+    // Only rtspsrc: `set_property` with another element's types would panic.
+    if src.factory().is_none_or(|f| f.name() != "rtspsrc") {
+        return;
+    }
     let us = timeout.as_micros() as u64;
-    if src.find_property("tcp-timeout").is_some() {
-        src.set_property("tcp-timeout", us);
-    }
-    if src.find_property("timeout").is_some() && src.find_property("latency").is_some() {
-        src.set_property("timeout", us);
-        src.set_property("latency", 200u32);
-        src.set_property("drop-on-latency", true);
-    }
+    src.set_property("tcp-timeout", us);
+    src.set_property("timeout", us);
+    src.set_property("latency", 200u32);
+    src.set_property("drop-on-latency", true);
 }
 
 /// Links a new decoded pad: the first video pad to the converter, anything else to a fakesink.
