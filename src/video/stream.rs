@@ -72,7 +72,14 @@ struct Status {
     state: State,
     last_error: Option<String>,
     processed_at: VecDeque<Instant>,
+    /// When a frame error was last logged, and how many were not logged since.
+    error_logged: Option<Instant>,
+    errors_unlogged: u64,
 }
+
+/// A stream logs a repeated frame error at most this often (a camera whose every frame fails
+/// would otherwise write 30 lines a second).
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The part of a stream that lives as long as its name: counters, state, events, snapshot,
 /// latency histograms.
@@ -109,6 +116,8 @@ impl StreamShared {
                 state: State::Starting,
                 last_error: None,
                 processed_at: VecDeque::with_capacity(FPS_WINDOW),
+                error_logged: None,
+                errors_unlogged: 0,
             }),
             snapshot: Mutex::new(None),
             decode_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
@@ -132,11 +141,23 @@ impl StreamShared {
         }));
     }
 
+    /// Records a frame's error; logs it when it is new or `ERROR_LOG_INTERVAL` has passed.
     fn note_error(&self, message: String) {
-        tracing::warn!(stream = %self.name, error = %message, "stream frame not processed");
-        if let Ok(mut s) = self.status.lock() {
-            s.last_error = Some(message);
+        let Ok(mut s) = self.status.lock() else {
+            return;
+        };
+        let new = s.last_error.as_deref() != Some(message.as_str());
+        let due = s
+            .error_logged
+            .is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL);
+        if new || due {
+            tracing::warn!(stream = %self.name, error = %message, repeated_unlogged = s.errors_unlogged, "stream frame not processed");
+            s.error_logged = Some(Instant::now());
+            s.errors_unlogged = 0;
+        } else {
+            s.errors_unlogged += 1;
         }
+        s.last_error = Some(message);
     }
 
     pub fn view(&self) -> RunView {
@@ -420,5 +441,45 @@ impl Run {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unlogged(s: &StreamShared) -> u64 {
+        s.status
+            .lock()
+            .map(|s| s.errors_unlogged)
+            .unwrap_or(u64::MAX)
+    }
+
+    #[test]
+    fn repeated_frame_errors_are_logged_once_per_interval() {
+        let s = StreamShared::new("cam", 4, 4);
+        s.note_error("frame too large".into());
+        assert_eq!(unlogged(&s), 0);
+        for _ in 0..5 {
+            s.note_error("frame too large".into());
+        }
+        assert_eq!(
+            unlogged(&s),
+            5,
+            "repeats within the interval are counted, not logged"
+        );
+        s.note_error("queue full".into());
+        assert_eq!(unlogged(&s), 0, "a new error is logged at once");
+        assert_eq!(s.view().last_error.as_deref(), Some("queue full"));
+    }
+
+    #[test]
+    fn frame_rate_over_recent_frames() {
+        let now = Instant::now();
+        let times: VecDeque<Instant> = (0..11)
+            .map(|i| now - Duration::from_millis(1000 - i * 100))
+            .collect();
+        assert!((fps(&times) - 10.0).abs() < 0.01, "{}", fps(&times));
+        assert_eq!(fps(&VecDeque::new()), 0.0);
     }
 }
