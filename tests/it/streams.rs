@@ -548,11 +548,14 @@ impl Drop for HttpServer {
     }
 }
 
-/// The local RTSP server (killed on drop).
-struct RtspServer(Child);
+/// A helper server process (killed on drop).
+struct Served(Child);
+
+/// The local RTSP server.
+struct RtspServer;
 
 impl RtspServer {
-    fn start(port: u16) -> RtspServer {
+    fn start(port: u16) -> Served {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/rtsp_server.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
@@ -567,11 +570,11 @@ impl RtspServer {
             .read_line(&mut line)
             .expect("ready line");
         assert_eq!(line.trim(), "ready", "RTSP server did not start");
-        RtspServer(child)
+        Served(child)
     }
 }
 
-impl Drop for RtspServer {
+impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -664,5 +667,51 @@ fn a_stream_that_cannot_be_saved_is_not_started() {
         list["streams"],
         json!([]),
         "nothing runs that would be lost at restart"
+    );
+}
+
+#[test]
+fn an_mjpeg_over_http_camera_plays_as_a_live_source() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pngs = frames(tmp.path(), false);
+    let jpegs: Vec<PathBuf> = pngs
+        .iter()
+        .take(2)
+        .map(|p| {
+            let j = p.with_extension("jpg");
+            ffmpeg(&["-i", p.to_str().expect("utf8"), j.to_str().expect("utf8")]);
+            j
+        })
+        .collect();
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/mjpeg_server.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .args(&jpegs)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("MJPEG server starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    let _server = Served(child);
+    assert_eq!(line.trim(), "ready");
+    let mut d = Daemon::start(&[]);
+    d.wait_ready();
+    let url = format!("http://127.0.0.1:{port}/video");
+    assert_eq!(
+        put(&d, "ipcam", &json!({"url": url, "queries": ["a dog"]})).status,
+        201
+    );
+    let s = wait_status(&d, "ipcam", Duration::from_secs(30), |s| {
+        s["state"] == "running" && s["frames"].as_u64() > Some(3)
+    });
+    assert_eq!(s["decoder"], "jpegdec", "{s}");
+    let ev = frame_lines(Follower::open(&d, "/v1/streams/ipcam/events").lines(2));
+    assert_eq!(
+        (ev[0]["width"].as_u64(), ev[0]["height"].as_u64()),
+        (Some(320), Some(240))
     );
 }
