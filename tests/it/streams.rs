@@ -511,6 +511,16 @@ fn api_validates_persists_and_restores_streams() {
     assert!(!saved.contains("extra"), "{saved}");
 }
 
+/// Adds a live stream of `url` and waits until it runs and has processed a few frames; returns
+/// its status.
+fn start_live(d: &Daemon, name: &str, url: &str) -> Value {
+    let r = put(d, name, &json!({"url": url, "queries": ["a ball"]}));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    wait_status(d, name, Duration::from_secs(30), |s| {
+        s["state"] == "running" && s["frames"].as_u64() > Some(3)
+    })
+}
+
 /// `python3 -m http.server` on a free loopback port, serving `dir` (killed on drop).
 struct HttpServer {
     child: Child,
@@ -590,14 +600,7 @@ fn rtsp_stream_reconnects_and_sigterm_stops_it_cleanly() {
         ("IV_STREAM_RECONNECT_MAX_MS", "1000"),
     ]);
     d.wait_ready();
-    let url = format!("rtsp://127.0.0.1:{port}/cam");
-    assert_eq!(
-        put(&d, "cam", &json!({"url": url, "queries": ["a ball"]})).status,
-        201
-    );
-    let s = wait_status(&d, "cam", Duration::from_secs(30), |s| {
-        s["state"] == "running" && s["frames"].as_u64() > Some(3)
-    });
+    let s = start_live(&d, "cam", &format!("rtsp://127.0.0.1:{port}/cam"));
     assert_eq!(s["decoder"], "jpegdec", "{s}");
     let mut follower = Follower::open(&d, "/v1/streams/cam/events");
 
@@ -700,18 +703,14 @@ fn an_mjpeg_over_http_camera_plays_as_a_live_source() {
     assert_eq!(line.trim(), "ready");
     let mut d = Daemon::start(&[]);
     d.wait_ready();
-    let url = format!("http://127.0.0.1:{port}/video");
-    assert_eq!(
-        put(&d, "ipcam", &json!({"url": url, "queries": ["a dog"]})).status,
-        201
-    );
-    let s = wait_status(&d, "ipcam", Duration::from_secs(30), |s| {
-        s["state"] == "running" && s["frames"].as_u64() > Some(3)
-    });
+    let s = start_live(&d, "ipcam", &format!("http://127.0.0.1:{port}/video"));
     assert_eq!(s["decoder"], "jpegdec", "{s}");
-    let ev = frame_lines(Follower::open(&d, "/v1/streams/ipcam/events").lines(2));
+    let mut follower = Follower::open(&d, "/v1/streams/ipcam/events");
+    let ev = (0..20)
+        .find_map(|_| frame_lines(follower.lines(1)).pop())
+        .expect("a frame event");
     assert_eq!(
-        (ev[0]["width"].as_u64(), ev[0]["height"].as_u64()),
+        (ev["width"].as_u64(), ev["height"].as_u64()),
         (Some(320), Some(240))
     );
 }
