@@ -273,18 +273,10 @@ impl DetectService {
         };
         let share = self.decode_share(header.as_ref()).await?;
         tokio::task::spawn_blocking(move || {
-            let (pixels, width, height) = match image {
-                ImageInput::Shared(rgb) => {
-                    limits.check(rgb.width, rgb.height)?;
-                    (preprocess::preprocess(&rgb, &pre), rgb.width, rgb.height)
-                }
-                other => {
-                    let rgb = decode(other, header.as_ref(), &limits)?;
-                    (preprocess::preprocess(&rgb, &pre), rgb.width, rgb.height)
-                }
-            };
+            let rgb = decode(image, header.as_ref(), &limits)?;
+            let pixels = preprocess::preprocess(&rgb, &pre);
             drop(share);
-            Ok((pixels, width, height, permit))
+            Ok((pixels, rgb.width, rgb.height, permit))
         })
         .await
         .map_err(|e| DetectError::Internal(format!("preprocessing task failed: {e}")))?
@@ -329,12 +321,13 @@ fn budget_kib(bytes: u64) -> u32 {
 mod tests;
 
 /// The request's image as RGB, within the limits (`header`: an encoded image's, already probed).
+/// A shared frame is only checked, never copied.
 fn decode(
     image: ImageInput,
     header: Option<&Header>,
     limits: &ImageLimits,
-) -> Result<Rgb, DetectError> {
-    Ok(match (image, header) {
+) -> Result<Arc<Rgb>, DetectError> {
+    let rgb = match (image, header) {
         (ImageInput::Encoded(b), Some(h)) => preprocess::decode_probed(&b, h, limits)?,
         (ImageInput::Encoded(b), None) => preprocess::decode(&b, limits)?,
         (
@@ -351,7 +344,8 @@ fn decode(
         }
         (ImageInput::Shared(rgb), _) => {
             limits.check(rgb.width, rgb.height)?;
-            Arc::unwrap_or_clone(rgb)
+            return Ok(rgb);
         }
-    })
+    };
+    Ok(Arc::new(rgb))
 }
