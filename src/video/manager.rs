@@ -356,34 +356,32 @@ impl StreamManager {
     /// Per-stream Prometheus metrics.
     pub fn render_metrics(&self, out: &mut String) {
         let map = self.lock();
-        let counters: [(&str, &str, ViewCount); 2] = [
+        // One view per stream (each takes the stream's locks), read by every family below.
+        let views: Vec<(&str, super::stream::RunView)> = map
+            .values()
+            .map(|e| (e.spec.name.as_str(), e.shared.view()))
+            .collect();
+        let counters: [(&str, &str, ViewCount); 3] = [
             ("iv_stream_frames_total", "Frames processed per stream.", |v| v.frames),
             (
                 "iv_stream_dropped_frames_total",
                 "Frames decoded but not processed per stream (newest-frame policy, max_fps, errors).",
                 |v| v.dropped,
             ),
+            ("iv_stream_up", "1 while the stream is running, else 0.", |v| {
+                u64::from(v.state == State::Running)
+            }),
         ];
         for (name, help, get) in counters {
-            header(out, name, "counter", help);
-            for e in map.values() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{stream=\"{}\"}} {}",
-                    e.spec.name,
-                    get(&e.shared.view())
-                );
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            header(out, name, kind, help);
+            for (stream, v) in &views {
+                let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", get(v));
             }
-        }
-        header(
-            out,
-            "iv_stream_up",
-            "gauge",
-            "1 while the stream is running, else 0.",
-        );
-        for e in map.values() {
-            let up = u8::from(e.shared.view().state == State::Running);
-            let _ = writeln!(out, "iv_stream_up{{stream=\"{}\"}} {up}", e.spec.name);
         }
         let histograms: [(&str, &str, RenderLatency); 2] = [
             (
@@ -434,7 +432,7 @@ fn shortest(v: f32) -> f64 {
 /// Renders one of a stream's latency histograms.
 type RenderLatency = fn(&StreamShared, &mut String, &str);
 
-/// Reads a counter off a stream's view.
+/// Reads a counter or gauge off a stream's view.
 type ViewCount = fn(&super::stream::RunView) -> u64;
 
 /// The API's streams of `map`, to save.

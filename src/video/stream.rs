@@ -235,11 +235,10 @@ pub struct Run {
     pub settings: RunSettings,
 }
 
-/// The settings a frame is processed with.
+/// The thresholds a frame is processed with.
 struct FrameRules {
     threshold: f32,
     low: f32,
-    live: bool,
 }
 
 impl Run {
@@ -253,7 +252,6 @@ impl Run {
         let rules = FrameRules {
             threshold,
             low: threshold * TRACK_LOW_RATIO,
-            live,
         };
         let mut tracker = Tracker::new(TrackerConfig {
             high: threshold.next_up(),
@@ -315,7 +313,7 @@ impl Run {
         cancel: &CancellationToken,
     ) -> (Outcome, bool) {
         let mut had_frames = false;
-        let interval = (rules.live && self.spec.max_fps > 0.0)
+        let interval = (self.source.is_live() && self.spec.max_fps > 0.0)
             .then(|| Duration::from_secs_f64(1.0 / self.spec.max_fps));
         let mut next_due = Instant::now();
         let mut last_t = 0u64;
@@ -430,7 +428,7 @@ impl Run {
             req.nms = self.spec.nms;
             match self.service.detect(req).await {
                 Ok(out) => return Some(out),
-                Err(DetectError::QueueFull) if !rules.live => {
+                Err(DetectError::QueueFull) if !self.source.is_live() => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err(DetectError::QueueFull) => return None,
