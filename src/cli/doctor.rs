@@ -166,16 +166,19 @@ fn model(cfg: &Config) -> Check {
     }
 }
 
-/// Whether this process may write in `dir`, or create it (its nearest existing ancestor is
-/// writable); nothing is created.
-fn writable_dir(name: &'static str, dir: &Path, consequence: &str) -> Check {
+/// The nearest existing folder of `dir` (itself when it exists), and whether this process may
+/// write there: in `dir`, or create it. Nothing is created.
+fn may_write(dir: &Path) -> (&Path, Result<(), std::io::Error>) {
     let existing = dir
         .ancestors()
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
-    let result =
-        nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).map_err(std::io::Error::from);
-    match result {
+    let access = nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK);
+    (existing, access.map_err(std::io::Error::from))
+}
+
+fn writable_dir(name: &'static str, dir: &Path, consequence: &str) -> Check {
+    match may_write(dir).1 {
         Ok(()) => check(name, Status::Ok, format!("{} is writable", dir.display()), None),
         Err(e) => check(
             name,
@@ -210,12 +213,8 @@ fn socket(cfg: &Config) -> Check {
             .map(|g| format!(", group {g}"))
             .unwrap_or_default()
     );
-    let existing = dir
-        .ancestors()
-        .find(|a| a.exists())
-        .unwrap_or(Path::new("/"));
-    let may_create = nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).is_ok();
-    if std::env::var_os("LISTEN_FDS").is_some() || may_create {
+    let (existing, access) = may_write(dir);
+    if std::env::var_os("LISTEN_FDS").is_some() || access.is_ok() {
         check("socket", Status::Ok, detail, None)
     } else {
         check(
@@ -388,10 +387,9 @@ fn gstreamer(cfg: &Config) -> Check {
         "avdec_h264",
         "avdec_h265",
     ]);
-    let hardware: Vec<&str> = ["nvh264dec", "nvh265dec", "nvv4l2decoder"]
-        .into_iter()
-        .filter(|e| !video::source::missing_elements(&[e]).contains(e))
-        .collect();
+    let nvidia = ["nvh264dec", "nvh265dec", "nvv4l2decoder"];
+    let absent = video::source::missing_elements(&nvidia);
+    let hardware: Vec<&str> = nvidia.into_iter().filter(|e| !absent.contains(e)).collect();
     let hw = if hardware.is_empty() {
         "no NVIDIA hardware decoder (software decoding)".to_string()
     } else {
