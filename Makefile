@@ -5,7 +5,18 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: build test ort lint fmt deb clean-ort
+.PHONY: build test ort ort-arm64 lint fmt deb deb-arm64 build-arm64 clean-ort
+
+# arm64 (DGX Spark) cross build: Debian's cross toolchain and arm64 GStreamer libraries
+# (`dpkg --add-architecture arm64`; see README "arm64 package"), rustup's aarch64 target.
+ARM64 := aarch64-unknown-linux-gnu
+ORT_ARM64_DIR := target/onnxruntime-$(ARM64)
+ORT_ARM64_LIB := $(ORT_ARM64_DIR)/libonnxruntime.so.$(ORT_VERSION)
+ARM64_GST := target/arm64-gst-dev
+ARM64_ENV := CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+	PKG_CONFIG_ALLOW_CROSS=1 \
+	PKG_CONFIG_LIBDIR_aarch64_unknown_linux_gnu=$(CURDIR)/$(ARM64_GST)/pkgconfig:/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig
 
 # ONNX Runtime's CPU shared library, taken from the PyPI wheel (no Python needed at run time).
 $(ORT_LIB):
@@ -14,6 +25,15 @@ $(ORT_LIB):
 	$(PYTHON) packaging/extract-ort.py $(ORT_DIR)/wheel $(ORT_DIR)
 
 ort: $(ORT_LIB)
+
+# The same library for aarch64, from PyPI's manylinux aarch64 wheel of the same version.
+$(ORT_ARM64_LIB):
+	@mkdir -p $(ORT_ARM64_DIR)/wheel
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
+		-d $(ORT_ARM64_DIR)/wheel onnxruntime==$(ORT_VERSION)
+	$(PYTHON) packaging/extract-ort.py $(ORT_ARM64_DIR)/wheel $(ORT_ARM64_DIR)
+
+ort-arm64: $(ORT_ARM64_LIB)
 
 # Release binary at target/release/intelligent-video, with the library next to it. The library is
 # replaced by a new file (new inode), never rewritten in place under a daemon that has it mapped.
@@ -28,11 +48,23 @@ test: $(ORT_LIB)
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --locked
 
-# Debian package (amd64 here; arm64 for DGX Spark: build on the Spark, or `cargo deb --target
-# aarch64-unknown-linux-gnu` with a cross toolchain and an arm64 libonnxruntime in target/onnxruntime).
+# Debian packages: target/debian/*_amd64.deb (this machine's architecture) and
+# target/aarch64-unknown-linux-gnu/debian/*_arm64.deb (cross-built for DGX Spark).
 deb: build
 	cargo deb --no-build
 	@ls -1 target/debian/*.deb
+
+$(ARM64_GST)/pkgconfig/gstreamer-video-1.0.pc:
+	bash packaging/arm64-gst-dev.sh $(ARM64_GST)
+
+build-arm64: $(ORT_ARM64_LIB) $(ARM64_GST)/pkgconfig/gstreamer-video-1.0.pc
+	$(ARM64_ENV) $(CARGO) build --release --locked --target $(ARM64)
+	cp --remove-destination $(ORT_ARM64_LIB) target/$(ARM64)/release/
+
+deb-arm64: build-arm64
+	$(ARM64_ENV) cargo deb --no-build --target $(ARM64)
+	@rm -f target/debian/*_arm64.deb   # cargo-deb leaves a second copy there
+	@ls -1 target/$(ARM64)/debian/*.deb
 
 lint:
 	$(CARGO) fmt --check

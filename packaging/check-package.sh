@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Static checks of the Debian package and the systemd units (run by .ci/run after `make deb`):
 # lintian without errors, `systemd-analyze verify` silent on stderr, hardening score within 2.0.
+# Usage: packaging/check-package.sh [DEB] (default: the newest amd64 package; for the arm64 one,
+# target/aarch64-unknown-linux-gnu/debian/*.deb, running its binary needs qemu-user's binfmt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deb=$(ls -1t target/debian/intelligent-video_*.deb | head -n 1)
+deb=${1:-$(ls -1t target/debian/intelligent-video_*_amd64.deb | head -n 1)}
 echo "checking $deb"
 
 echo "== lintian (overrides shipped in the package, packaging/lintian-overrides)"
