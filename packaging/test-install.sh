@@ -4,13 +4,43 @@
 # see it: start returns after READY with the daemon's STATUS line, health, detection for a member of
 # intelligent-video-clients (refused for others), restart under a looping client, clean stop,
 # reinstall keeping an edited config, purge removing state and cache. Needs root, debootstrap and
-# systemd-container (installed by .ci/run). Usage: packaging/test-install.sh [DEB]
+# systemd-container (installed by .ci/run).
+#
+# --arch arm64 does the same for the arm64 package in an arm64 Debian booted under qemu-user
+# emulation (qemu-user-static with binfmt_misc). A drop-in gives the service an Arm /proc/cpuinfo
+# (ONNX Runtime's CPU detection crashes on the host's x86 one) and turns off the sandboxing steps
+# qemu-user cannot emulate (user namespaces, seccomp). Its
+# detection must match the amd64 binary's on the same image. The restart-under-load step is left
+# out there (each emulated detection takes seconds). The debootstrapped base is kept in
+# IV_TEST_ROOT between runs.
+# Usage: packaging/test-install.sh [--arch amd64|arm64] [DEB]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deb=${1:-$(ls -1t target/debian/intelligent-video_*.deb | head -n 1)}
-work=${IV_TEST_ROOT:-/var/tmp/iv-test-install}
+arch=amd64
+if [ "${1:-}" = --arch ]; then arch=${2:?--arch amd64|arm64}; shift 2; fi
+case $arch in
+    amd64) deb=${1:-$(ls -1t target/debian/intelligent-video_*_amd64.deb | head -n 1)}
+           work=${IV_TEST_ROOT:-/var/tmp/iv-test-install} ;;
+    arm64) deb=${1:-$(ls -1t target/aarch64-unknown-linux-gnu/debian/intelligent-video_*_arm64.deb | head -n 1)}
+           work=${IV_TEST_ROOT:-/var/tmp/iv-test-install}-arm64 ;;
+    *) echo "unknown --arch $arch (amd64 or arm64)"; exit 2 ;;
+esac
 base=$work/base
 root=$work/root
+boot_tries=300
+if [ "$arch" = arm64 ]; then
+    # Foreign binaries run through qemu-aarch64-static, registered with the F flag so that the
+    # container needs no qemu of its own.
+    [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+    grep -q '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 || { echo "qemu-aarch64 binfmt lacks the F flag"; exit 1; }
+    # An Arm /proc/cpuinfo (Neoverse-N1 cores, one per host CPU) for ONNX Runtime's CPU detection.
+    mkdir -p "$work"
+    for i in $(seq 0 $(($(nproc) - 1))); do
+        printf 'processor\t: %s\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n' "$i"
+    done >"$work/cpuinfo"
+    boot_tries=1500
+fi
 # The machine's configured Debian mirror; without one, debootstrap's own default.
 mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
@@ -19,10 +49,10 @@ fail() { echo "FAIL: $*"; [ -f "$work/console.log" ] && tail -n 30 "$work/consol
 step() { echo "== $*"; }
 
 if [ ! -x "$base/lib/systemd/systemd" ]; then
-    step "debootstrap bookworm (${mirror:-the default mirror of debootstrap})"
+    step "debootstrap bookworm $arch (${mirror:-the default mirror of debootstrap})"
     rm -rf "$base"
     mkdir -p "$work"
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,curl,adduser \
+    debootstrap --arch="$arch" --variant=minbase --include=systemd,systemd-sysv,dbus,procps,curl,adduser \
         bookworm "$base" ${mirror:+"$mirror"} >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log"; fail debootstrap; }
 fi
 rm -rf "$root"
@@ -36,10 +66,19 @@ cp models/fixtures/images/small_pad.png "$root/opt/ivtest/img.png"
 step "boot systemd in the container"
 systemd-nspawn -D "$root" --register=no --keep-unit -b --console=pipe >"$work/console.log" 2>&1 &
 nspawn=$!
-cleanup() { kill "$nspawn" 2>/dev/null || true; wait "$nspawn" 2>/dev/null || true; }
+cleanup() {
+    # The first SIGTERM asks the container to halt, a second one terminates it at once.
+    kill "$nspawn" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$nspawn" 2>/dev/null || break; sleep 0.2; done
+    kill "$nspawn" 2>/dev/null || true
+    sleep 1
+    kill -KILL "$nspawn" 2>/dev/null || true
+    wait "$nspawn" 2>/dev/null || true
+}
 trap cleanup EXIT
 pid=""
-for _ in $(seq 300); do
+for _ in $(seq "$boot_tries"); do
+    kill -0 "$nspawn" 2>/dev/null || break
     pid=$(pgrep -P "$nspawn" | head -n 1 || true)
     if [ -n "$pid" ]; then
         state=$(nsenter -t "$pid" -a systemctl is-system-running 2>/dev/null || true)
@@ -63,6 +102,15 @@ ct cp -r /opt/ivtest/model /var/lib/intelligent-video/models/acme/tiny
 ct chown -R intelligent-video:intelligent-video /var/lib/intelligent-video/models
 ct sh -c 'printf "\nmodel = \"acme/tiny\"\nwarmup_iterations = 2\n" >> /etc/intelligent-video/config.toml'
 ct intelligent-video config check >/dev/null || fail "config check"
+if [ "$arch" != amd64 ]; then
+    # Under qemu-user the service gets the Arm cpuinfo written above, and three sandboxing steps
+    # qemu-user cannot emulate are turned off: user namespaces (PrivateUsers: EINVAL) and seccomp
+    # filters of the emulated architecture. The amd64 run checks the packaged hardening.
+    cp "$work/cpuinfo" "$root/opt/ivtest/cpuinfo"
+    ct mkdir -p /etc/systemd/system/intelligent-video.service.d
+    ct sh -c 'printf "[Service]\nPrivateUsers=no\nSystemCallFilter=\nSystemCallArchitectures=\nBindReadOnlyPaths=/opt/ivtest/cpuinfo:/proc/cpuinfo\n" > /etc/systemd/system/intelligent-video.service.d/qemu-user.conf'
+    ct systemctl daemon-reload
+fi
 
 step "systemctl start returns after READY"
 ct systemctl start intelligent-video.socket
@@ -77,12 +125,22 @@ step "detection as a client-group member; refused for another user"
 ct useradd -m -G intelligent-video-clients alice
 ct useradd -m bob
 ct runuser -u alice -- curl -sf --unix-socket /run/intelligent-video.sock -H 'content-type: image/png' \
-    --data-binary @/opt/ivtest/img.png 'http://localhost/v1/detect?query=person&threshold=0' | grep -q '"detections":\[{' || fail "alice detect"
+    --data-binary @/opt/ivtest/img.png 'http://localhost/v1/detect?query=person&threshold=0' >"$work/detect.json" || fail "alice detect"
+grep -q '"detections":\[{' "$work/detect.json" || fail "alice detect: $(head -c 300 "$work/detect.json")"
+if [ "$arch" != amd64 ]; then
+    step "$arch detections match the amd64 binary's"
+    host_bin=target/release/intelligent-video
+    [ -x "$host_bin" ] || fail "$host_bin missing: run make build first"
+    "$host_bin" detect --model models/fixtures/tiny-a --query person --threshold 0 \
+        models/fixtures/images/small_pad.png >"$work/detect-amd64.json" || fail "amd64 detect"
+    python3 packaging/compare-detections.py "$work/detect-amd64.json" "$work/detect.json" || fail "$arch detections differ from amd64"
+fi
 if ct runuser -u bob -- curl -s --unix-socket /run/intelligent-video.sock -H 'content-type: image/png' \
     --data-binary @/opt/ivtest/img.png 'http://localhost/v1/detect?query=person' >/dev/null 2>&1; then
     fail "bob was not refused"
 fi
 
+if [ "$arch" = amd64 ]; then
 step "restart while a client loops"
 ct runuser -u alice -- sh -c 'for i in $(seq 150); do
     code=$(curl -s -o /dev/null -w "%{http_code}" --max-time 60 --unix-socket /run/intelligent-video.sock \
@@ -101,6 +159,7 @@ echo "requests $total: 200=$ok 503=$busy"
 [ "$total" -eq 150 ] || fail "client loop incomplete"
 [ $((ok + busy)) -eq "$total" ] || { grep -v -e '^0 200$' -e '^0 503$' "$work/loop.txt" | head; fail "lost or failed requests across restart"; }
 [ "$ok" -gt 0 ] || fail "no successful request"
+fi
 
 step "systemctl stop exits cleanly"
 ct systemctl stop intelligent-video
@@ -120,4 +179,4 @@ for d in /etc/intelligent-video /var/lib/intelligent-video /var/cache/intelligen
     ct test ! -e "$d" || fail "$d left after purge"
 done
 ct getent passwd intelligent-video >/dev/null || fail "user removed by purge"
-echo "test-install passed"
+echo "test-install passed ($arch)"
