@@ -231,7 +231,25 @@ impl Default for Config {
     }
 }
 
+/// The state folder for commands that read no configuration file (`detect`): `IV_STATE_DIR`,
+/// else the default.
+pub fn state_dir_from_env() -> PathBuf {
+    std::env::var_os("IV_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(default_state_dir)
+}
+
 impl Config {
+    /// The ONNX Runtime to load: `onnxruntime_path` (IV_ONNXRUNTIME_PATH) when set, else the
+    /// active build installed with `intelligent-video runtime install`; `None` leaves the search
+    /// to the backend (next to the binary, then /usr/lib/intelligent-video).
+    pub fn onnxruntime_library(&self) -> Option<PathBuf> {
+        self.onnxruntime_path
+            .clone()
+            .or_else(|| crate::runtimes::active(&self.state_dir))
+    }
+
     /// Loads defaults < `file` (or the default path when it exists) < `IV_*` environment < `overrides`.
     pub fn load(file: Option<&Path>, overrides: &ConfigOverrides) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
@@ -277,8 +295,20 @@ impl Config {
             return bad(
                 "cpu_precision",
                 format!(
-                    "{} is not a CPU precision (fp32 or int8)",
+                    "{} is not a CPU precision (fp32, int8 or bf16)",
                     self.cpu_precision.name()
+                ),
+            );
+        }
+        if let Err(why) = self.cpu_precision.cpu_support() {
+            return bad("cpu_precision", why);
+        }
+        if !self.tensorrt_precision.on_tensorrt() {
+            return bad(
+                "tensorrt_precision",
+                format!(
+                    "{} is not a TensorRT precision (fp32, fp16 or int8)",
+                    self.tensorrt_precision.name()
                 ),
             );
         }
@@ -654,6 +684,28 @@ mod tests {
             assert!(Config::load(None, &ConfigOverrides::default()).is_ok());
             jail.set_env("IV_TENSORRT_PRECISION", "fp8");
             assert!(Config::load(None, &ConfigOverrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bf16_is_a_cpu_precision_of_arm64_cpus_with_bf16_only() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IV_TENSORRT_PRECISION", "bf16");
+            let e = Config::load(None, &ConfigOverrides::default()).expect_err("trt bf16");
+            assert!(e.to_string().contains("not a TensorRT precision"), "{e}");
+            jail.set_env("IV_TENSORRT_PRECISION", "fp16");
+            jail.set_env("IV_CPU_PRECISION", "bf16");
+            let r = Config::load(None, &ConfigOverrides::default());
+            match crate::vocab::Precision::Bf16.cpu_support() {
+                Ok(()) => assert!(r.is_ok(), "{:?}", r.err()),
+                Err(why) => {
+                    let e = r.expect_err("bf16 without BF16").to_string();
+                    assert!(e.contains(&why), "{e}");
+                    #[cfg(not(target_arch = "aarch64"))]
+                    assert!(why.contains("arm64"), "{why}");
+                }
+            }
             Ok(())
         });
     }

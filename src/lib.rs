@@ -15,6 +15,7 @@ pub mod onnx;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
+pub mod runtimes;
 pub mod server;
 pub mod service;
 pub mod store;

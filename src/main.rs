@@ -61,6 +61,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
+        Command::Runtime(cmd) => finish(intelligent_video::cli::runtime::run(&cmd), |()| {
+            ExitCode::SUCCESS
+        }),
         Command::Serve(args) => intelligent_video::cli::serve::serve(&args),
         Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),
         Command::Doctor(args) => intelligent_video::cli::doctor::run(&args),

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Numeric precision of an engine: `IV_TENSORRT_PRECISION` (all three), `IV_CPU_PRECISION` and
-/// `--precision` (fp32 or int8).
+/// Numeric precision of an engine: `IV_TENSORRT_PRECISION` (fp32, fp16, int8), `IV_CPU_PRECISION`
+/// and `--precision` (fp32, int8, bf16 on arm64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -16,6 +16,9 @@ pub enum Precision {
     Fp16,
     /// Quantized: int8 encoder projections on the CPU, int8 kernels with fp16 fallback in TensorRT.
     Int8,
+    /// fp32 graph, GEMMs in bf16 through ONNX Runtime's arm64 fast-math kernels (CPU, arm64 with
+    /// BF16 only).
+    Bf16,
 }
 
 impl Precision {
@@ -25,12 +28,40 @@ impl Precision {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
             Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
         }
     }
 
-    /// Whether the CPU engine has this precision (fp32 and int8).
+    /// Whether the CPU engine has this precision (fp32, int8, bf16).
     pub fn on_cpu(self) -> bool {
         self != Precision::Fp16
+    }
+
+    /// Whether TensorRT has this precision (fp32, fp16, int8).
+    pub fn on_tensorrt(self) -> bool {
+        self != Precision::Bf16
+    }
+
+    /// Why this CPU cannot run `self`, if it cannot: bf16 needs an arm64 CPU with the BF16
+    /// extension (Neoverse V1/V2/N2, Cortex-X925/A725 of GB10, …).
+    pub fn cpu_support(self) -> Result<(), String> {
+        if self != Precision::Bf16 {
+            return Ok(());
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("bf16") {
+                return Ok(());
+            }
+            Err("bf16 needs an arm64 CPU with the BF16 extension; this one has none (use fp32 or int8)".into())
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        {
+            Err(format!(
+                "bf16 is offered on arm64 CPUs with BF16 (ONNX Runtime's arm64 fast-math GEMM); this is {} (use fp32 or int8)",
+                std::env::consts::ARCH
+            ))
+        }
     }
 }
 

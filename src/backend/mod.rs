@@ -125,6 +125,8 @@ pub struct SessionPlan<'a> {
     pub threads: usize,
     /// Whether idle intra-op threads spin-wait for work (CPU provider).
     pub spin_wait: bool,
+    /// GEMMs in bf16 through ONNX Runtime's arm64 fast-math kernels (CPU provider on arm64).
+    pub bf16_fastmath: bool,
     /// Full graph optimisations (`true`) or only the basic, semantics-preserving rewrites (the
     /// eager baseline of `bench --compare`).
     pub optimize: bool,

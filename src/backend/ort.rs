@@ -273,6 +273,11 @@ fn session(
     b = b
         .with_intra_op_spinning(plan.spin_wait)
         .map_err(|e| err(e.to_string()))?;
+    if plan.bf16_fastmath {
+        b = b
+            .with_config_entry("mlas.enable_gemm_fastmath_arm64_bf16", "1")
+            .map_err(|e| err(e.to_string()))?;
+    }
     let (threads, affinity) = intra_op_threads(plan);
     if threads > 0 {
         b = b

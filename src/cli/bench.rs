@@ -36,7 +36,8 @@ pub struct BenchArgs {
     /// skipping tiers this machine cannot run; the skipped ones are reported).
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendPreference,
-    /// Image-tower precision: fp32 (exact) or int8 (quantized encoder projections; CPU only).
+    /// Image-tower precision: fp32 (exact), int8 (quantized encoder projections; CPU only) or bf16
+    /// (arm64 CPUs with BF16: bf16 GEMMs).
     #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
     pub precision: Precision,
     /// Print one JSON object instead of text.
@@ -96,6 +97,8 @@ pub struct BenchReport {
     pub peak_rss_mb: Option<f64>,
     /// With `--precision int8`: drift of every patch's score and box against the exact fp32 engine.
     pub int8_drift: Option<Drift>,
+    /// With `--precision bf16` (arm64): the same against fp32.
+    pub bf16_drift: Option<Drift>,
 }
 
 /// Per-patch difference between two engines on the same frame and queries.
@@ -255,7 +258,7 @@ fn select_provider(
 ) -> anyhow::Result<(crate::backend::Provider, Vec<crate::engine::Fallback>)> {
     let cfg = crate::config::Config {
         optimization_backend: args.backend,
-        onnxruntime_path: args.runtime.onnxruntime.clone(),
+        onnxruntime_path: args.runtime.detector_options().library,
         max_batch_size: args.batch_size.max(1),
         // No cache: bench measures engines built in memory.
         enable_optimization: false,
@@ -352,7 +355,8 @@ fn measure_preprocess(
 }
 
 /// Drift of the int8 engine `det` against the exact fp32 engine built beside it.
-fn int8_drift(args: &BenchArgs, mut det: Detector, frame: &Rgb) -> anyhow::Result<Drift> {
+/// Drift of `det` (a non-fp32 engine) against the exact fp32 engine, patch by patch.
+fn drift_vs_fp32(args: &BenchArgs, mut det: Detector, frame: &Rgb) -> anyhow::Result<Drift> {
     let ours = patch_outputs(&mut det, frame)?;
     drop(det);
     let mut exact = load_detector(&args.model, &args.runtime.detector_options())?;
@@ -376,11 +380,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         measure_preprocess(&det, &frame, bytes.as_deref())?;
     let backend = det.backend_name().to_string();
     let image_size = det.config.image_size;
-    let int8_drift = if args.precision == Precision::Int8 {
-        Some(int8_drift(args, det, &frame)?)
-    } else {
+    let precision = args.precision;
+    let drift = if precision == Precision::Fp32 {
         drop(det);
         None
+    } else {
+        Some(drift_vs_fp32(args, det, &frame)?)
+    };
+    let (int8_drift, bf16_drift) = match precision {
+        Precision::Int8 => (drift, None),
+        Precision::Bf16 => (None, drift),
+        _ => (None, None),
     };
     let eager = if args.compare {
         Some(measure_side(args, &provider, false, &frame)?.0)
@@ -408,6 +418,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         speedup,
         peak_rss_mb: peak_rss_mb(),
         int8_drift,
+        bf16_drift,
     })
 }
 
@@ -434,9 +445,10 @@ pub fn render_text(r: &BenchReport) -> String {
     if let Some(x) = r.speedup {
         s.push_str(&format!("speedup (eager p50 / optimized p50): {x:.2}x\n"));
     }
-    if let Some(d) = &r.int8_drift {
+    for (name, d) in [("int8", &r.int8_drift), ("bf16", &r.bf16_drift)] {
+        let Some(d) = d else { continue };
         s.push_str(&format!(
-            "int8 drift vs fp32 over {} patches: score max {:.4} mean {:.4}; box max {:.4} mean {:.4} x max(H,W); same label {:.1}%\n",
+            "{name} drift vs fp32 over {} patches: score max {:.4} mean {:.4}; box max {:.4} mean {:.4} x max(H,W); same label {:.1}%\n",
             d.patches, d.max_score, d.mean_score, d.max_box_rel, d.mean_box_rel, d.same_label * 100.0
         ));
     }

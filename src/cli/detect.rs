@@ -36,7 +36,8 @@ pub struct DetectArgs {
     /// Largest accepted image side in pixels.
     #[arg(long, default_value_t = ImageLimits::default().max_side)]
     pub max_side: u32,
-    /// Image-tower precision: fp32 (exact, default) or int8 (quantized encoder projections).
+    /// Image-tower precision: fp32 (exact, default), int8 (quantized encoder projections) or bf16
+    /// (arm64 CPUs with BF16: bf16 GEMMs).
     #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
     pub precision: Precision,
     #[command(flatten)]

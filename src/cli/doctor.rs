@@ -227,7 +227,7 @@ fn socket(cfg: &Config) -> Check {
 }
 
 fn onnxruntime(cfg: &Config) -> Check {
-    match ort_backend::ensure_runtime(cfg.onnxruntime_path.as_deref()) {
+    match ort_backend::ensure_runtime(cfg.onnxruntime_library().as_deref()) {
         Ok(v) => check(
             "onnxruntime",
             Status::Ok,
@@ -245,7 +245,7 @@ fn onnxruntime(cfg: &Config) -> Check {
             "onnxruntime",
             Status::Fail,
             e.to_string(),
-            Some("reinstall the package (it ships /usr/lib/intelligent-video/libonnxruntime.so.1.31.1) or set IV_ONNXRUNTIME_PATH".into()),
+            Some("reinstall the package (it ships /usr/lib/intelligent-video/libonnxruntime.so.1.31.1), set IV_ONNXRUNTIME_PATH, or go back to the packaged library with `intelligent-video runtime use packaged`".into()),
         ),
     }
 }

@@ -6,6 +6,7 @@ pub mod detect;
 pub mod doctor;
 pub mod model;
 pub mod optimize;
+pub mod runtime;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Model store: pull, list, rm.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// ONNX Runtime builds (a GPU build, say): install, list, use, rm.
+    #[command(subcommand)]
+    Runtime(runtime::RuntimeCommand),
     /// Run the detection daemon (Unix-socket API, loopback health HTTP, systemd notify).
     Serve(serve::ServeArgs),
     /// Configuration tools.
@@ -62,7 +66,10 @@ impl RuntimeArgs {
     /// Detector options on the CPU with this library and thread count (the rest at defaults).
     pub fn detector_options(&self) -> crate::engine::DetectorOptions {
         crate::engine::DetectorOptions {
-            library: self.onnxruntime.clone(),
+            library: self
+                .onnxruntime
+                .clone()
+                .or_else(|| crate::runtimes::active(&crate::config::state_dir_from_env())),
             threads: self.threads,
             spin_wait: self.cpu_spin_wait,
             ..crate::engine::DetectorOptions::default()
@@ -70,12 +77,13 @@ impl RuntimeArgs {
     }
 }
 
-/// `--precision` of the commands that build a CPU engine: `fp32` or `int8` (fp16 is TensorRT's).
+/// `--precision` of the commands that build a CPU engine: `fp32`, `int8`, or `bf16` on arm64 CPUs
+/// with BF16 (fp16 is TensorRT's).
 pub fn cpu_precision(s: &str) -> Result<Precision, String> {
     match Precision::from_str(s, true)? {
-        p if p.on_cpu() => Ok(p),
+        p if p.on_cpu() => p.cpu_support().map(|()| p),
         p => Err(format!(
-            "{} is not a CPU precision (fp32 or int8)",
+            "{} is not a CPU precision (fp32, int8 or bf16)",
             p.name()
         )),
     }

@@ -109,6 +109,7 @@ pub fn engine_loader(cfg: Config) -> Loader {
             fallbacks: engine.fallbacks,
             gpu: Some(engine.gpu),
             onnxruntime_version: crate::backend::ort::runtime_version(),
+            onnxruntime_path: crate::backend::ort::runtime_path(),
             image_size: det.config.image_size,
             warmup_ms: 0.0,
         };

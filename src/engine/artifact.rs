@@ -10,7 +10,6 @@ use crate::backend::Provider;
 use crate::cache;
 use crate::config::Config;
 use crate::gpu::{self, GpuInfo};
-use crate::model::quant::Int8Weights;
 use crate::vocab::{Graph, Precision};
 
 /// What to do with the optimised artifact of both graphs.
@@ -67,21 +66,22 @@ fn gpu_device(gpu: &GpuInfo) -> String {
     )
 }
 
-/// The cache key of `provider`'s artifact (with the CPU image tower's int8 weight range, if any)
-/// for the model with `fingerprint`.
+/// The cache key of `provider`'s artifact (with the CPU engine's precision as
+/// `DetectorOptions::cpu_key_precision` names it) for the model with `fingerprint`.
 pub fn artifact_key(
     cfg: &Config,
     fingerprint: &str,
     provider: &Provider,
-    int8: Option<Int8Weights>,
+    cpu_precision: &'static str,
     gpu: &GpuInfo,
 ) -> Result<cache::KeyParts, EngineError> {
-    let onnxruntime = crate::backend::ort::ensure_runtime(cfg.onnxruntime_path.as_deref())?;
+    let onnxruntime = crate::backend::ort::ensure_runtime(cfg.onnxruntime_library().as_deref())?;
     let libs = ort_dir();
     let (precision, device, tensorrt, max_queries) = match provider {
         Provider::Cpu => (
-            // The int8 weight range depends on the CPU's int8 kernels (7 bits without VNNI).
-            int8.map_or(Precision::Fp32.name(), |w| w.name()),
+            // The int8 weight range depends on the CPU's int8 kernels (7 bits without VNNI); bf16
+            // prepacks its GEMM weights differently from fp32.
+            cpu_precision,
             cache::cpu_name(),
             None,
             0,

@@ -61,7 +61,7 @@ impl DetectorOptions {
     /// The daemon's options for `provider` under `cfg`.
     pub fn from_config(cfg: &Config, provider: Provider) -> Self {
         DetectorOptions {
-            library: cfg.onnxruntime_path.clone(),
+            library: cfg.onnxruntime_library(),
             threads: cfg.threads,
             spin_wait: cfg.cpu_spin_wait,
             query_cache: cfg.query_cache_size,
@@ -73,6 +73,16 @@ impl DetectorOptions {
             },
             provider,
             ..DetectorOptions::default()
+        }
+    }
+
+    /// The CPU engine's precision as its cache key names it: the int8 weight range (which
+    /// depends on the CPU's int8 kernels), `bf16`, or `fp32`.
+    pub fn cpu_key_precision(&self) -> &'static str {
+        match (self.int8_weights(), self.precision) {
+            (Some(w), _) => w.name(),
+            (None, Precision::Bf16) => Precision::Bf16.name(),
+            _ => Precision::Fp32.name(),
         }
     }
 
@@ -136,6 +146,7 @@ pub(super) fn backend(
         provider: opts.provider.clone(),
         threads: opts.threads,
         spin_wait: opts.spin_wait,
+        bf16_fastmath: opts.provider == Provider::Cpu && opts.precision == Precision::Bf16,
         optimize: opts.optimize,
         image: graph_source(artifact, &image_bytes, &image_path, &image_weights),
         text: graph_source(artifact, &text_bytes, &text_path, &text_weights),

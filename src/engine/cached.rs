@@ -71,7 +71,7 @@ pub(super) fn load_cached(
         req.cfg,
         req.fingerprint.unwrap_or_default(),
         &opts.provider,
-        opts.int8_weights(),
+        opts.cpu_key_precision(),
         req.gpu,
     ) {
         Ok(p) => p,

@@ -111,7 +111,7 @@ fn unavailable(cfg: &Config, provider: &Provider, gpu: &GpuInfo) -> Option<Strin
         return Some(gpu.reason.clone().unwrap_or_else(|| "no GPU".into()));
     }
     if let Err(e) =
-        crate::backend::ort::provider_available(provider, cfg.onnxruntime_path.as_deref())
+        crate::backend::ort::provider_available(provider, cfg.onnxruntime_library().as_deref())
     {
         return Some(e.to_string());
     }

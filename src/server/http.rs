@@ -216,6 +216,7 @@ fn optimization(st: &AppState) -> Resp {
             "torch_compile_mode": c.torch_compile_mode,
         },
         "onnxruntime_version": e.onnxruntime_version,
+        "onnxruntime_path": e.onnxruntime_path,
         "gpu": e.gpu,
         "image_size": e.image_size,
         "warmup_ms": e.warmup_ms,

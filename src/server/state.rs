@@ -36,6 +36,8 @@ pub struct EngineInfo {
     pub fallbacks: Vec<Fallback>,
     pub gpu: Option<crate::gpu::GpuInfo>,
     pub onnxruntime_version: Option<String>,
+    /// The ONNX Runtime library loaded (packaged, installed with `runtime install`, or configured).
+    pub onnxruntime_path: Option<std::path::PathBuf>,
     pub image_size: usize,
     pub warmup_ms: f64,
 }

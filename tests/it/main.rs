@@ -17,5 +17,6 @@ mod int8;
 mod model_pull;
 mod optimize;
 mod parity;
+mod runtime;
 mod streams;
 mod tokenizer;

@@ -1,0 +1,282 @@
+//! `intelligent-video runtime install|list|use|rm`: ONNX Runtime builds installed under the state
+//! folder (a GPU build for CUDA/TensorRT, say), checked in a child process before they are used.
+//! The store itself is `crate::runtimes`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::ort as ort_backend;
+use crate::config::{Config, ConfigOverrides};
+use crate::runtimes::{self, RuntimeInfo};
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum RuntimeCommand {
+    /// Install an ONNX Runtime build from an `onnxruntime-gpu`/`onnxruntime` wheel, a tarball or a
+    /// folder with libonnxruntime.so* and its provider libraries; check that it loads; make the
+    /// daemon use it from its next start.
+    Install {
+        /// Wheel (.whl), tarball (.tar, .tar.gz, .tgz) or folder.
+        source: PathBuf,
+        /// Name of the installed build (default: from the source's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace an installed build of the same name.
+        #[arg(long)]
+        force: bool,
+        /// Install without making it the active build.
+        #[arg(long)]
+        no_activate: bool,
+        #[command(flatten)]
+        place: StateArgs,
+    },
+    /// List the installed builds (the active one is marked with `*`).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        place: StateArgs,
+    },
+    /// Make an installed build the active one (`packaged`: the library shipped with the package).
+    Use {
+        name: String,
+        #[command(flatten)]
+        place: StateArgs,
+    },
+    /// Remove an installed build (when it was active, the packaged library is used again).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        place: StateArgs,
+    },
+    /// Load the ONNX Runtime in FOLDER and print its version and providers as JSON (used by
+    /// `install`, in a child process).
+    #[command(hide = true)]
+    Probe { folder: PathBuf },
+}
+
+/// Where the state folder is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StateArgs {
+    /// Configuration file (default /etc/intelligent-video/config.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// State folder (default: `state_dir` from the configuration).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn resolve(&self) -> anyhow::Result<(PathBuf, Config)> {
+        let cfg = Config::load(self.config.as_deref(), &ConfigOverrides::default())
+            .context("invalid configuration")?;
+        Ok((
+            self.state_dir
+                .clone()
+                .unwrap_or_else(|| cfg.state_dir.clone()),
+            cfg,
+        ))
+    }
+}
+
+/// What `runtime probe` prints.
+#[derive(Debug, Serialize, Deserialize)]
+struct Probe {
+    version: String,
+    path: PathBuf,
+    providers: Vec<String>,
+    provider_libraries: Vec<(String, String)>,
+}
+
+/// Runs a runtime command; prints its result on stdout.
+pub fn run(cmd: &RuntimeCommand) -> anyhow::Result<()> {
+    match cmd {
+        RuntimeCommand::Install {
+            source,
+            name,
+            force,
+            no_activate,
+            place,
+        } => {
+            let (state, cfg) = place.resolve()?;
+            install(&state, source, name.as_deref(), *force, !*no_activate)?;
+            if let Some(p) = &cfg.onnxruntime_path {
+                eprintln!(
+                    "warning: onnxruntime_path ({}) is configured and takes precedence over installed builds",
+                    p.display()
+                );
+            }
+        }
+        RuntimeCommand::List { json, place } => {
+            let (state, _) = place.resolve()?;
+            let all = runtimes::list(&state)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for r in &all {
+                    println!(
+                        "{} {}\t{}\t{}\t{}",
+                        if r.active { "*" } else { " " },
+                        r.info.name,
+                        r.info.version,
+                        r.info.providers.join(","),
+                        r.path.display()
+                    );
+                }
+                if !all.iter().any(|r| r.active) {
+                    println!("* packaged (the library next to the binary or in /usr/lib/intelligent-video)");
+                }
+            }
+        }
+        RuntimeCommand::Use { name, place } => {
+            let (state, _) = place.resolve()?;
+            let chosen = (name != "packaged").then_some(name.as_str());
+            runtimes::set_active(&state, chosen)?;
+            println!("active: {name} (restart the daemon to load it)");
+        }
+        RuntimeCommand::Rm { name, place } => {
+            let (state, _) = place.resolve()?;
+            let was_active = runtimes::remove(&state, name)?;
+            println!(
+                "removed {name}{}",
+                if was_active {
+                    "; the packaged library is active again (restart the daemon)"
+                } else {
+                    ""
+                }
+            );
+        }
+        RuntimeCommand::Probe { folder } => {
+            let version = ort_backend::ensure_runtime(Some(folder))?;
+            let probe = Probe {
+                version,
+                path: ort_backend::runtime_path().unwrap_or_default(),
+                providers: ort_backend::compiled_providers()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                provider_libraries: provider_libraries(folder),
+            };
+            println!("{}", serde_json::to_string(&probe)?);
+        }
+    }
+    Ok(())
+}
+
+/// Extracts, probes and commits a build; makes it active when asked.
+fn install(
+    state: &Path,
+    source: &Path,
+    name: Option<&str>,
+    force: bool,
+    activate: bool,
+) -> anyhow::Result<()> {
+    let name = name
+        .map(String::from)
+        .unwrap_or_else(|| runtimes::default_name(source));
+    runtimes::check_name(&name)?;
+    if !force && runtimes::root(state).join(&name).exists() {
+        bail!(runtimes::RuntimeError::Exists(name));
+    }
+    let staging = runtimes::staging_dir(state)?;
+    let result = (|| {
+        let files = runtimes::extract(source, &staging)?;
+        let probe =
+            probe(&staging).with_context(|| format!("{} does not load", source.display()))?;
+        let info = RuntimeInfo {
+            name: name.clone(),
+            version: probe.version,
+            providers: probe.providers,
+            provider_libraries: probe.provider_libraries,
+            source: source
+                .canonicalize()
+                .unwrap_or_else(|_| source.to_path_buf())
+                .display()
+                .to_string(),
+            files,
+        };
+        let dir = runtimes::commit(state, &staging, &info, force)?;
+        anyhow::Ok((info, dir))
+    })();
+    let (info, dir) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if activate {
+        runtimes::set_active(state, Some(&info.name))?;
+    }
+    println!(
+        "installed {} (ONNX Runtime {}) in {}",
+        info.name,
+        info.version,
+        dir.display()
+    );
+    println!("providers: {}", info.providers.join(", "));
+    for (lib, status) in &info.provider_libraries {
+        println!("  {lib}: {status}");
+    }
+    if activate {
+        println!("active: the daemon loads it at its next start (systemctl restart intelligent-video); `intelligent-video doctor` shows which backend it will use");
+    }
+    Ok(())
+}
+
+/// Loads the build in a child process (`runtime probe`): a process loads ONNX Runtime only once,
+/// and a broken library must not take this one down.
+fn probe(folder: &Path) -> anyhow::Result<Probe> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let out = Command::new(exe)
+        .args(["runtime", "probe"])
+        .arg(folder)
+        .env_remove(ort_backend::LIBRARY_ENV)
+        .output()
+        .context("cannot start the probe")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "the probe failed ({}): {}",
+            out.status,
+            err.trim().lines().last().unwrap_or("no message")
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("unreadable probe answer")
+}
+
+/// Each execution-provider library of the build (other than the shared helper) with "ok" when
+/// the system loader can load it with its dependencies, else the loader's reason (a CUDA, cuDNN
+/// or TensorRT library missing, typically).
+fn provider_libraries(folder: &Path) -> Vec<(String, String)> {
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(folder)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with("libonnxruntime_providers_")
+                            && n != "libonnxruntime_providers_shared.so"
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    libs.sort();
+    libs.iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let status = match runtimes::check_loadable(p) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e,
+            };
+            (name, status)
+        })
+        .collect()
+}

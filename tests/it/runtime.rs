@@ -1,0 +1,287 @@
+//! `runtime install|list|use|rm`: a build installed from PyPI's CPU wheel is the one the daemon
+//! and `doctor` load; the real `onnxruntime-gpu` wheel installs, lists CUDA and TensorRT, names
+//! the libraries its providers miss here, and the daemon falls back to the CPU with the reasons;
+//! bad sources and names are refused clearly.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::support::daemon::{detect_target, tcp_request, Daemon};
+use crate::support::{bin, fixtures};
+
+fn runtime(state: &Path, args: &[&str]) -> std::process::Output {
+    bin::command()
+        .arg("runtime")
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("IV_ONNXRUNTIME_PATH")
+        .output()
+        .expect("runtime runs")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The first wheel in `dir` whose name starts with `prefix`.
+fn wheel_in(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut w: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl"))
+        })
+        .collect();
+    w.sort();
+    w.pop()
+}
+
+fn list(state: &Path) -> Value {
+    let out = runtime(state, &["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("list JSON")
+}
+
+/// The CPU wheel the Makefile downloads (`make ort`).
+fn cpu_wheel() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnxruntime/wheel");
+    wheel_in(&dir, "onnxruntime-")
+        .expect("the onnxruntime wheel in target/onnxruntime/wheel (make ort)")
+}
+
+#[test]
+fn an_installed_cpu_wheel_is_what_doctor_and_the_daemon_load() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("state");
+    let out = runtime(&state, &["install", cpu_wheel().to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("installed onnxruntime-1.31.1 (ONNX Runtime 1.31.1)"),
+        "{t}"
+    );
+
+    let l = list(&state);
+    assert_eq!(l.as_array().map(Vec::len), Some(1), "{l}");
+    assert_eq!(l[0]["name"], "onnxruntime-1.31.1");
+    assert_eq!(l[0]["active"], true);
+    assert_eq!(l[0]["version"], "1.31.1");
+    assert_eq!(
+        l[0]["providers"],
+        serde_json::json!(["CPUExecutionProvider"])
+    );
+    let lib = state.join("runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1");
+    assert!(lib.is_file());
+
+    // doctor names it as the library it loads.
+    let doc = bin::command()
+        .args(["doctor", "--json"])
+        .env("IV_STATE_DIR", &state)
+        .env("IV_CACHE_DIR", tmp.path().join("cache"))
+        .env("IV_SOCKET_PATH", tmp.path().join("run/d.sock"))
+        .env("IV_MODEL", fixtures::model_dir("tiny-a"))
+        .output()
+        .expect("doctor runs");
+    let report: Value = serde_json::from_slice(&doc.stdout).expect("doctor JSON");
+    let ort = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "onnxruntime"))
+        .expect("onnxruntime check");
+    assert_eq!(ort["status"], "ok", "{ort}");
+    let detail = ort["detail"].as_str().expect("detail");
+    assert!(
+        detail.starts_with(&format!("1.31.1 at {}", lib.display())),
+        "{detail}"
+    );
+
+    // The daemon loads the installed build, and detects as usual.
+    let model = fixtures::model_dir("tiny-a");
+    let state_s = state.to_str().expect("utf8");
+    let mut d = Daemon::start_with(model.to_str().expect("utf8"), &[("IV_STATE_DIR", state_s)]);
+    d.wait_ready();
+    let o = tcp_request(d.port, "GET", "/api/optimization")
+        .expect("optimization")
+        .json();
+    assert_eq!(o["onnxruntime_path"], lib.to_str().expect("utf8"), "{o}");
+    let r = d.request(
+        "POST",
+        &detect_target(&["person"], "threshold=0"),
+        Some("image/png"),
+        &fixtures::image("small_pad.png"),
+    );
+    assert_eq!(r.status, 200, "{}", d.stderr());
+    drop(d);
+
+    // Installing the same name again is refused; --force replaces it.
+    let again = runtime(&state, &["install", cpu_wheel().to_str().expect("utf8")]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("is installed already"),
+        "{}",
+        text(&again)
+    );
+    let forced = runtime(
+        &state,
+        &["install", "--force", cpu_wheel().to_str().expect("utf8")],
+    );
+    assert!(forced.status.success(), "{}", text(&forced));
+
+    // `use packaged` goes back to the shipped library without removing anything; rm removes.
+    let u = runtime(&state, &["use", "packaged"]);
+    assert!(u.status.success(), "{}", text(&u));
+    assert_eq!(list(&state)[0]["active"], false);
+    let u = runtime(&state, &["use", "onnxruntime-1.31.1"]);
+    assert!(u.status.success(), "{}", text(&u));
+    let rm = runtime(&state, &["rm", "onnxruntime-1.31.1"]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    assert!(
+        text(&rm).contains("packaged library is active again"),
+        "{}",
+        text(&rm)
+    );
+    assert_eq!(list(&state), serde_json::json!([]));
+    assert!(!state.join("runtimes/onnxruntime-1.31.1").exists());
+}
+
+#[test]
+fn bad_sources_and_names_are_refused_and_leave_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("state");
+    let not_ort = tmp.path().join("libs");
+    std::fs::create_dir(&not_ort).expect("mkdir");
+    std::fs::write(not_ort.join("libfoo.so"), b"x").expect("write");
+    // A library file that is not a shared object: found, but it does not load.
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir(&broken).expect("mkdir");
+    std::fs::write(broken.join("libonnxruntime.so.1.31.1"), b"not an ELF").expect("write");
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["install", "/nonexistent/ort.whl"],
+            "no such file or folder",
+        ),
+        (
+            &["install", not_ort.to_str().expect("utf8")],
+            "no libonnxruntime.so* inside",
+        ),
+        (
+            &["install", broken.to_str().expect("utf8")],
+            "does not load",
+        ),
+        (
+            &["install", "--name", "../x", broken.to_str().expect("utf8")],
+            "invalid runtime name",
+        ),
+        (&["use", "nothing-here"], "no installed runtime named"),
+        (&["rm", "nothing-here"], "no installed runtime named"),
+    ];
+    for (args, want) in cases {
+        let out = runtime(&state, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(want), "{args:?}: {}", text(&out));
+    }
+    // No staging folder or half install is left behind.
+    let left: Vec<_> = std::fs::read_dir(state.join("runtimes"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The real `onnxruntime-gpu` wheel (CUDA 13, TensorRT 10 provider), when `IV_TEST_GPU_WHEEL`
+/// names it (`.ci/run` downloads it; required under CI).
+#[test]
+fn the_gpu_wheel_installs_and_the_daemon_falls_back_with_reasons() {
+    let Some(wheel) = std::env::var_os("IV_TEST_GPU_WHEEL").map(PathBuf::from) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "IV_TEST_GPU_WHEEL must name the onnxruntime-gpu wheel under CI"
+        );
+        eprintln!("skipped: IV_TEST_GPU_WHEEL is not set");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("state");
+    let out = runtime(&state, &["install", wheel.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let l = list(&state);
+    assert_eq!(l[0]["name"], "onnxruntime-gpu-1.31.1", "{l}");
+    assert_eq!(
+        l[0]["providers"],
+        serde_json::json!([
+            "CPUExecutionProvider",
+            "CUDAExecutionProvider",
+            "TensorrtExecutionProvider"
+        ])
+    );
+    let files = l[0]["files"].to_string();
+    for f in [
+        "libonnxruntime.so.1.31.1",
+        "libonnxruntime_providers_cuda.so",
+        "libonnxruntime_providers_shared.so",
+        "libonnxruntime_providers_tensorrt.so",
+    ] {
+        assert!(files.contains(f), "{f} not installed: {files}");
+    }
+    // Each provider library is reported with "ok" or the loader's reason.
+    let libs = l[0]["provider_libraries"]
+        .as_array()
+        .expect("provider_libraries");
+    assert_eq!(libs.len(), 2, "{libs:?}");
+    for pair in libs {
+        let status = pair[1].as_str().expect("status");
+        assert!(
+            status == "ok" || status.contains("cannot open shared object file"),
+            "{pair}"
+        );
+    }
+
+    // The daemon loads it, and with no usable GPU here serves on the CPU, saying why.
+    let model = fixtures::model_dir("tiny-a");
+    let mut d = Daemon::start_with(
+        model.to_str().expect("utf8"),
+        &[
+            ("IV_STATE_DIR", state.to_str().expect("utf8")),
+            ("IV_OPTIMIZATION_BACKEND", "auto"),
+        ],
+    );
+    d.wait_ready();
+    let o = tcp_request(d.port, "GET", "/api/optimization")
+        .expect("optimization")
+        .json();
+    assert!(
+        o["onnxruntime_path"].as_str().is_some_and(
+            |p| p.ends_with("runtimes/onnxruntime-gpu-1.31.1/libonnxruntime.so.1.31.1")
+        ),
+        "{o}"
+    );
+    let backend = o["optimization"]["backend"].as_str().expect("backend");
+    if o["gpu_available"] == false {
+        assert_eq!(backend, "cpu", "{o}");
+        let fallbacks = o["optimization"]["fallbacks"]
+            .as_array()
+            .expect("fallbacks");
+        let names: Vec<_> = fallbacks.iter().map(|f| f["backend"].clone()).collect();
+        assert_eq!(names, ["tensorrt", "cuda"], "{o}");
+        assert!(
+            fallbacks
+                .iter()
+                .all(|f| f["reason"].as_str().is_some_and(|r| !r.is_empty())),
+            "{o}"
+        );
+    }
+    let r = d.request(
+        "POST",
+        &detect_target(&["person"], "threshold=0"),
+        Some("image/png"),
+        &fixtures::image("small_pad.png"),
+    );
+    assert_eq!(r.status, 200, "{}", d.stderr());
+}
