@@ -131,6 +131,9 @@ pub struct Config {
     pub max_side: u32,
     /// MiB that all concurrent image decodes may take together (estimated from the headers).
     pub decode_budget_mb: u64,
+    /// Rotate images by their EXIF orientation tag before detection (off: pixels as stored, as
+    /// transformers takes them).
+    pub apply_exif_orientation: bool,
     pub max_queries: usize,
     pub max_query_bytes: usize,
     pub default_threshold: f32,
@@ -205,6 +208,7 @@ impl Default for Config {
             max_pixels: limits.max_pixels,
             max_side: limits.max_side,
             decode_budget_mb: 1024,
+            apply_exif_orientation: false,
             max_queries: queries.max_queries,
             max_query_bytes: queries.max_query_bytes,
             default_threshold: 0.1,
@@ -480,6 +484,7 @@ impl Config {
             max_encoded_bytes: self.max_body_bytes,
             max_pixels: self.max_pixels,
             max_side: self.max_side,
+            apply_exif_orientation: self.apply_exif_orientation,
         }
     }
 

@@ -36,6 +36,10 @@ pub struct DetectArgs {
     /// Largest accepted image side in pixels.
     #[arg(long, default_value_t = ImageLimits::default().max_side)]
     pub max_side: u32,
+    /// Rotate images by their EXIF orientation tag first (default: pixels as stored, as
+    /// transformers takes them).
+    #[arg(long)]
+    pub apply_exif_orientation: bool,
     /// Image-tower precision: fp32 (exact, default), int8 (quantized encoder projections) or bf16
     /// (arm64 CPUs with BF16: bf16 GEMMs).
     #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
@@ -63,6 +67,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
         max_encoded_bytes: args.max_image_bytes,
         max_pixels: args.max_pixels,
         max_side: args.max_side,
+        apply_exif_orientation: args.apply_exif_orientation,
     };
     let opts = DetectorOptions {
         precision: args.precision,

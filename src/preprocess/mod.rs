@@ -22,6 +22,9 @@ pub struct ImageLimits {
     pub max_pixels: u64,
     /// Largest width or height.
     pub max_side: u32,
+    /// Rotate/flip by the EXIF orientation tag (JPEG, PNG, WebP) before preprocessing. Off by
+    /// default: transformers' processors take the pixels as stored.
+    pub apply_exif_orientation: bool,
 }
 
 impl Default for ImageLimits {
@@ -30,6 +33,7 @@ impl Default for ImageLimits {
             max_encoded_bytes: 32 * 1024 * 1024,
             max_pixels: 40_000_000,
             max_side: 16_384,
+            apply_exif_orientation: false,
         }
     }
 }
@@ -259,9 +263,13 @@ pub fn decode_probed(
     // Decoded buffer (up to 16-bit RGBA) plus decoder scratch.
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
     reader.limits(lim);
-    let img = reader
-        .decode()
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let img = if limits.apply_exif_orientation {
+        decode_oriented(reader)?
+    } else {
+        reader
+            .decode()
+            .map_err(|e| ImageError::Decode(e.to_string()))?
+    };
     let (w, h) = (img.width(), img.height());
     let data = if img.color().has_alpha() {
         let rgba = img.into_rgba8();
@@ -283,6 +291,17 @@ pub fn decode_probed(
         height: h,
         data,
     })
+}
+
+/// Decodes and applies the EXIF orientation (rotation and mirroring; no tag: as stored).
+fn decode_oriented(reader: ImageReader<Cursor<&[u8]>>) -> Result<image::DynamicImage, ImageError> {
+    use image::ImageDecoder;
+    let bad = |e: image::ImageError| ImageError::Decode(e.to_string());
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    let orientation = decoder.orientation().map_err(bad)?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// PIL `Image.alpha_composite(white, src)` for one channel (PRECISION_BITS = 7).

@@ -213,3 +213,65 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A 40×20 JPEG, left half red and right half blue, with an EXIF APP1 segment whose orientation
+/// tag is `orientation` (6: rotate 90° clockwise to display).
+fn jpeg_with_orientation(orientation: u16) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(40, 20, |x, _| {
+        if x < 20 {
+            image::Rgb([255, 0, 0])
+        } else {
+            image::Rgb([0, 0, 255])
+        }
+    });
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+        .expect("encode");
+    // Exif header, big-endian TIFF header, one IFD entry: 0x0112 SHORT 1 = orientation.
+    let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
+    exif.extend_from_slice(&orientation.to_be_bytes());
+    exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&u16::try_from(exif.len() + 2).expect("len").to_be_bytes());
+    app1.extend_from_slice(&exif);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn exif_orientation_is_applied_only_when_asked() {
+    let bytes = jpeg_with_orientation(6);
+    let stored = decode(&bytes, &ImageLimits::default()).expect("decode");
+    assert_eq!((stored.width, stored.height), (40, 20));
+    let oriented = decode(
+        &bytes,
+        &ImageLimits {
+            apply_exif_orientation: true,
+            ..ImageLimits::default()
+        },
+    )
+    .expect("decode");
+    assert_eq!((oriented.width, oriented.height), (20, 40));
+    // Rotated 90° clockwise: the left (red) half is now the top half.
+    let px = |img: &Rgb, x: u32, y: u32| {
+        let i = ((y * img.width + x) * 3) as usize;
+        [img.data[i], img.data[i + 1], img.data[i + 2]]
+    };
+    let top = px(&oriented, 10, 5);
+    let bottom = px(&oriented, 10, 35);
+    assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+    assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+    // Orientation 1 (as stored) and no tag change nothing.
+    let one = decode(
+        &jpeg_with_orientation(1),
+        &ImageLimits {
+            apply_exif_orientation: true,
+            ..ImageLimits::default()
+        },
+    )
+    .expect("decode");
+    assert_eq!((one.width, one.height), (40, 20));
+}
