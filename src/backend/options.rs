@@ -49,9 +49,14 @@ pub fn tensorrt_options(
         o.push(("trt_timing_cache_path", t.display().to_string()));
     }
     if let GraphSource::BuildAndSave { path, .. } = source {
-        let dir = path.parent().unwrap_or(Path::new("."));
         o.push(("trt_engine_cache_enable", flag(true)));
-        o.push(("trt_engine_cache_path", dir.display().to_string()));
+        // With `trt_dump_ep_context_model` the EP takes this path relative to the context model's
+        // folder and writes it into the context model's `ep_cache_context` attribute. An absolute
+        // path is logged as an error, lands in that attribute as it is (pointing into the staging
+        // folder, which is renamed afterwards), and is refused when the context model is loaded
+        // (ONNX Runtime 1.31 tensorrt_execution_provider.cc; onnxruntime #22131, #21307). "."
+        // keeps the engines beside the context model, referenced by a relative name.
+        o.push(("trt_engine_cache_path", ".".into()));
         o.push(("trt_engine_cache_prefix", graph.name().to_string()));
         o.push(("trt_dump_ep_context_model", flag(true)));
         o.push(("trt_ep_context_file_path", path.display().to_string()));
@@ -137,9 +142,10 @@ mod tests {
         );
         assert_eq!(get(&o, "trt_timing_cache_enable"), Some("1"));
         assert_eq!(get(&o, "trt_timing_cache_path"), Some("/c/tensorrt-timing"));
-        // The engine cache is the context model's folder, as TensorRT's EP requires for a dump.
+        // The engine cache is the context model's folder, given relative to it: the EP refuses
+        // an absolute path in a context model.
         assert_eq!(get(&o, "trt_engine_cache_enable"), Some("1"));
-        assert_eq!(get(&o, "trt_engine_cache_path"), Some("/c/.tmp-k-1"));
+        assert_eq!(get(&o, "trt_engine_cache_path"), Some("."));
         assert_eq!(get(&o, "trt_engine_cache_prefix"), Some("image"));
         assert_eq!(get(&o, "trt_dump_ep_context_model"), Some("1"));
         assert_eq!(
