@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::http::{self, Peer};
+use super::parse_errors::JsonParseErrors;
 use super::state::AppState;
 
 /// First and longest pause after a failed accept.
@@ -268,7 +269,7 @@ impl<'a> Acceptor<'a> {
                 .header_read_timeout(header_timeout)
                 // A client may shut its write side after a complete request: still answer it.
                 .half_close(true)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(JsonParseErrors::new(stream)), svc);
             let fut = watcher.watch(hyper_conn);
             tokio::select! {
                 r = fut => {

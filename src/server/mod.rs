@@ -11,6 +11,7 @@ mod conn;
 pub mod error;
 pub mod http;
 pub mod listen;
+mod parse_errors;
 pub mod state;
 mod streams;
 

@@ -291,6 +291,18 @@ fn cases() -> Vec<Case> {
             415,
             "unsupported_media_type",
         ),
+        // Over hyper's fixed 64 KiB request-line limit: hyper answers before any handler, and
+        // the answer still carries the JSON error.
+        c(
+            "URL over 64 KiB",
+            post(
+                &format!("/v1/detect?query={}", "a".repeat(70_000)),
+                "image/png",
+                &png,
+            ),
+            414,
+            "uri_too_long",
+        ),
         // Routing.
         status_only(
             "POST /v1/detect over TCP",
