@@ -274,8 +274,15 @@ fn session(
         .with_intra_op_spinning(plan.spin_wait)
         .map_err(|e| err(e.to_string()))?;
     if plan.bf16_fastmath {
+        // ONNX Runtime's bf16 fast path is in its MatMul kernel only; MatMul+Add fusion would turn
+        // every projection into a Gemm, which keeps fp32 (measured: no drift at all with it on).
         b = b
-            .with_config_entry("mlas.enable_gemm_fastmath_arm64_bf16", "1")
+            .with_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "1")
+            .map_err(|e| err(e.to_string()))?
+            .with_config_entry(
+                "optimization.disable_specified_optimizers",
+                "MatMulAddFusion",
+            )
             .map_err(|e| err(e.to_string()))?;
     }
     let (threads, affinity) = intra_op_threads(plan);

@@ -134,6 +134,7 @@ pub(super) fn backend(
                 &model.checkpoint,
                 opts.attention(),
                 opts.int8_weights(),
+                opts.provider == Provider::Cpu && opts.precision == Precision::Bf16,
             )?,
             graphs::build_text_graph(&model.config, &model.checkpoint)?,
         ),

@@ -60,6 +60,9 @@ struct Ctx<'a> {
     ckpt: &'a Checkpoint,
     /// Int8 encoder projections in this weight range, or exact f32 (`None`).
     int8: Option<Int8Weights>,
+    /// Linear layers as `MatMul` (+ `Add`) of the transposed weight instead of `Gemm`: ONNX
+    /// Runtime's arm64 bf16 fast-math path is in its MatMul kernel only.
+    matmul: bool,
 }
 
 impl Ctx<'_> {
@@ -78,6 +81,18 @@ impl Ctx<'_> {
         bias: bool,
     ) -> Result<String, ModelError> {
         let w = self.w(&format!("{prefix}.weight"), &[dout, din])?;
+        if self.matmul {
+            // Transpose of a constant: folded into an [in, out] initializer by ONNX Runtime.
+            let wt = self
+                .b
+                .op("Transpose", &[&w], &[Attr::Ints("perm", vec![1, 0])]);
+            let y = self.b.op("MatMul", &[x, &wt], &[]);
+            if !bias {
+                return Ok(y);
+            }
+            let b = self.w(&format!("{prefix}.bias"), &[dout])?;
+            return Ok(self.b.op("Add", &[&y, &b], &[]));
+        }
         if bias {
             let b = self.w(&format!("{prefix}.bias"), &[dout])?;
             Ok(self.b.op("Gemm", &[x, &w, &b], &[Attr::Int("transB", 1)]))
@@ -405,11 +420,13 @@ fn image_graph_ctx<'a>(
     ckpt: &'a Checkpoint,
     attention: Attention,
     int8: Option<Int8Weights>,
+    matmul: bool,
 ) -> Result<Ctx<'a>, ModelError> {
     let mut c = Ctx {
         b: GraphBuilder::new("owlv2_image"),
         ckpt,
         int8,
+        matmul,
     };
     let pre = "owlv2.vision_model";
     c.image_io(cfg);
@@ -433,14 +450,16 @@ fn image_graph_ctx<'a>(
     Ok(c)
 }
 
-/// Builds and serialises the image graph.
+/// Builds and serialises the image graph (`matmul`: linear layers as MatMul + Add, for the arm64
+/// bf16 fast-math kernels).
 pub fn build_image_graph(
     cfg: &OwlConfig,
     ckpt: &Checkpoint,
     attention: Attention,
     int8: Option<Int8Weights>,
+    matmul: bool,
 ) -> Result<Vec<u8>, ModelError> {
-    let c = image_graph_ctx(cfg, ckpt, attention, int8)?;
+    let c = image_graph_ctx(cfg, ckpt, attention, int8, matmul)?;
     Ok(c.b.finish(
         "OWLv2 image tower and heads",
         &[("graph_builder_version", GRAPH_BUILDER_VERSION.into())],
@@ -453,6 +472,7 @@ pub fn build_text_graph(cfg: &OwlConfig, ckpt: &Checkpoint) -> Result<Vec<u8>, M
         b: GraphBuilder::new("owlv2_text"),
         ckpt,
         int8: None,
+        matmul: false,
     };
     let t = &cfg.text;
     let d = t.hidden_size;
