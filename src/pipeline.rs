@@ -21,6 +21,9 @@ pub enum PipelineError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// An exemplar image that cannot be a query (its box outside the image or empty).
+    #[error("{0}")]
+    Exemplar(String),
 }
 
 impl PipelineError {
@@ -29,6 +32,7 @@ impl PipelineError {
         match self {
             PipelineError::Query(e) => e.kind(),
             PipelineError::Backend(e) => e.kind(),
+            PipelineError::Exemplar(_) => "invalid_exemplar",
         }
     }
 }
@@ -38,6 +42,52 @@ impl PipelineError {
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
+}
+
+/// An example image used as a query (query by example).
+#[derive(Debug, Clone)]
+pub struct Exemplar<'a> {
+    /// Identifies the image's content (e.g. a hash of its encoded bytes): the embedding cache key,
+    /// with the box.
+    pub content_key: &'a str,
+    pub image: &'a Rgb,
+    /// `[x0, y0, x1, y1]` in the exemplar's pixels: the query is the object there; `None`: the
+    /// exemplar's most object-like patch (transformers' `embed_image_query`).
+    pub bbox: Option<[f32; 4]>,
+}
+
+impl Exemplar<'_> {
+    /// The embedding cache key: never equal to a text query (those have no NUL).
+    fn cache_key(&self) -> String {
+        match self.bbox {
+            Some(b) => format!(
+                "\0image:{}#{},{},{},{}",
+                self.content_key, b[0], b[1], b[2], b[3]
+            ),
+            None => format!("\0image:{}", self.content_key),
+        }
+    }
+
+    /// The box divided by `max(H, W)` (the padded square the boxes are predicted in), after
+    /// checking it is a non-empty box inside the image.
+    fn normalised_box(&self) -> Result<Option<[f32; 4]>, PipelineError> {
+        let Some(b) = self.bbox else { return Ok(None) };
+        let (w, h) = (self.image.width as f32, self.image.height as f32);
+        let finite = b.iter().all(|v| v.is_finite());
+        if !finite || b[0] < 0.0 || b[1] < 0.0 || b[2] > w || b[3] > h {
+            return Err(PipelineError::Exemplar(format!(
+                "exemplar box {b:?} is outside the {}x{} image",
+                self.image.width, self.image.height
+            )));
+        }
+        if b[2] <= b[0] || b[3] <= b[1] {
+            return Err(PipelineError::Exemplar(format!(
+                "exemplar box {b:?} is empty (it needs x0 < x1 and y0 < y1)"
+            )));
+        }
+        let side = w.max(h);
+        Ok(Some([b[0] / side, b[1] / side, b[2] / side, b[3] / side]))
+    }
 }
 
 /// A loaded OWLv2 detector.
@@ -148,6 +198,83 @@ impl Detector {
             .collect()
     }
 
+    /// Query embeddings of exemplar images: from the cache (keyed by content and box), or one
+    /// image-graph batch for the missing ones.
+    pub fn exemplar_embeddings(
+        &mut self,
+        exemplars: &[Exemplar<'_>],
+    ) -> Result<Vec<Arc<[f32]>>, PipelineError> {
+        let keys: Vec<String> = exemplars.iter().map(Exemplar::cache_key).collect();
+        let boxes = exemplars
+            .iter()
+            .map(Exemplar::normalised_box)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            if self.cache.get(k).is_some() || missing.iter().any(|&m| keys[m] == *k) {
+                self.stats.hits += 1;
+            } else {
+                self.stats.misses += 1;
+                missing.push(i);
+            }
+        }
+        if !missing.is_empty() {
+            let s = self.pre.size;
+            let mut px = Vec::with_capacity(missing.len() * 3 * s * s);
+            for &i in &missing {
+                self.preprocess_into(exemplars[i].image, &mut px);
+            }
+            let out = self.run_images(&px, missing.len())?;
+            for (j, &i) in missing.iter().enumerate() {
+                let heads = out.heads(j);
+                let emb = postprocess::exemplar_patch(&heads, boxes[i])
+                    .and_then(|p| postprocess::exemplar_embedding(&heads, p))
+                    .ok_or_else(|| {
+                        PipelineError::Backend(BackendError::Run(
+                            "the image graph gave no patches for the exemplar".into(),
+                        ))
+                    })?;
+                self.cache.put(keys[i].clone(), Arc::from(emb));
+            }
+        }
+        keys.iter()
+            .map(|k| {
+                self.cache.get(k).cloned().ok_or_else(|| {
+                    PipelineError::Backend(BackendError::Run(
+                        "query cache smaller than the request".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Detects the queries given as embeddings (text and exemplars), labelled `labels`, in every
+    /// image (one image-graph batch).
+    pub fn detect_embedded(
+        &mut self,
+        images: &[&Rgb],
+        embeddings: &[Arc<[f32]>],
+        labels: &[String],
+        params: &PostParams,
+    ) -> Result<Vec<Vec<Detection>>, PipelineError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.pre.size;
+        let mut px = Vec::with_capacity(images.len() * 3 * s * s);
+        for img in images {
+            self.preprocess_into(img, &mut px);
+        }
+        let out = self.run_images(&px, images.len())?;
+        Ok(images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                Self::postprocess(&out, i, embeddings, labels, (img.width, img.height), params)
+            })
+            .collect())
+    }
+
     /// Preprocesses an image into `pixel_values` rows appended to `out`.
     pub fn preprocess_into(&self, img: &Rgb, out: &mut Vec<f32>) {
         preprocess::preprocess_into(img, &self.pre, out);
@@ -186,21 +313,6 @@ impl Detector {
     ) -> Result<Vec<Vec<Detection>>, PipelineError> {
         rules.check(queries)?;
         let emb = self.query_embeddings(queries)?;
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
-        let s = self.pre.size;
-        let mut px = Vec::with_capacity(images.len() * 3 * s * s);
-        for img in images {
-            self.preprocess_into(img, &mut px);
-        }
-        let out = self.run_images(&px, images.len())?;
-        Ok(images
-            .iter()
-            .enumerate()
-            .map(|(i, img)| {
-                Self::postprocess(&out, i, &emb, queries, (img.width, img.height), params)
-            })
-            .collect())
+        self.detect_embedded(images, &emb, queries, params)
     }
 }

@@ -126,6 +126,54 @@ pub fn detect(
     dets
 }
 
+/// The patch of an exemplar image that becomes the query (transformers' `embed_image_query`):
+/// with no box, the highest objectness (first on ties, as `argmax`); with `box_norm`
+/// (`[x0, y0, x1, y1]` divided by the exemplar's `max(H, W)`), the patch whose predicted box has
+/// the highest IoU with it, ties going to the higher objectness. `None` for an empty head.
+pub fn exemplar_patch(heads: &ImageHeads<'_>, box_norm: Option<[f32; 4]>) -> Option<usize> {
+    let obj = heads.objectness_logits;
+    let p = obj.len();
+    if p == 0 || heads.pred_boxes.len() < p * 4 {
+        return None;
+    }
+    let Some(q) = box_norm else {
+        let mut best = 0;
+        for i in 1..p {
+            if obj[i] > obj[best] {
+                best = i;
+            }
+        }
+        return Some(best);
+    };
+    let mut best = 0;
+    let mut best_iou = f32::NEG_INFINITY;
+    for i in 0..p {
+        let b = &heads.pred_boxes[i * 4..i * 4 + 4];
+        let c = [
+            b[0] - 0.5 * b[2],
+            b[1] - 0.5 * b[3],
+            b[0] + 0.5 * b[2],
+            b[1] + 0.5 * b[3],
+        ];
+        let v = iou(&q, &c);
+        if v > best_iou || (v == best_iou && obj[i] > obj[best]) {
+            best = i;
+            best_iou = v;
+        }
+    }
+    Some(best)
+}
+
+/// An exemplar's query embedding from its patch's class embedding, normalised as transformers'
+/// class head normalises a query (`e / (‖e‖ + 1e-6)`).
+pub fn exemplar_embedding(heads: &ImageHeads<'_>, patch: usize) -> Option<Vec<f32>> {
+    let p = heads.logit_shift.len();
+    let c = heads.class_embeds.len().checked_div(p)?;
+    let e = heads.class_embeds.get(patch * c..(patch + 1) * c)?;
+    let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+    Some(e.iter().map(|v| v / (norm + 1e-6)).collect())
+}
+
 /// Intersection over union of two `[x0, y0, x1, y1]` boxes (0 for empty boxes).
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
@@ -170,6 +218,7 @@ mod tests {
             logit_shift: shift,
             logit_scale: scale,
             pred_boxes: boxes,
+            objectness_logits: &[],
         }
     }
 

@@ -22,6 +22,8 @@ pub struct ImageHeads<'a> {
     pub logit_scale: &'a [f32],
     /// `[P, 4]` as `(cx, cy, w, h)` in `[0, 1]` of the padded square.
     pub pred_boxes: &'a [f32],
+    /// `[P]` (used to pick an exemplar's query patch).
+    pub objectness_logits: &'a [f32],
 }
 
 /// Outputs of the image graph for a batch, row-major.
@@ -51,6 +53,10 @@ impl ImageBatch {
             logit_shift: &self.logit_shift[i * p..(i + 1) * p],
             logit_scale: &self.logit_scale[i * p..(i + 1) * p],
             pred_boxes: &self.pred_boxes[i * p * 4..(i + 1) * p * 4],
+            objectness_logits: self
+                .objectness_logits
+                .get(i * p..(i + 1) * p)
+                .unwrap_or(&[]),
         }
     }
 }

@@ -7,8 +7,11 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::RuntimeArgs;
+use sha2::Digest;
+
 use crate::engine::{load_detector, DetectorOptions};
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
+use crate::pipeline::Exemplar;
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, ImageLimits};
 use crate::vocab::Precision;
@@ -25,8 +28,15 @@ pub struct DetectArgs {
     #[arg(long)]
     pub nms: Option<f32>,
     /// A text query; repeat for several.
-    #[arg(long = "query", required = true)]
+    #[arg(long = "query", required_unless_present = "query_images")]
     pub queries: Vec<String>,
+    /// An example image as a query (query by example): `PATH`, or `PATH#x0,y0,x1,y1` for the
+    /// object in that box (exemplar pixels); repeat for several, mix with --query.
+    #[arg(long = "query-image", value_parser = parse_query_image)]
+    pub query_images: Vec<QueryImage>,
+    /// Label of the n-th --query-image (in order; default `image:<n>`, counting from 0).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Largest accepted image file in bytes.
     #[arg(long, default_value_t = ImageLimits::default().max_encoded_bytes)]
     pub max_image_bytes: usize,
@@ -49,6 +59,56 @@ pub struct DetectArgs {
     /// Image files (JPEG, PNG, WebP, BMP).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+}
+
+/// `--query-image PATH[#x0,y0,x1,y1]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryImage {
+    pub path: PathBuf,
+    pub bbox: Option<[f32; 4]>,
+}
+
+fn parse_query_image(s: &str) -> Result<QueryImage, String> {
+    let Some((path, b)) = s.rsplit_once('#') else {
+        return Ok(QueryImage {
+            path: s.into(),
+            bbox: None,
+        });
+    };
+    let v: Vec<f32> = b
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{b:?} is not a box: use PATH#x0,y0,x1,y1 (exemplar pixels)"))?;
+    let [x0, y0, x1, y1] = v[..] else {
+        return Err(format!(
+            "{b:?} is not a box: use PATH#x0,y0,x1,y1 (exemplar pixels)"
+        ));
+    };
+    Ok(QueryImage {
+        path: path.into(),
+        bbox: Some([x0, y0, x1, y1]),
+    })
+}
+
+/// Reads an image file within `limits`.
+fn read_image(
+    path: &std::path::Path,
+    limits: &ImageLimits,
+) -> anyhow::Result<(Vec<u8>, preprocess::Rgb)> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > limits.max_encoded_bytes as u64 {
+        bail!(
+            "{}: file is {} bytes, more than the limit of {}",
+            path.display(),
+            meta.len(),
+            limits.max_encoded_bytes
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let img = preprocess::decode(&bytes, limits).with_context(|| path.display().to_string())?;
+    Ok((bytes, img))
 }
 
 /// One output line.
@@ -80,29 +140,45 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
         max_queries: args.queries.len().max(1),
         max_query_bytes: MAX_QUERY_BYTES,
     };
-    rules.check(&args.queries).context("invalid query")?;
-    det.query_embeddings(&args.queries)
+    if !args.queries.is_empty() {
+        rules.check(&args.queries).context("invalid query")?;
+    }
+    let mut embeddings = det
+        .query_embeddings(&args.queries)
         .context("invalid query")?;
+    let mut labels = args.queries.clone();
+    if args.labels.len() > args.query_images.len() {
+        bail!(
+            "{} --label for {} --query-image (each --label names one query image, in order)",
+            args.labels.len(),
+            args.query_images.len()
+        );
+    }
+    for (n, q) in args.query_images.iter().enumerate() {
+        let (bytes, img) = read_image(&q.path, &limits).context("invalid query image")?;
+        let key = hex::encode(sha2::Sha256::digest(&bytes));
+        let emb = det
+            .exemplar_embeddings(&[Exemplar {
+                content_key: &key,
+                image: &img,
+                bbox: q.bbox,
+            }])
+            .with_context(|| format!("invalid query image {}", q.path.display()))?;
+        embeddings.extend(emb);
+        labels.push(
+            args.labels
+                .get(n)
+                .cloned()
+                .unwrap_or_else(|| format!("image:{n}")),
+        );
+    }
     let stdout = std::io::stdout();
     let mut failed = 0;
     for path in &args.images {
         let result = (|| -> anyhow::Result<()> {
-            let meta = std::fs::metadata(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            if meta.len() > limits.max_encoded_bytes as u64 {
-                bail!(
-                    "{}: file is {} bytes, more than the limit of {}",
-                    path.display(),
-                    meta.len(),
-                    limits.max_encoded_bytes
-                );
-            }
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let img =
-                preprocess::decode(&bytes, &limits).with_context(|| path.display().to_string())?;
+            let (_, img) = read_image(path, &limits)?;
             let dets = det
-                .detect(&[&img], &args.queries, &rules, &params)
+                .detect_embedded(&[&img], &embeddings, &labels, &params)
                 .with_context(|| path.display().to_string())?;
             let line = serde_json::to_string(&ImageResult {
                 image: path.display().to_string(),

@@ -40,6 +40,7 @@ impl From<PipelineError> for DetectError {
         match e {
             PipelineError::Query(q) => DetectError::Query(q),
             PipelineError::Backend(b) => DetectError::Backend(b),
+            PipelineError::Exemplar(m) => DetectError::InvalidParameter(m),
         }
     }
 }

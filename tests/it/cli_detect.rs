@@ -252,3 +252,99 @@ fn bad_models_and_arguments_fail_cleanly() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--query-image`: an exemplar (and an exemplar box) mixed with a text query; the exemplar's
+/// best score is transformers' (sigmoid of the best image-guided logit, goldens of
+/// `generate_guided.py`); labels default to `image:<n>`; bad exemplars fail cleanly.
+#[test]
+fn query_images_mix_with_text_and_match_transformers() {
+    let model = model_dir("tiny-a");
+    let g: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures::fixtures().join("golden/tiny-a-guided.json"))
+            .expect("golden"),
+    )
+    .expect("json");
+    let case = &g["cases"][0]; // wide_blur.png (no box) -> small_pad.png
+    assert_eq!(case["exemplar"], "wide_blur.png");
+    let best_logit = case["logits"]
+        .as_array()
+        .expect("logits")
+        .iter()
+        .map(|v| v.as_f64().expect("n"))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let want = 1.0 / (1.0 + (-best_logit).exp());
+    let ex = image_path("wide_blur.png");
+    let boxed = format!("{}#10,10,30,40", image_path("exact_a.png").display());
+    let out = detect(
+        &model,
+        &[
+            "--query",
+            "a photo of a cat",
+            "--query-image",
+            ex.to_str().expect("utf8"),
+            "--query-image",
+            &boxed,
+            "--label",
+            "blur",
+            "--threshold",
+            "0",
+        ],
+        &[&image_path("small_pad.png")],
+    );
+    bin::assert_success(&out);
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let dets = line["detections"].as_array().expect("detections");
+    let labels: std::collections::BTreeSet<&str> =
+        dets.iter().filter_map(|d| d["label"].as_str()).collect();
+    assert!(
+        labels.is_subset(&["a photo of a cat", "blur", "image:1"].into()),
+        "{labels:?}"
+    );
+    // Text-only detection of the same image, to isolate the exemplar's own best score.
+    let alone = detect(
+        &model,
+        &[
+            "--query-image",
+            ex.to_str().expect("utf8"),
+            "--threshold",
+            "0",
+        ],
+        &[&image_path("small_pad.png")],
+    );
+    bin::assert_success(&alone);
+    let alone: serde_json::Value = serde_json::from_slice(&alone.stdout).expect("json");
+    let top = &alone["detections"][0];
+    assert_eq!(top["label"], "image:0");
+    let got = top["score"].as_f64().expect("score");
+    assert!(
+        (got - want).abs() < 1e-4,
+        "exemplar best score {got}, transformers {want}"
+    );
+
+    let bad = format!("{}#0,0,500,10", image_path("small_pad.png").display());
+    let out = detect(
+        &model,
+        &["--query-image", &bad],
+        &[&image_path("small_pad.png")],
+    );
+    assert_clean_failure(&out, "outside the 50x30 image");
+    let out = detect(
+        &model,
+        &["--query-image", "/nonexistent/x.png"],
+        &[&image_path("small_pad.png")],
+    );
+    assert_clean_failure(&out, "cannot read /nonexistent/x.png");
+    let out = detect(
+        &model,
+        &[
+            "--query-image",
+            ex.to_str().expect("utf8"),
+            "--label",
+            "a",
+            "--label",
+            "b",
+        ],
+        &[&image_path("small_pad.png")],
+    );
+    assert_clean_failure(&out, "2 --label for 1 --query-image");
+}

@@ -13,6 +13,7 @@ mod daemon_bad_input;
 mod daemon_load;
 mod doctor;
 mod early_answers;
+mod guided;
 mod int8;
 mod model_pull;
 mod optimize;

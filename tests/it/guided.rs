@@ -1,0 +1,189 @@
+//! Query by example against transformers' `image_guided_detection` (goldens from
+//! `models/fixtures/generate_guided.py`): the exemplar's query patch (highest objectness, or the
+//! best IoU with a given box), the target's class logits for it and its boxes; the embedding
+//! cache; clear errors for boxes outside the exemplar or empty.
+
+use std::sync::Arc;
+
+use crate::support::fixtures::{self, model_dir};
+use intelligent_video::engine::{load_detector, DetectorOptions};
+use intelligent_video::pipeline::{Exemplar, PipelineError};
+use intelligent_video::postprocess;
+use intelligent_video::preprocess::{self, ImageLimits, Rgb};
+
+fn golden(model: &str) -> serde_json::Value {
+    let path = fixtures::fixtures().join(format!("golden/{model}-guided.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("golden")).expect("json")
+}
+
+fn decode(name: &str) -> Rgb {
+    preprocess::decode(&fixtures::image(name), &ImageLimits::default()).expect("decodes")
+}
+
+fn bbox(v: &serde_json::Value) -> Option<[f32; 4]> {
+    let a = v.as_array()?;
+    Some([0, 1, 2, 3].map(|i| a[i].as_f64().unwrap_or(f64::NAN) as f32))
+}
+
+fn stem(file: &str) -> &str {
+    file.strip_suffix(".png").unwrap_or(file)
+}
+
+/// Exactness of the selection and the embedding: both images fed with transformers' own
+/// `pixel_values` (preprocessing parity is `parity.rs`'s), so only the graph and the query path
+/// are compared.
+#[test]
+fn exemplar_queries_match_transformers_image_guided_detection() {
+    for model in ["tiny-a", "tiny-b"] {
+        let g = golden(model);
+        let pixels = fixtures::goldens(model);
+        let mut det = load_detector(&model_dir(model), &DetectorOptions::default()).expect("loads");
+        for case in g["cases"].as_array().expect("cases") {
+            let ex_name = case["exemplar"].as_str().expect("exemplar");
+            let tg_name = case["target"].as_str().expect("target");
+            let ex = decode(ex_name);
+            let b = bbox(&case["box"]);
+            let what = format!("{model}: {ex_name} {b:?} -> {tg_name}");
+
+            let ex_out = det
+                .run_images(&fixtures::golden_pixels(&pixels, stem(ex_name)), 1)
+                .expect("exemplar runs");
+            let side = ex.width.max(ex.height) as f32;
+            let norm = b.map(|b| b.map(|v| v / side));
+            let patch = postprocess::exemplar_patch(&ex_out.heads(0), norm).expect("patch");
+            assert_eq!(
+                patch as u64,
+                case["query_patch"].as_u64().expect("query_patch"),
+                "{what}: query patch"
+            );
+            let emb = postprocess::exemplar_embedding(&ex_out.heads(0), patch).expect("embedding");
+
+            let out = det
+                .run_images(&fixtures::golden_pixels(&pixels, stem(tg_name)), 1)
+                .expect("target runs");
+            let heads = out.heads(0);
+            let logits = postprocess::class_logits(&heads, &[&emb[..]]);
+            let want = numbers(&case["logits"]);
+            assert_eq!(logits.len(), want.len(), "{what}");
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let d = fixtures::max_abs_diff(&logits, &want);
+            assert!(
+                d <= 1e-5 * scale,
+                "{what}: logits max |Δ| = {d} (scale {scale})"
+            );
+            let boxes: Vec<f64> = case["target_pred_boxes"]
+                .as_array()
+                .expect("boxes")
+                .iter()
+                .flat_map(numbers)
+                .collect();
+            let d = fixtures::max_abs_diff(heads.pred_boxes, &boxes);
+            assert!(d <= 1e-5, "{what}: target_pred_boxes max |Δ| = {d}");
+        }
+    }
+}
+
+fn numbers(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+/// The same through `Detector::exemplar_embeddings` from decoded images (our preprocessing, within
+/// its 1e-4 parity of pixel values): the same query patch's embedding, so logits agree to the
+/// end-to-end tolerance.
+#[test]
+fn decoded_exemplars_give_transformers_logits_end_to_end() {
+    for model in ["tiny-a", "tiny-b"] {
+        let g = golden(model);
+        let mut det = load_detector(&model_dir(model), &DetectorOptions::default()).expect("loads");
+        for case in g["cases"].as_array().expect("cases") {
+            let ex_name = case["exemplar"].as_str().expect("exemplar");
+            let ex = decode(ex_name);
+            let tg = decode(case["target"].as_str().expect("target"));
+            let emb = det
+                .exemplar_embeddings(&[Exemplar {
+                    content_key: ex_name,
+                    image: &ex,
+                    bbox: bbox(&case["box"]),
+                }])
+                .expect("embedding");
+            let s = det.config.image_size;
+            let mut px = Vec::with_capacity(3 * s * s);
+            det.preprocess_into(&tg, &mut px);
+            let out = det.run_images(&px, 1).expect("target runs");
+            let q: Vec<&[f32]> = emb.iter().map(|e| &e[..]).collect();
+            let logits = postprocess::class_logits(&out.heads(0), &q);
+            let want = numbers(&case["logits"]);
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let d = fixtures::max_abs_diff(&logits, &want);
+            assert!(
+                d <= 2e-3 * scale,
+                "{model} {ex_name}: logits max |Δ| = {d} (scale {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn exemplar_embeddings_are_cached_by_content_and_box() {
+    let mut det = load_detector(&model_dir("tiny-a"), &DetectorOptions::default()).expect("loads");
+    let ex = decode("wide_blur.png");
+    let a = Exemplar {
+        content_key: "sha256:abc",
+        image: &ex,
+        bbox: None,
+    };
+    let boxed = Exemplar {
+        bbox: Some([4.0, 2.0, 40.0, 30.0]),
+        ..a.clone()
+    };
+    let first = det
+        .exemplar_embeddings(std::slice::from_ref(&a))
+        .expect("first");
+    let before = det.cache_stats();
+    let again = det
+        .exemplar_embeddings(&[a.clone(), boxed.clone(), boxed])
+        .expect("again");
+    let after = det.cache_stats();
+    assert!(
+        Arc::ptr_eq(&first[0], &again[0]),
+        "a hit returns the cached embedding"
+    );
+    assert_eq!(
+        after.hits - before.hits,
+        2,
+        "the exemplar and the repeated boxed one"
+    );
+    assert_eq!(after.misses - before.misses, 1, "the boxed exemplar once");
+    // The embedding is a unit vector (normalised as transformers' class head does).
+    let n: f32 = first[0].iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((n - 1.0).abs() < 1e-5, "norm {n}");
+    // A text query never collides with an exemplar key.
+    assert!(det.query_embeddings(&["sha256:abc".to_string()]).is_ok());
+}
+
+#[test]
+fn boxes_outside_the_exemplar_or_empty_are_refused() {
+    let mut det = load_detector(&model_dir("tiny-a"), &DetectorOptions::default()).expect("loads");
+    let ex = decode("small_pad.png"); // 50x30
+    for (b, want) in [
+        ([0.0, 0.0, 60.0, 10.0], "outside the 50x30 image"),
+        ([-1.0, 0.0, 10.0, 10.0], "outside"),
+        ([10.0, 10.0, 10.0, 20.0], "is empty"),
+        ([f32::NAN, 0.0, 10.0, 10.0], "outside"),
+    ] {
+        let e = det
+            .exemplar_embeddings(&[Exemplar {
+                content_key: "x",
+                image: &ex,
+                bbox: Some(b),
+            }])
+            .expect_err("refused");
+        assert!(matches!(e, PipelineError::Exemplar(_)), "{e:?}");
+        assert_eq!(e.kind(), "invalid_exemplar");
+        assert!(e.to_string().contains(want), "{b:?}: {e}");
+    }
+}
