@@ -136,6 +136,8 @@ pub struct Config {
     pub apply_exif_orientation: bool,
     pub max_queries: usize,
     pub max_query_bytes: usize,
+    /// Exemplar images (query by example) one detection request may carry.
+    pub max_query_images: usize,
     pub default_threshold: f32,
     pub log_format: Option<LogFormat>,
     pub log_level: String,
@@ -210,6 +212,7 @@ impl Default for Config {
             decode_budget_mb: 1024,
             apply_exif_orientation: false,
             max_queries: queries.max_queries,
+            max_query_images: 8,
             max_query_bytes: queries.max_query_bytes,
             default_threshold: 0.1,
             log_format: None,
@@ -379,6 +382,7 @@ impl Config {
             ("max_queue", self.max_queue as u64, 1 << 20),
             ("max_body_bytes", self.max_body_bytes as u64, 1 << 30),
             ("max_queries", self.max_queries as u64, 4096),
+            ("max_query_images", self.max_query_images as u64, 256),
             (
                 "max_query_bytes",
                 self.max_query_bytes as u64,

@@ -10,7 +10,9 @@ use super::body::Body;
 use super::error::ApiError;
 use super::state::{AppState, Phase};
 use crate::postprocess::Detection;
-use crate::service::{DetectError, DetectRequest, DetectService, ImageInput, Timing};
+use crate::service::{
+    DetectError, DetectRequest, DetectService, ExemplarInput, ImageInput, Timing,
+};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -321,8 +323,57 @@ struct JsonRequest {
     image_base64: String,
     #[serde(default)]
     queries: Vec<String>,
+    /// Example images as queries (query by example).
+    #[serde(default)]
+    query_images: Vec<JsonExemplar>,
     threshold: Option<f32>,
     nms: Option<f32>,
+}
+
+/// One `query_images` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonExemplar {
+    image_base64: String,
+    /// `[x0, y0, x1, y1]` in the exemplar's pixels.
+    #[serde(rename = "box")]
+    bbox: Option<[f32; 4]>,
+    label: Option<String>,
+    /// Negative exemplars (lowering matches) are not implemented: refused clearly.
+    #[serde(default)]
+    negative: bool,
+}
+
+impl JsonExemplar {
+    fn into_input(self, n: usize) -> Result<ExemplarInput, ApiError> {
+        if self.negative {
+            return Err(bad(
+                "invalid_parameter",
+                format!("query_images[{n}]: negative exemplars are not supported yet"),
+            ));
+        }
+        if let Some(l) = &self.label {
+            if l.is_empty() || l.chars().any(char::is_control) {
+                return Err(bad(
+                    "invalid_parameter",
+                    format!("query_images[{n}]: a label must be non-empty text without control characters"),
+                ));
+            }
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(self.image_base64.as_bytes())
+            .map_err(|e| {
+                bad(
+                    "invalid_base64",
+                    format!("query_images[{n}].image_base64 is not valid base64: {e}"),
+                )
+            })?;
+        Ok(ExemplarInput {
+            image: Bytes::from(raw),
+            bbox: self.bbox,
+            label: self.label,
+        })
+    }
 }
 
 /// Reads the whole body (taking it out of `body`), refusing one over `max` bytes.
@@ -410,6 +461,7 @@ async fn parse_detect(
     let url = parse_url(req.uri.query())?;
     let ctype = media_type(req);
     let body = read_body(&req.headers, body, max_body).await?;
+    let mut exemplars = Vec::new();
     let (image, queries, threshold, nms) = match ctype.as_str() {
         "application/json" => {
             let j: JsonRequest = serde_json::from_slice(&body).map_err(|e| bad("invalid_json", format!("malformed JSON body: {e}")))?;
@@ -418,6 +470,9 @@ async fn parse_detect(
                 .map_err(|e| bad("invalid_base64", format!("image_base64 is not valid base64: {e}")))?;
             let mut queries = url.queries;
             queries.extend(j.queries);
+            for (n, e) in j.query_images.into_iter().enumerate() {
+                exemplars.push(e.into_input(n)?);
+            }
             (ImageInput::Encoded(Bytes::from(raw)), queries, j.threshold.or(url.threshold), j.nms.or(url.nms))
         }
         "application/x-raw-rgb" => {
@@ -441,6 +496,7 @@ async fn parse_detect(
     Ok(DetectRequest {
         image,
         queries,
+        exemplars,
         threshold,
         nms,
         received,

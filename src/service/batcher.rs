@@ -14,8 +14,17 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::error::DetectError;
 use super::metrics::Metrics;
-use crate::pipeline::Detector;
+use crate::pipeline::{Detector, Exemplar};
 use crate::postprocess::{Detection, PostParams};
+
+/// A decoded exemplar query of a job.
+pub(crate) struct JobExemplar {
+    /// SHA-256 of the encoded image (with the box: the embedding cache key).
+    pub(crate) key: String,
+    pub(crate) image: crate::preprocess::Rgb,
+    pub(crate) bbox: Option<[f32; 4]>,
+    pub(crate) label: String,
+}
 
 /// One admitted request, already decoded and preprocessed.
 pub(crate) struct Job {
@@ -23,6 +32,10 @@ pub(crate) struct Job {
     pub(crate) width: u32,
     pub(crate) height: u32,
     pub(crate) queries: Vec<String>,
+    /// Exemplar queries, after the text ones.
+    pub(crate) exemplars: Vec<JobExemplar>,
+    /// Labels of the text queries then the exemplars.
+    pub(crate) labels: Vec<String>,
     pub(crate) params: PostParams,
     pub(crate) enqueued: Instant,
     pub(crate) reply: oneshot::Sender<Result<JobOutput, DetectError>>,
@@ -166,13 +179,35 @@ fn worker_loop(
     tracing::info!("inference worker stopped");
 }
 
+/// A job's query embeddings: its text queries', then its exemplars' (an image-graph pass for
+/// those not cached).
+fn embeddings(
+    det: &mut Detector,
+    job: &Job,
+) -> Result<Vec<std::sync::Arc<[f32]>>, crate::pipeline::PipelineError> {
+    let mut e = det.query_embeddings(&job.queries)?;
+    if !job.exemplars.is_empty() {
+        let ex: Vec<Exemplar<'_>> = job
+            .exemplars
+            .iter()
+            .map(|x| Exemplar {
+                content_key: &x.key,
+                image: &x.image,
+                bbox: x.bbox,
+            })
+            .collect();
+        e.extend(det.exemplar_embeddings(&ex)?);
+    }
+    Ok(e)
+}
+
 fn run_batch(det: &mut Detector, batch: Vec<Job>, metrics: &Metrics) {
     let start = Instant::now();
     // Query embeddings per job (cached; a bad query fails only its own job).
     let before = det.cache_stats();
     let mut ready = Vec::with_capacity(batch.len());
     for job in batch {
-        match det.query_embeddings(&job.queries) {
+        match embeddings(det, &job) {
             Ok(e) => ready.push((job, e)),
             Err(e) => job.answer(Err(e.into())),
         }
@@ -209,7 +244,7 @@ fn run_batch(det: &mut Detector, batch: Vec<Job>, metrics: &Metrics) {
             &out,
             i,
             &emb,
-            &job.queries,
+            &job.labels,
             (job.width, job.height),
             &job.params,
         );

@@ -42,6 +42,8 @@ pub struct ServiceConfig {
     /// Memory all concurrent decodes may take together (estimated from each image's header); a
     /// request waits for its share, within its deadline.
     pub decode_budget_bytes: u64,
+    /// Exemplar images (query by example) one request may carry.
+    pub max_query_images: usize,
 }
 
 impl ServiceConfig {
@@ -58,6 +60,7 @@ impl ServiceConfig {
             image_limits: c.image_limits(),
             request_timeout: Duration::from_millis(c.request_timeout_ms),
             decode_budget_bytes: c.decode_budget_mb << 20,
+            max_query_images: c.max_query_images,
         }
     }
 }
@@ -80,11 +83,25 @@ pub enum ImageInput {
     Shared(Arc<Rgb>),
 }
 
+/// An example image used as a query (query by example), as a client sends it.
+#[derive(Debug, Clone)]
+pub struct ExemplarInput {
+    /// The encoded image (JPEG, PNG, WebP, BMP).
+    pub image: Bytes,
+    /// `[x0, y0, x1, y1]` in the exemplar's pixels: the object there is the query; `None`: the
+    /// exemplar's most object-like patch.
+    pub bbox: Option<[f32; 4]>,
+    /// Label of its detections (default `image:<n>`, n counting the request's exemplars from 0).
+    pub label: Option<String>,
+}
+
 /// One detection request.
 #[derive(Debug, Clone)]
 pub struct DetectRequest {
     pub image: ImageInput,
     pub queries: Vec<String>,
+    /// Exemplar queries, after the text queries (their `query_index` follows the text ones).
+    pub exemplars: Vec<ExemplarInput>,
     /// Score threshold (default: the configured one).
     pub threshold: Option<f32>,
     /// Per-query NMS IoU (default: none).
@@ -99,6 +116,7 @@ impl DetectRequest {
         DetectRequest {
             image,
             queries,
+            exemplars: Vec::new(),
             threshold: None,
             nms: None,
             received: Instant::now(),
@@ -212,6 +230,7 @@ impl DetectService {
         let DetectRequest {
             image,
             queries,
+            exemplars,
             threshold,
             nms,
             received,
@@ -219,7 +238,16 @@ impl DetectService {
         let cfg = &self.inner.cfg;
         let params = PostParams::new(threshold.unwrap_or(cfg.default_threshold), nms)
             .map_err(DetectError::InvalidParameter)?;
-        cfg.queries.check(&queries)?;
+        if exemplars.is_empty() || !queries.is_empty() {
+            cfg.queries.check(&queries)?;
+        }
+        if exemplars.len() > cfg.max_query_images {
+            return Err(DetectError::InvalidParameter(format!(
+                "{} query images, more than the limit of {} (max_query_images)",
+                exemplars.len(),
+                cfg.max_query_images
+            )));
+        }
         let permit = self
             .inner
             .queue
@@ -227,14 +255,19 @@ impl DetectService {
             .try_acquire_owned()
             .map_err(|_| DetectError::QueueFull)?;
         let t_pre = Instant::now();
+        let exemplars = self.decode_exemplars(exemplars).await?;
         let (pixels, width, height, permit) = self.preprocess(image, permit).await?;
         let preprocess_ms = ms(t_pre.elapsed());
+        let mut labels = queries.clone();
+        labels.extend(exemplars.iter().map(|e| e.label.clone()));
         let (reply, rx) = oneshot::channel();
         let job = batcher::Job {
             pixels,
             width,
             height,
             queries,
+            exemplars,
+            labels,
             params,
             enqueued: Instant::now(),
             reply,
@@ -280,6 +313,40 @@ impl DetectService {
         })
         .await
         .map_err(|e| DetectError::Internal(format!("preprocessing task failed: {e}")))?
+    }
+
+    /// Decodes the exemplar images (within the image limits and the decode budget, like the
+    /// target image) and keys each by the SHA-256 of its bytes: the embedding cache key, with the
+    /// box. A decode is paid on every request; the exemplar's image-graph pass only on a miss.
+    async fn decode_exemplars(
+        &self,
+        exemplars: Vec<ExemplarInput>,
+    ) -> Result<Vec<batcher::JobExemplar>, DetectError> {
+        use sha2::Digest;
+        let limits = self.inner.cfg.image_limits;
+        let mut out = Vec::with_capacity(exemplars.len());
+        for (n, e) in exemplars.into_iter().enumerate() {
+            let which = |err: ImageError| {
+                DetectError::InvalidParameter(format!("query_images[{n}]: {err}"))
+            };
+            let header = preprocess::probe(&e.image, &limits).map_err(which)?;
+            let share = self.decode_share(Some(&header)).await?;
+            let bytes = e.image;
+            let (rgb, key) = tokio::task::spawn_blocking(move || {
+                let rgb = preprocess::decode_probed(&bytes, &header, &limits);
+                drop(share);
+                (rgb, hex::encode(sha2::Sha256::digest(&bytes)))
+            })
+            .await
+            .map_err(|err| DetectError::Internal(format!("exemplar decoding failed: {err}")))?;
+            out.push(batcher::JobExemplar {
+                key,
+                image: rgb.map_err(which)?,
+                bbox: e.bbox,
+                label: e.label.unwrap_or_else(|| format!("image:{n}")),
+            });
+        }
+        Ok(out)
     }
 
     /// Waits for the decode budget's share of an encoded image, given its checked `header`

@@ -187,3 +187,170 @@ fn boxes_outside_the_exemplar_or_empty_are_refused() {
         assert!(e.to_string().contains(want), "{b:?}: {e}");
     }
 }
+
+mod api {
+    //! `POST /v1/detect` with `query_images`: the same answer as the CLI, cache hits on repeats,
+    //! and clear 400s.
+    use base64::Engine as _;
+
+    use crate::support::daemon::Daemon;
+    use crate::support::{bin, fixtures};
+
+    fn b64(name: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(fixtures::image(name))
+    }
+
+    fn post(d: &Daemon, body: &serde_json::Value) -> crate::support::daemon::Response {
+        d.request(
+            "POST",
+            "/v1/detect?threshold=0",
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        )
+    }
+
+    fn metric(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[test]
+    fn query_images_in_json_answer_as_the_cli_and_hit_the_cache() {
+        let mut d = Daemon::start(&[]);
+        d.wait_ready();
+        let body = serde_json::json!({
+            "image_base64": b64("small_pad.png"),
+            "queries": ["a photo of a cat"],
+            "query_images": [
+                {"image_base64": b64("wide_blur.png")},
+                {"image_base64": b64("exact_a.png"), "box": [10, 10, 30, 40], "label": "letter"},
+            ],
+        });
+        let r = post(&d, &body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let api = r.json();
+        // The CLI with the same queries gives the same detections.
+        let boxed = format!(
+            "{}#10,10,30,40",
+            fixtures::image_path("exact_a.png").display()
+        );
+        let out = bin::command()
+            .args(["detect", "--threshold", "0", "--model"])
+            .arg(fixtures::model_dir("tiny-a"))
+            .args(["--query", "a photo of a cat", "--query-image"])
+            .arg(fixtures::image_path("wide_blur.png"))
+            .args([
+                "--query-image",
+                &boxed,
+                "--label",
+                "image:0",
+                "--label",
+                "letter",
+            ])
+            .arg(fixtures::image_path("small_pad.png"))
+            .output()
+            .expect("cli runs");
+        bin::assert_success(&out);
+        let cli: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let key = |v: &serde_json::Value| {
+            v["detections"]
+                .as_array()
+                .expect("detections")
+                .iter()
+                .map(|x| {
+                    (
+                        x["label"].to_string(),
+                        x["query_index"].as_u64(),
+                        x["score"].as_f64(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let (a, c) = (key(&api), key(&cli));
+        assert_eq!(a.len(), c.len());
+        for (x, y) in a.iter().zip(&c) {
+            assert_eq!((&x.0, x.1), (&y.0, y.1));
+            assert!(
+                (x.2.unwrap_or(0.0) - y.2.unwrap_or(1.0)).abs() < 1e-6,
+                "{x:?} {y:?}"
+            );
+        }
+        assert!(a.iter().any(|x| x.0 == "\"letter\""), "{a:?}");
+
+        // The same exemplars again: two cache hits (plus the text query's), no miss.
+        let before = d.metrics();
+        let r = post(&d, &body);
+        assert_eq!(r.status, 200);
+        let after = d.metrics();
+        let hits = metric(&after, "iv_query_cache_hits_total")
+            - metric(&before, "iv_query_cache_hits_total");
+        let misses = metric(&after, "iv_query_cache_misses_total")
+            - metric(&before, "iv_query_cache_misses_total");
+        assert_eq!((hits, misses), (3.0, 0.0));
+    }
+
+    #[test]
+    fn bad_query_images_get_clear_400s() {
+        let mut d = Daemon::start(&[("IV_MAX_QUERY_IMAGES", "2")]);
+        d.wait_ready();
+        let ex = |v: serde_json::Value| serde_json::json!({"image_base64": b64("small_pad.png"), "query_images": v});
+        let good = serde_json::json!({"image_base64": b64("wide_blur.png")});
+        let cases = [
+            (
+                ex(serde_json::json!([{"image_base64": "!!"}])),
+                "invalid_base64",
+                "query_images[0]",
+            ),
+            (
+                ex(
+                    serde_json::json!([{"image_base64": base64::engine::general_purpose::STANDARD.encode(b"not an image")}]),
+                ),
+                "invalid_parameter",
+                "query_images[0]",
+            ),
+            (
+                ex(
+                    serde_json::json!([good, {"image_base64": b64("small_pad.png"), "box": [0, 0, 500, 10]}]),
+                ),
+                "invalid_parameter",
+                "outside the 50x30 image",
+            ),
+            (
+                ex(
+                    serde_json::json!([{"image_base64": b64("small_pad.png"), "box": [5, 5, 5, 9]}]),
+                ),
+                "invalid_parameter",
+                "is empty",
+            ),
+            (
+                ex(serde_json::json!([good, good, good])),
+                "invalid_parameter",
+                "max_query_images",
+            ),
+            (
+                ex(serde_json::json!([{"image_base64": b64("wide_blur.png"), "negative": true}])),
+                "invalid_parameter",
+                "negative exemplars are not supported",
+            ),
+            (
+                ex(serde_json::json!([{"image_base64": b64("wide_blur.png"), "scale": 2}])),
+                "invalid_json",
+                "unknown field",
+            ),
+        ];
+        for (body, kind, text) in cases {
+            let r = post(&d, &body);
+            let j = r.json();
+            assert_eq!(r.status, 400, "{kind}: {j}");
+            assert_eq!(j["error"]["kind"], kind, "{j}");
+            let msg = j["error"]["message"].as_str().unwrap_or("");
+            assert!(msg.contains(text), "{text:?} not in {msg:?}");
+        }
+        // And the daemon still serves.
+        let r = post(&d, &ex(serde_json::json!([good])));
+        assert_eq!(r.status, 200);
+    }
+}
