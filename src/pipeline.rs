@@ -186,10 +186,14 @@ impl Detector {
                 self.cache.put((*q).clone(), Arc::from(row));
             }
         }
-        queries
-            .iter()
-            .map(|q| {
-                self.cache.get(q).cloned().ok_or_else(|| {
+        self.cached(queries)
+    }
+
+    /// The cached embeddings of `keys`, all just looked up or inserted.
+    fn cached(&mut self, keys: &[String]) -> Result<Vec<Arc<[f32]>>, PipelineError> {
+        keys.iter()
+            .map(|k| {
+                self.cache.get(k).cloned().ok_or_else(|| {
                     PipelineError::Backend(BackendError::Run(
                         "query cache smaller than the request".into(),
                     ))
@@ -237,15 +241,7 @@ impl Detector {
                 self.cache.put(keys[i].clone(), Arc::from(emb));
             }
         }
-        keys.iter()
-            .map(|k| {
-                self.cache.get(k).cloned().ok_or_else(|| {
-                    PipelineError::Backend(BackendError::Run(
-                        "query cache smaller than the request".into(),
-                    ))
-                })
-            })
-            .collect()
+        self.cached(&keys)
     }
 
     /// Detects the queries given as embeddings (text and exemplars), labelled `labels`, in every

@@ -51,6 +51,17 @@ fn list(state: &Path) -> Value {
     serde_json::from_slice(&out.stdout).expect("list JSON")
 }
 
+/// One detection through the daemon succeeds.
+fn assert_detects(d: &Daemon) {
+    let r = d.request(
+        "POST",
+        &detect_target(&["person"], "threshold=0"),
+        Some("image/png"),
+        &fixtures::image("small_pad.png"),
+    );
+    assert_eq!(r.status, 200, "{}", d.stderr());
+}
+
 /// The CPU wheel the Makefile downloads (`make ort`).
 fn cpu_wheel() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnxruntime/wheel");
@@ -112,13 +123,7 @@ fn an_installed_cpu_wheel_is_what_doctor_and_the_daemon_load() {
         .expect("optimization")
         .json();
     assert_eq!(o["onnxruntime_path"], lib.to_str().expect("utf8"), "{o}");
-    let r = d.request(
-        "POST",
-        &detect_target(&["person"], "threshold=0"),
-        Some("image/png"),
-        &fixtures::image("small_pad.png"),
-    );
-    assert_eq!(r.status, 200, "{}", d.stderr());
+    assert_detects(&d);
     drop(d);
 
     // Installing the same name again is refused; --force replaces it.
@@ -277,11 +282,5 @@ fn the_gpu_wheel_installs_and_the_daemon_falls_back_with_reasons() {
             "{o}"
         );
     }
-    let r = d.request(
-        "POST",
-        &detect_target(&["person"], "threshold=0"),
-        Some("image/png"),
-        &fixtures::image("small_pad.png"),
-    );
-    assert_eq!(r.status, 200, "{}", d.stderr());
+    assert_detects(&d);
 }
