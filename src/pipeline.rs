@@ -90,6 +90,40 @@ impl Exemplar<'_> {
     }
 }
 
+/// Lets a repeated warning through once per `every`, counting the ones held back: a client
+/// sending many different over-long queries cannot flood the log.
+#[derive(Debug)]
+struct WarnLimiter {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl WarnLimiter {
+    fn new(every: std::time::Duration) -> Self {
+        WarnLimiter {
+            every,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(n)`: log now, mentioning `n` warnings held back since the last one; `None`: hold
+    /// this one back.
+    fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.every => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
 /// A loaded OWLv2 detector.
 pub struct Detector {
     pub config: OwlConfig,
@@ -98,6 +132,7 @@ pub struct Detector {
     backend: Box<dyn Backend>,
     cache: LruCache<String, Arc<[f32]>>,
     stats: CacheStats,
+    truncation_warnings: std::sync::Mutex<WarnLimiter>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -130,6 +165,9 @@ impl Detector {
                 NonZeroUsize::new(query_cache.max(1)).unwrap_or(NonZeroUsize::MIN),
             ),
             stats: CacheStats::default(),
+            truncation_warnings: std::sync::Mutex::new(WarnLimiter::new(
+                std::time::Duration::from_secs(10),
+            )),
         }
     }
 
@@ -152,7 +190,13 @@ impl Detector {
     pub fn tokenize(&self, index: usize, text: &str) -> Result<Vec<i64>, QueryError> {
         let t = self.tokenizer.encode(index, text)?;
         if t.truncated {
-            tracing::warn!(query = ?text, "query is longer than {} tokens and was truncated", self.tokenizer.len() - 2);
+            let admitted = self
+                .truncation_warnings
+                .lock()
+                .map_or(Some(0), |mut w| w.admit(std::time::Instant::now()));
+            if let Some(held_back) = admitted {
+                tracing::warn!(query = ?text, held_back, "query is longer than {} tokens and was truncated (at most one such warning per 10 s; held_back: since the last one)", self.tokenizer.len() - 2);
+            }
         }
         Ok(t.ids)
     }
@@ -310,5 +354,24 @@ impl Detector {
         rules.check(queries)?;
         let emb = self.query_embeddings(queries)?;
         self.detect_embedded(images, &emb, queries, params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WarnLimiter;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn repeated_warnings_pass_once_per_period_with_the_count_held_back() {
+        let mut w = WarnLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(w.admit(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(w.admit(t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(w.admit(t0 + Duration::from_secs(10)), Some(5));
+        assert_eq!(w.admit(t0 + Duration::from_secs(11)), None);
+        assert_eq!(w.admit(t0 + Duration::from_secs(25)), Some(1));
     }
 }
