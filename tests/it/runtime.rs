@@ -200,16 +200,16 @@ fn bad_sources_and_names_are_refused_and_leave_nothing() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// The real `onnxruntime-gpu` wheel (CUDA 13, TensorRT 10 provider), when `IV_TEST_GPU_WHEEL`
+/// The real `onnxruntime-gpu` wheel (CUDA 13, TensorRT 10 provider), when `TEST_ONNXRUNTIME_GPU_WHEEL`
 /// names it (`.ci/run` downloads it; required under CI).
 #[test]
 fn the_gpu_wheel_installs_and_the_daemon_falls_back_with_reasons() {
-    let Some(wheel) = std::env::var_os("IV_TEST_GPU_WHEEL").map(PathBuf::from) else {
+    let Some(wheel) = std::env::var_os("TEST_ONNXRUNTIME_GPU_WHEEL").map(PathBuf::from) else {
         assert!(
             std::env::var_os("CI").is_none(),
-            "IV_TEST_GPU_WHEEL must name the onnxruntime-gpu wheel under CI"
+            "TEST_ONNXRUNTIME_GPU_WHEEL must name the onnxruntime-gpu wheel under CI"
         );
-        eprintln!("skipped: IV_TEST_GPU_WHEEL is not set");
+        eprintln!("skipped: TEST_ONNXRUNTIME_GPU_WHEEL is not set");
         return;
     };
     let tmp = tempfile::tempdir().expect("tmp");
