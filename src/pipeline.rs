@@ -57,6 +57,18 @@ pub struct Exemplar<'a> {
 }
 
 impl Exemplar<'_> {
+    /// The content key of an exemplar's encoded bytes (SHA-256, hex): what the CLI and the
+    /// service pass as `content_key`.
+    pub fn content_key(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    }
+
+    /// The label of the request's `n`-th exemplar when the client names none.
+    pub fn default_label(n: usize) -> String {
+        format!("image:{n}")
+    }
+
     /// The embedding cache key: never equal to a text query (those have no NUL).
     fn cache_key(&self) -> String {
         match self.bbox {

@@ -7,8 +7,6 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::RuntimeArgs;
-use sha2::Digest;
-
 use crate::engine::{load_detector, DetectorOptions};
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
 use crate::pipeline::Exemplar;
@@ -156,7 +154,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
     }
     for (n, q) in args.query_images.iter().enumerate() {
         let (bytes, img) = read_image(&q.path, &limits).context("invalid query image")?;
-        let key = hex::encode(sha2::Sha256::digest(&bytes));
+        let key = Exemplar::content_key(&bytes);
         let emb = det
             .exemplar_embeddings(&[Exemplar {
                 content_key: &key,
@@ -169,7 +167,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
             args.labels
                 .get(n)
                 .cloned()
-                .unwrap_or_else(|| format!("image:{n}")),
+                .unwrap_or_else(|| Exemplar::default_label(n)),
         );
     }
     let stdout = std::io::stdout();

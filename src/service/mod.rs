@@ -23,7 +23,7 @@ pub use metrics::Metrics;
 
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
-use crate::pipeline::Detector;
+use crate::pipeline::{Detector, Exemplar};
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, Header, ImageError, ImageLimits, PreprocessConfig, Rgb};
 
@@ -322,7 +322,6 @@ impl DetectService {
         &self,
         exemplars: Vec<ExemplarInput>,
     ) -> Result<Vec<batcher::JobExemplar>, DetectError> {
-        use sha2::Digest;
         let limits = self.inner.cfg.image_limits;
         let mut out = Vec::with_capacity(exemplars.len());
         for (n, e) in exemplars.into_iter().enumerate() {
@@ -335,7 +334,7 @@ impl DetectService {
             let (rgb, key) = tokio::task::spawn_blocking(move || {
                 let rgb = preprocess::decode_probed(&bytes, &header, &limits);
                 drop(share);
-                (rgb, hex::encode(sha2::Sha256::digest(&bytes)))
+                (rgb, Exemplar::content_key(&bytes))
             })
             .await
             .map_err(|err| DetectError::Internal(format!("exemplar decoding failed: {err}")))?;
@@ -343,7 +342,7 @@ impl DetectService {
                 key,
                 image: rgb.map_err(which)?,
                 bbox: e.bbox,
-                label: e.label.unwrap_or_else(|| format!("image:{n}")),
+                label: e.label.unwrap_or_else(|| Exemplar::default_label(n)),
             });
         }
         Ok(out)
