@@ -138,6 +138,8 @@ pub struct Config {
     pub max_query_bytes: usize,
     /// Exemplar images (query by example) one detection request may carry.
     pub max_query_images: usize,
+    /// Saved query sets (`PUT /v1/query-sets/{name}`) the daemon keeps.
+    pub max_query_sets: usize,
     pub default_threshold: f32,
     pub log_format: Option<LogFormat>,
     pub log_level: String,
@@ -213,6 +215,7 @@ impl Default for Config {
             apply_exif_orientation: false,
             max_queries: queries.max_queries,
             max_query_images: 8,
+            max_query_sets: 64,
             max_query_bytes: queries.max_query_bytes,
             default_threshold: 0.1,
             log_format: None,
@@ -383,6 +386,7 @@ impl Config {
             ("max_body_bytes", self.max_body_bytes as u64, 1 << 30),
             ("max_queries", self.max_queries as u64, 4096),
             ("max_query_images", self.max_query_images as u64, 256),
+            ("max_query_sets", self.max_query_sets as u64, 4096),
             (
                 "max_query_bytes",
                 self.max_query_bytes as u64,

@@ -4,14 +4,14 @@
 //! HTTP (the service drives it). Owned by one thread (`&mut self`), like the backend it drives.
 
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
 use crate::backend::{Backend, BackendError, ImageBatch};
 use crate::model::tokenizer::{QueryError, QueryRules};
 use crate::model::{OwlConfig, QueryTokenizer};
-use crate::postprocess::{self, Detection, PostParams};
+use crate::postprocess::{self, Detection, Negative, PostParams, Queries};
 use crate::preprocess::{self, PreprocessConfig, Rgb};
 
 /// Errors of running the pipeline.
@@ -70,19 +70,24 @@ impl Exemplar<'_> {
     }
 
     /// The embedding cache key: never equal to a text query (those have no NUL).
-    fn cache_key(&self) -> String {
-        match self.bbox {
+    pub fn cache_key(&self) -> String {
+        Self::key_of(self.content_key, self.bbox)
+    }
+
+    /// The embedding cache key of an exemplar with this content key and box.
+    pub fn key_of(content_key: &str, bbox: Option<[f32; 4]>) -> String {
+        match bbox {
             Some(b) => format!(
                 "\0image:{}#{},{},{},{}",
-                self.content_key, b[0], b[1], b[2], b[3]
+                content_key, b[0], b[1], b[2], b[3]
             ),
-            None => format!("\0image:{}", self.content_key),
+            None => format!("\0image:{content_key}"),
         }
     }
 
     /// The box divided by `max(H, W)` (the padded square the boxes are predicted in), after
     /// checking it is a non-empty box inside the image.
-    fn normalised_box(&self) -> Result<Option<[f32; 4]>, PipelineError> {
+    pub fn normalised_box(&self) -> Result<Option<[f32; 4]>, PipelineError> {
         let Some(b) = self.bbox else { return Ok(None) };
         let (w, h) = (self.image.width as f32, self.image.height as f32);
         let finite = b.iter().all(|v| v.is_finite());
@@ -99,6 +104,160 @@ impl Exemplar<'_> {
         }
         let side = w.max(h);
         Ok(Some([b[0] / side, b[1] / side, b[2] / side, b[3] / side]))
+    }
+}
+
+/// What one exemplar of a request is, by its label and sign (`ExemplarRole`s come from
+/// `plan_exemplars`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExemplarRole {
+    /// Averaged into the query with this index (counting the text queries first).
+    Positive(usize),
+    /// Vetoes the query with this index, or every query (`None`).
+    Negative(Option<usize>),
+}
+
+/// An exemplar's label and sign, as a request gives them.
+#[derive(Debug, Clone, Copy)]
+pub struct ExemplarSpec<'a> {
+    /// `None` only for a negative that applies to every query.
+    pub label: Option<&'a str>,
+    pub negative: bool,
+}
+
+/// Lays out a request's queries: the text queries keep their indices and labels; positive
+/// exemplars sharing a label form one query each (in the order of first appearance), averaged;
+/// a negative with a label vetoes the query of that label, without one every query. Returns each
+/// exemplar's role and the labels of all queries. Refused: a positive exemplar labelled like a
+/// text query (text and image queries are not mixed into one), a positive without label, a
+/// negative whose label names no query, and negatives alone.
+pub fn plan_exemplars(
+    text: &[String],
+    exemplars: &[ExemplarSpec<'_>],
+) -> Result<(Vec<ExemplarRole>, Vec<String>), PipelineError> {
+    let mut labels: Vec<String> = text.to_vec();
+    let mut roles = Vec::with_capacity(exemplars.len());
+    for (n, e) in exemplars.iter().enumerate() {
+        if e.negative {
+            roles.push(ExemplarRole::Negative(None));
+            continue;
+        }
+        let Some(l) = e.label else {
+            return Err(PipelineError::Exemplar(format!(
+                "query image {n} has no label"
+            )));
+        };
+        if text.iter().any(|t| t == l) {
+            return Err(PipelineError::Exemplar(format!(
+                "query image {n}: label {l:?} is also a text query (use another label, or a \
+                 negative exemplar to refine the text query)"
+            )));
+        }
+        let q = match labels[text.len()..].iter().position(|x| x == l) {
+            Some(i) => text.len() + i,
+            None => {
+                labels.push(l.to_string());
+                labels.len() - 1
+            }
+        };
+        roles.push(ExemplarRole::Positive(q));
+    }
+    for (n, e) in exemplars.iter().enumerate() {
+        if let (true, Some(l)) = (e.negative, e.label) {
+            let Some(q) = labels.iter().position(|x| x == l) else {
+                return Err(PipelineError::Exemplar(format!(
+                    "negative query image {n}: label {l:?} names no query of the request"
+                )));
+            };
+            roles[n] = ExemplarRole::Negative(Some(q));
+        }
+    }
+    if labels.is_empty() {
+        return Err(PipelineError::Exemplar(
+            "negative query images need a query to refine (a text query or a positive query image)"
+                .into(),
+        ));
+    }
+    Ok((roles, labels))
+}
+
+/// The queries of a detection as embeddings: one per label, and the negatives with the query each
+/// vetoes (`None`: every query).
+#[derive(Debug, Clone, Default)]
+pub struct QueryPlan {
+    pub embeddings: Vec<Arc<[f32]>>,
+    pub labels: Vec<String>,
+    pub negatives: Vec<(Arc<[f32]>, Option<usize>)>,
+}
+
+impl QueryPlan {
+    /// Text queries only: each its own label.
+    pub fn text(queries: &[String], embeddings: Vec<Arc<[f32]>>) -> Self {
+        QueryPlan {
+            embeddings,
+            labels: queries.to_vec(),
+            negatives: Vec::new(),
+        }
+    }
+
+    /// Text queries with their embeddings, then exemplars with theirs, laid out by
+    /// `plan_exemplars`: exemplars of one label averaged (`postprocess::average_embedding`).
+    pub fn build(
+        text: &[String],
+        text_embeddings: Vec<Arc<[f32]>>,
+        exemplars: &[ExemplarSpec<'_>],
+        exemplar_embeddings: &[Arc<[f32]>],
+    ) -> Result<Self, PipelineError> {
+        let (roles, labels) = plan_exemplars(text, exemplars)?;
+        let mut embeddings = text_embeddings;
+        let mut negatives = Vec::new();
+        for q in text.len()..labels.len() {
+            let members: Vec<&[f32]> = roles
+                .iter()
+                .zip(exemplar_embeddings)
+                .filter(|(r, _)| **r == ExemplarRole::Positive(q))
+                .map(|(_, e)| &e[..])
+                .collect();
+            embeddings.push(Arc::from(postprocess::average_embedding(&members)));
+        }
+        for (r, e) in roles.iter().zip(exemplar_embeddings) {
+            if let ExemplarRole::Negative(target) = r {
+                negatives.push((e.clone(), *target));
+            }
+        }
+        Ok(QueryPlan {
+            embeddings,
+            labels,
+            negatives,
+        })
+    }
+}
+
+/// The query-embedding cache (text queries and exemplars), shared by the detector and whoever
+/// wants to know before a request is queued whether an exemplar needs decoding at all.
+#[derive(Debug, Clone)]
+pub struct EmbeddingCache(Arc<Mutex<LruCache<String, Arc<[f32]>>>>);
+
+impl EmbeddingCache {
+    fn new(size: usize) -> Self {
+        let n = NonZeroUsize::new(size.max(1)).unwrap_or(NonZeroUsize::MIN);
+        EmbeddingCache(Arc::new(Mutex::new(LruCache::new(n))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Arc<[f32]>>> {
+        // A panic while holding the lock cannot leave the map inconsistent: take it anyway.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cached embedding of `key` (marked recently used).
+    pub fn get(&self, key: &str) -> Option<Arc<[f32]>> {
+        self.lock().get(key).cloned()
+    }
+
+    fn put(&self, key: String, e: Arc<[f32]>) {
+        self.lock().put(key, e);
     }
 }
 
@@ -142,7 +301,7 @@ pub struct Detector {
     pre: PreprocessConfig,
     tokenizer: QueryTokenizer,
     backend: Box<dyn Backend>,
-    cache: LruCache<String, Arc<[f32]>>,
+    cache: EmbeddingCache,
     stats: CacheStats,
     truncation_warnings: std::sync::Mutex<WarnLimiter>,
 }
@@ -173,9 +332,7 @@ impl Detector {
             config,
             tokenizer,
             backend,
-            cache: LruCache::new(
-                NonZeroUsize::new(query_cache.max(1)).unwrap_or(NonZeroUsize::MIN),
-            ),
+            cache: EmbeddingCache::new(query_cache),
             stats: CacheStats::default(),
             truncation_warnings: std::sync::Mutex::new(WarnLimiter::new(
                 std::time::Duration::from_secs(10),
@@ -196,6 +353,17 @@ impl Detector {
     /// Query-cache counters so far.
     pub fn cache_stats(&self) -> CacheStats {
         self.stats
+    }
+
+    /// The query-embedding cache, shared.
+    pub fn embedding_cache(&self) -> EmbeddingCache {
+        self.cache.clone()
+    }
+
+    /// Counts a cache hit found outside the detector (an exemplar embedding looked up before its
+    /// request was queued).
+    pub fn count_hit(&mut self) {
+        self.stats.hits += 1;
     }
 
     /// Token ids of one query (`len` ids), with truncation reported by a warning.
@@ -249,7 +417,7 @@ impl Detector {
     fn cached(&mut self, keys: &[String]) -> Result<Vec<Arc<[f32]>>, PipelineError> {
         keys.iter()
             .map(|k| {
-                self.cache.get(k).cloned().ok_or_else(|| {
+                self.cache.get(k).ok_or_else(|| {
                     PipelineError::Backend(BackendError::Run(
                         "query cache smaller than the request".into(),
                     ))
@@ -300,13 +468,12 @@ impl Detector {
         self.cached(&keys)
     }
 
-    /// Detects the queries given as embeddings (text and exemplars), labelled `labels`, in every
-    /// image (one image-graph batch).
+    /// Detects the queries given as embeddings (text and exemplars) in every image (one
+    /// image-graph batch).
     pub fn detect_embedded(
         &mut self,
         images: &[&Rgb],
-        embeddings: &[Arc<[f32]>],
-        labels: &[String],
+        plan: &QueryPlan,
         params: &PostParams,
     ) -> Result<Vec<Vec<Detection>>, PipelineError> {
         if images.is_empty() {
@@ -321,9 +488,7 @@ impl Detector {
         Ok(images
             .iter()
             .enumerate()
-            .map(|(i, img)| {
-                Self::postprocess(&out, i, embeddings, labels, (img.width, img.height), params)
-            })
+            .map(|(i, img)| Self::postprocess(&out, i, plan, (img.width, img.height), params))
             .collect())
     }
 
@@ -341,17 +506,29 @@ impl Detector {
         Ok(self.backend.run_image(pixel_values, batch)?)
     }
 
-    /// Post-processes image `i` of a batch against query embeddings.
+    /// Post-processes image `i` of a batch against the query plan.
     pub fn postprocess(
         batch: &ImageBatch,
         i: usize,
-        embeddings: &[Arc<[f32]>],
-        labels: &[String],
+        plan: &QueryPlan,
         img: (u32, u32),
         params: &PostParams,
     ) -> Vec<Detection> {
-        let q: Vec<&[f32]> = embeddings.iter().map(|e| &e[..]).collect();
-        postprocess::detect(&batch.heads(i), &q, labels, img.0, img.1, params)
+        let q: Vec<&[f32]> = plan.embeddings.iter().map(|e| &e[..]).collect();
+        let negatives: Vec<Negative<'_>> = plan
+            .negatives
+            .iter()
+            .map(|(e, target)| Negative {
+                embedding: e,
+                target: *target,
+            })
+            .collect();
+        let queries = Queries {
+            embeddings: &q,
+            labels: &plan.labels,
+            negatives: &negatives,
+        };
+        postprocess::detect(&batch.heads(i), &queries, img.0, img.1, params)
     }
 
     /// Detects `queries` in every image (one image-graph batch), after checking them against
@@ -365,7 +542,7 @@ impl Detector {
     ) -> Result<Vec<Vec<Detection>>, PipelineError> {
         rules.check(queries)?;
         let emb = self.query_embeddings(queries)?;
-        self.detect_embedded(images, &emb, queries, params)
+        self.detect_embedded(images, &QueryPlan::text(queries, emb), params)
     }
 }
 

@@ -64,6 +64,14 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// A negative exemplar (query by example): its embedding and the query it vetoes (`None`: every
+/// query of the request).
+#[derive(Debug, Clone, Copy)]
+pub struct Negative<'a> {
+    pub embedding: &'a [f32],
+    pub target: Option<usize>,
+}
+
 /// Per-patch best query, score and box in original-image pixels (patch order, no threshold).
 pub fn patch_predictions(
     heads: &ImageHeads<'_>,
@@ -71,22 +79,53 @@ pub fn patch_predictions(
     width: u32,
     height: u32,
 ) -> Vec<(usize, f32, [f32; 4])> {
+    vetoed_predictions(heads, queries, &[], width, height)
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// `patch_predictions` with negative exemplars. The rule: at each patch, a query is vetoed when a
+/// negative that applies to it has a class logit at least as high as the query's own (the patch
+/// looks at least as much like the counter-example as like the example; logits of one patch share
+/// its shift and positive scale, so this compares the cosine similarities). The patch's label is
+/// the first argmax among the queries not vetoed and its score stays the sigmoid of that query's
+/// logit, so a kept box scores exactly as without negatives; `None` where every query is vetoed.
+pub fn vetoed_predictions(
+    heads: &ImageHeads<'_>,
+    queries: &[&[f32]],
+    negatives: &[Negative<'_>],
+    width: u32,
+    height: u32,
+) -> Vec<Option<(usize, f32, [f32; 4])>> {
     let q = queries.len();
     if q == 0 {
         return Vec::new();
     }
     let logits = class_logits(heads, queries);
+    let neg: Vec<&[f32]> = negatives.iter().map(|n| n.embedding).collect();
+    let neg_logits = class_logits(heads, &neg);
     let side = width.max(height) as f32;
     logits
         .chunks_exact(q)
         .enumerate()
         .map(|(p, row)| {
-            let mut best = 0usize;
+            let negs = neg_logits
+                .get(p * neg.len()..(p + 1) * neg.len())
+                .unwrap_or(&[]);
+            let vetoed = |j: usize| {
+                negatives
+                    .iter()
+                    .zip(negs)
+                    .any(|(n, &l)| n.target.is_none_or(|t| t == j) && l >= row[j])
+            };
+            let mut best: Option<usize> = None;
             for (j, v) in row.iter().enumerate() {
-                if *v > row[best] {
-                    best = j;
+                if best.is_none_or(|b| *v > row[b]) && !vetoed(j) {
+                    best = Some(j);
                 }
             }
+            let best = best?;
             let b = &heads.pred_boxes[p * 4..p * 4 + 4];
             let (cx, cy, w, h) = (b[0], b[1], b[2], b[3]);
             let bbox = [
@@ -95,35 +134,64 @@ pub fn patch_predictions(
                 (cx + 0.5 * w) * side,
                 (cy + 0.5 * h) * side,
             ];
-            (best, sigmoid(row[best]), bbox)
+            Some((best, sigmoid(row[best]), bbox))
         })
         .collect()
 }
 
-/// Turns the heads of one image into detections for `labels` (one per query embedding).
+/// The queries of one detection as embeddings: one per reported label, and the negatives.
+#[derive(Debug, Clone, Copy)]
+pub struct Queries<'a> {
+    pub embeddings: &'a [&'a [f32]],
+    pub labels: &'a [String],
+    pub negatives: &'a [Negative<'a>],
+}
+
+/// Turns the heads of one image into detections for `queries`.
 pub fn detect(
     heads: &ImageHeads<'_>,
-    queries: &[&[f32]],
-    labels: &[String],
+    queries: &Queries<'_>,
     width: u32,
     height: u32,
     params: &PostParams,
 ) -> Vec<Detection> {
-    let mut dets: Vec<Detection> = patch_predictions(heads, queries, width, height)
-        .into_iter()
-        .filter(|(_, score, _)| *score > params.threshold)
-        .map(|(query_index, score, bbox)| Detection {
-            label: labels[query_index].clone(),
-            query_index,
-            score,
-            bbox,
-        })
-        .collect();
+    let mut dets: Vec<Detection> =
+        vetoed_predictions(heads, queries.embeddings, queries.negatives, width, height)
+            .into_iter()
+            .flatten()
+            .filter(|(_, score, _)| *score > params.threshold)
+            .map(|(query_index, score, bbox)| Detection {
+                label: queries.labels[query_index].clone(),
+                query_index,
+                score,
+                bbox,
+            })
+            .collect();
     dets.sort_by(|a, b| b.score.total_cmp(&a.score));
     if let Some(iou) = params.nms_iou {
         dets = nms(dets, iou);
     }
     dets
+}
+
+/// Several exemplar embeddings of one label as one query: the mean of the (normalised) embeddings,
+/// normalised again as the class head normalises a query (`e / (‖e‖ + 1e-6)`). One embedding is
+/// returned as it is.
+pub fn average_embedding(embeddings: &[&[f32]]) -> Vec<f32> {
+    let [first, rest @ ..] = embeddings else {
+        return Vec::new();
+    };
+    if rest.is_empty() {
+        return first.to_vec();
+    }
+    let mut mean = vec![0f32; first.len()];
+    for e in embeddings {
+        for (m, v) in mean.iter_mut().zip(e.iter()) {
+            *m += v / embeddings.len() as f32;
+        }
+    }
+    let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
+    mean.iter().map(|v| v / (norm + 1e-6)).collect()
 }
 
 /// The patch of an exemplar image that becomes the query (transformers' `embed_image_query`):
@@ -248,12 +316,17 @@ mod tests {
             threshold: 0.5,
             nms_iou: None,
         };
-        let d = detect(&h, &[&q], &labels, 200, 100, &keep);
+        let qs = Queries {
+            embeddings: &[&q],
+            labels: &labels,
+            negatives: &[],
+        };
+        let d = detect(&h, &qs, 200, 100, &keep);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].score, 0.5);
         // S = max(200, 100) = 200 on both axes.
         assert_eq!(d[0].bbox, [50.0, 0.0, 150.0, 100.0]);
-        assert!(detect(&h, &[&q], &labels, 200, 100, &drop).is_empty());
+        assert!(detect(&h, &qs, 200, 100, &drop).is_empty());
     }
 
     #[test]
@@ -265,8 +338,11 @@ mod tests {
         let labels = vec!["x".to_string(), "y".to_string()];
         let d = detect(
             &h,
-            &[&q0, &q1],
-            &labels,
+            &Queries {
+                embeddings: &[&q0, &q1],
+                labels: &labels,
+                negatives: &[],
+            },
             10,
             10,
             &PostParams {
@@ -277,6 +353,52 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert!(d.iter().all(|x| x.query_index == 0 && x.label == "x"));
         assert!(d[0].score > d[1].score);
+    }
+
+    #[test]
+    fn a_negative_vetoes_the_queries_it_applies_to_where_it_matches_at_least_as_well() {
+        // Two patches: one along x, one along y; every logit is the dot product (shift 0, scale 1).
+        let ce = [1.0, 0.0, 0.0, 1.0];
+        let boxes = [0.5; 8];
+        let h = heads(&ce, &[0.0, 0.0], &[1.0, 1.0], &boxes);
+        let (qx, qy) = ([1.0f32, 0.2], [0.2f32, 1.0]);
+        let all = |e: &'static [f32]| Negative {
+            embedding: e,
+            target: None,
+        };
+        let best = |negs: &[Negative<'_>]| -> Vec<Option<usize>> {
+            vetoed_predictions(&h, &[&qx, &qy], negs, 10, 10)
+                .into_iter()
+                .map(|p| p.map(|(q, _, _)| q))
+                .collect()
+        };
+        assert_eq!(best(&[]), vec![Some(0), Some(1)]);
+        // Negative along x: patch 0 (x) is vetoed for both queries; patch 1 keeps qy (1.0 > 0).
+        assert_eq!(best(&[all(&[1.0, 0.0])]), vec![None, Some(1)]);
+        // Negative for query 0 only, matching patch 0 better than qx (1.5 >= 1.0): patch 0 falls
+        // back to qy; its score is qy's own, unchanged.
+        let n = [Negative {
+            embedding: &[1.5, 0.0],
+            target: Some(0),
+        }];
+        let p = vetoed_predictions(&h, &[&qx, &qy], &n, 10, 10);
+        let (q, s, _) = p[0].expect("qy kept");
+        assert_eq!(q, 1);
+        assert_eq!(s, sigmoid(0.2));
+        // A weaker negative (0.5 < 1.0) changes nothing.
+        assert_eq!(best(&[all(&[0.5, 0.0])]), vec![Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn averaged_exemplars_are_the_normalised_mean() {
+        let a = [1.0f32, 0.0];
+        let b = [0.0f32, 1.0];
+        let m = average_embedding(&[&a, &b]);
+        // The mean [0.5, 0.5] divided by (its norm + 1e-6), as the class head does.
+        let r = 0.5 / (0.5f32.sqrt() + 1e-6);
+        assert!((m[0] - r).abs() < 1e-7 && (m[1] - r).abs() < 1e-7, "{m:?}");
+        assert_eq!(average_embedding(&[&a]), a.to_vec());
+        assert!(average_embedding(&[]).is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::RuntimeArgs;
 use crate::engine::{load_detector, DetectorOptions};
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
-use crate::pipeline::Exemplar;
+use crate::pipeline::{Exemplar, ExemplarSpec, QueryPlan};
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, ImageLimits};
 use crate::vocab::Precision;
@@ -33,8 +33,13 @@ pub struct DetectArgs {
     #[arg(long = "query-image", value_parser = parse_query_image)]
     pub query_images: Vec<QueryImage>,
     /// Label of the n-th --query-image (in order; default `image:<n>`, counting from 0).
+    /// Query images given the same label are averaged into one query.
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// A counter-example image (`PATH` or `PATH#x0,y0,x1,y1`): a match that looks at least as
+    /// much like it as like its query is dropped, for every query; repeatable.
+    #[arg(long = "negative-image", value_parser = parse_query_image)]
+    pub negative_images: Vec<QueryImage>,
     /// Largest accepted image file in bytes.
     #[arg(long, default_value_t = ImageLimits::default().max_encoded_bytes)]
     pub max_image_bytes: usize,
@@ -109,6 +114,22 @@ fn read_image(
     Ok((bytes, img))
 }
 
+/// The query embedding of one `--query-image` or `--negative-image`.
+fn exemplar_embedding(
+    det: &mut crate::pipeline::Detector,
+    q: &QueryImage,
+    limits: &ImageLimits,
+) -> anyhow::Result<Vec<std::sync::Arc<[f32]>>> {
+    let (bytes, img) = read_image(&q.path, limits).context("invalid query image")?;
+    let key = Exemplar::content_key(&bytes);
+    det.exemplar_embeddings(&[Exemplar {
+        content_key: &key,
+        image: &img,
+        bbox: q.bbox,
+    }])
+    .with_context(|| format!("invalid query image {}", q.path.display()))
+}
+
 /// One output line.
 #[derive(Debug, Serialize)]
 pub struct ImageResult<'a> {
@@ -141,10 +162,9 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
     if !args.queries.is_empty() {
         rules.check(&args.queries).context("invalid query")?;
     }
-    let mut embeddings = det
+    let text = det
         .query_embeddings(&args.queries)
         .context("invalid query")?;
-    let mut labels = args.queries.clone();
     if args.labels.len() > args.query_images.len() {
         bail!(
             "{} --label for {} --query-image (each --label names one query image, in order)",
@@ -152,31 +172,38 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
             args.query_images.len()
         );
     }
-    for (n, q) in args.query_images.iter().enumerate() {
-        let (bytes, img) = read_image(&q.path, &limits).context("invalid query image")?;
-        let key = Exemplar::content_key(&bytes);
-        let emb = det
-            .exemplar_embeddings(&[Exemplar {
-                content_key: &key,
-                image: &img,
-                bbox: q.bbox,
-            }])
-            .with_context(|| format!("invalid query image {}", q.path.display()))?;
-        embeddings.extend(emb);
-        labels.push(
+    let labels: Vec<String> = (0..args.query_images.len())
+        .map(|n| {
             args.labels
                 .get(n)
                 .cloned()
-                .unwrap_or_else(|| Exemplar::default_label(n)),
-        );
+                .unwrap_or_else(|| Exemplar::default_label(n))
+        })
+        .collect();
+    let mut specs: Vec<ExemplarSpec<'_>> = labels
+        .iter()
+        .map(|l| ExemplarSpec {
+            label: Some(l),
+            negative: false,
+        })
+        .collect();
+    specs.extend(args.negative_images.iter().map(|_| ExemplarSpec {
+        label: None,
+        negative: true,
+    }));
+    let mut embeddings = Vec::with_capacity(specs.len());
+    for q in args.query_images.iter().chain(&args.negative_images) {
+        embeddings.extend(exemplar_embedding(&mut det, q, &limits)?);
     }
+    let plan = QueryPlan::build(&args.queries, text, &specs, &embeddings)
+        .context("invalid query images")?;
     let stdout = std::io::stdout();
     let mut failed = 0;
     for path in &args.images {
         let result = (|| -> anyhow::Result<()> {
             let (_, img) = read_image(path, &limits)?;
             let dets = det
-                .detect_embedded(&[&img], &embeddings, &labels, &params)
+                .detect_embedded(&[&img], &plan, &params)
                 .with_context(|| path.display().to_string())?;
             let line = serde_json::to_string(&ImageResult {
                 image: path.display().to_string(),

@@ -145,6 +145,14 @@ async fn route(req: &Parts, body: &mut Option<Incoming>, st: &Arc<AppState>, pee
                 "detection is served on the Unix socket only",
             )),
         },
+        (_, p) if p == "/v1/query-sets" || p.starts_with("/v1/query-sets/") => match peer {
+            Peer::Unix { .. } => super::query_sets::route(req, body, st).await,
+            Peer::Tcp => error_response(&ApiError::new(
+                404,
+                "not_found",
+                "query sets are served on the Unix socket only",
+            )),
+        },
         (_, p) if p == "/v1/streams" || p.starts_with("/v1/streams/") => match peer {
             Peer::Unix { .. } => super::streams::route(req, body, st).await,
             Peer::Tcp => error_response(&ApiError::new(
@@ -270,6 +278,7 @@ fn decode_component(s: &str) -> Result<String, ApiError> {
 #[derive(Debug, Default)]
 struct UrlParams {
     queries: Vec<String>,
+    query_set: Option<String>,
     threshold: Option<f32>,
     nms: Option<f32>,
     width: Option<u32>,
@@ -302,6 +311,7 @@ fn parse_url(q: Option<&str>) -> Result<UrlParams, ApiError> {
     for (k, v) in query_pairs(q)? {
         match k.as_str() {
             "query" => p.queries.push(v),
+            "query_set" => p.query_set = Some(v),
             "threshold" => p.threshold = Some(parse_number("threshold", &v)?),
             "nms" => p.nms = Some(parse_number("nms", &v)?),
             "width" => p.width = Some(parse_number("width", &v)?),
@@ -326,32 +336,28 @@ struct JsonRequest {
     /// Example images as queries (query by example).
     #[serde(default)]
     query_images: Vec<JsonExemplar>,
+    /// A saved query set, by name.
+    query_set: Option<String>,
     threshold: Option<f32>,
     nms: Option<f32>,
 }
 
-/// One `query_images` entry.
+/// One `query_images` entry (in `/v1/detect` and in query sets).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JsonExemplar {
+pub(crate) struct JsonExemplar {
     image_base64: String,
     /// `[x0, y0, x1, y1]` in the exemplar's pixels.
     #[serde(rename = "box")]
     bbox: Option<[f32; 4]>,
     label: Option<String>,
-    /// Negative exemplars (lowering matches) are not implemented: refused clearly.
+    /// A counter-example (see `ExemplarInput::negative`).
     #[serde(default)]
     negative: bool,
 }
 
 impl JsonExemplar {
-    fn into_input(self, n: usize) -> Result<ExemplarInput, ApiError> {
-        if self.negative {
-            return Err(bad(
-                "invalid_parameter",
-                format!("query_images[{n}]: negative exemplars are not supported yet"),
-            ));
-        }
+    pub(crate) fn into_input(self, n: usize) -> Result<ExemplarInput, ApiError> {
         if let Some(l) = &self.label {
             if l.is_empty() || l.chars().any(char::is_control) {
                 return Err(bad(
@@ -372,6 +378,7 @@ impl JsonExemplar {
             image: Bytes::from(raw),
             bbox: self.bbox,
             label: self.label,
+            negative: self.negative,
         })
     }
 }
@@ -455,10 +462,12 @@ pub(crate) fn media_type(req: &Parts) -> String {
 async fn parse_detect(
     req: &Parts,
     body: &mut Option<Incoming>,
-    max_body: usize,
+    st: &AppState,
     received: Instant,
 ) -> Result<DetectRequest, ApiError> {
-    let url = parse_url(req.uri.query())?;
+    let max_body = st.config.max_body_bytes;
+    let mut url = parse_url(req.uri.query())?;
+    let mut set_name = url.query_set.take();
     let ctype = media_type(req);
     let body = read_body(&req.headers, body, max_body).await?;
     let mut exemplars = Vec::new();
@@ -472,6 +481,9 @@ async fn parse_detect(
             queries.extend(j.queries);
             for (n, e) in j.query_images.into_iter().enumerate() {
                 exemplars.push(e.into_input(n)?);
+            }
+            if j.query_set.is_some() {
+                set_name = j.query_set;
             }
             (ImageInput::Encoded(Bytes::from(raw)), queries, j.threshold.or(url.threshold), j.nms.or(url.nms))
         }
@@ -493,10 +505,20 @@ async fn parse_detect(
             ))
         }
     };
+    let query_set = match set_name {
+        Some(name) => Some(st.query_sets.get(&name).ok_or_else(|| {
+            bad(
+                "unknown_query_set",
+                format!("no query set named {name:?} (PUT /v1/query-sets/{{name}} saves one)"),
+            )
+        })?),
+        None => None,
+    };
     Ok(DetectRequest {
         image,
         queries,
         exemplars,
+        query_set,
         threshold,
         nms,
         received,
@@ -513,12 +535,9 @@ async fn detect(
     let service = ready_service(st)?;
     let timeout = service.config().request_timeout;
     let deadline = tokio::time::Instant::from_std(started + timeout);
-    let request = tokio::time::timeout_at(
-        deadline,
-        parse_detect(req, body, st.config.max_body_bytes, started),
-    )
-    .await
-    .map_err(|_| ApiError::from(&DetectError::Timeout(timeout.as_millis() as u64)))??;
+    let request = tokio::time::timeout_at(deadline, parse_detect(req, body, st, started))
+        .await
+        .map_err(|_| ApiError::from(&DetectError::Timeout(timeout.as_millis() as u64)))??;
     let out = service
         .detect(request)
         .await

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod listen;
 mod parse_errors;
+mod query_sets;
 pub mod state;
 mod streams;
 
@@ -256,6 +257,7 @@ async fn lifecycle(
     let streams = StreamManager::start(
         ManagerConfig::from_config(&st.config),
         service.clone(),
+        st.query_sets.clone(),
         &st.config.streams,
     );
     let _ = st.streams.set(streams.clone());

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::service::{DetectService, Metrics};
+use crate::service::{DetectService, Metrics, QuerySets};
 use crate::video::manager::StreamManager;
 
 /// Lifecycle phase.
@@ -53,11 +53,20 @@ pub struct AppState {
     pub service: OnceLock<DetectService>,
     /// Set once the daemon is ready.
     pub streams: OnceLock<Arc<StreamManager>>,
+    /// Saved query sets (loaded from the state folder at start).
+    pub query_sets: Arc<QuerySets>,
 }
 
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
+        let query_sets = Arc::new(QuerySets::load(
+            config
+                .state_dir
+                .join(crate::service::query_sets::STATE_FILE),
+            config.max_query_sets,
+        ));
         Arc::new(AppState {
+            query_sets,
             config,
             phase: AtomicU8::new(Phase::Starting as u8),
             status_line: Mutex::new("starting".into()),

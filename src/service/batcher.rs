@@ -14,16 +14,24 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::error::DetectError;
 use super::metrics::Metrics;
-use crate::pipeline::{Detector, Exemplar};
+use crate::pipeline::{Detector, Exemplar, ExemplarSpec, PipelineError, QueryPlan};
 use crate::postprocess::{Detection, PostParams};
 
-/// A decoded exemplar query of a job.
+/// An exemplar's image, or its embedding when the cache already had it.
+pub(crate) enum ExemplarData {
+    Decoded(crate::preprocess::Rgb),
+    Embedded(Arc<[f32]>),
+}
+
+/// An exemplar query of a job.
 pub(crate) struct JobExemplar {
     /// SHA-256 of the encoded image (with the box: the embedding cache key).
     pub(crate) key: String,
-    pub(crate) image: crate::preprocess::Rgb,
+    pub(crate) data: ExemplarData,
     pub(crate) bbox: Option<[f32; 4]>,
-    pub(crate) label: String,
+    /// `None` only for a negative that applies to every query.
+    pub(crate) label: Option<String>,
+    pub(crate) negative: bool,
 }
 
 /// One admitted request, already decoded and preprocessed.
@@ -32,10 +40,8 @@ pub(crate) struct Job {
     pub(crate) width: u32,
     pub(crate) height: u32,
     pub(crate) queries: Vec<String>,
-    /// Exemplar queries, after the text ones.
+    /// Exemplar queries (positives after the text ones; negatives).
     pub(crate) exemplars: Vec<JobExemplar>,
-    /// Labels of the text queries then the exemplars.
-    pub(crate) labels: Vec<String>,
     pub(crate) params: PostParams,
     pub(crate) enqueued: Instant,
     pub(crate) reply: oneshot::Sender<Result<JobOutput, DetectError>>,
@@ -179,26 +185,50 @@ fn worker_loop(
     tracing::info!("inference worker stopped");
 }
 
-/// A job's query embeddings: its text queries', then its exemplars' (an image-graph pass for
-/// those not cached).
-fn embeddings(
-    det: &mut Detector,
-    job: &Job,
-) -> Result<Vec<std::sync::Arc<[f32]>>, crate::pipeline::PipelineError> {
-    let mut e = det.query_embeddings(&job.queries)?;
-    if !job.exemplars.is_empty() {
-        let ex: Vec<Exemplar<'_>> = job
-            .exemplars
-            .iter()
-            .map(|x| Exemplar {
-                content_key: &x.key,
-                image: &x.image,
-                bbox: x.bbox,
-            })
-            .collect();
-        e.extend(det.exemplar_embeddings(&ex)?);
+/// A job's queries as embeddings: its text queries', then its exemplars' (cached, or an
+/// image-graph pass for those not), laid out by `QueryPlan::build`.
+fn plan(det: &mut Detector, job: &Job) -> Result<QueryPlan, PipelineError> {
+    let text = det.query_embeddings(&job.queries)?;
+    if job.exemplars.is_empty() {
+        return Ok(QueryPlan::text(&job.queries, text));
     }
-    Ok(e)
+    let decoded: Vec<Exemplar<'_>> = job
+        .exemplars
+        .iter()
+        .filter_map(|x| match &x.data {
+            ExemplarData::Decoded(image) => Some(Exemplar {
+                content_key: &x.key,
+                image,
+                bbox: x.bbox,
+            }),
+            ExemplarData::Embedded(_) => None,
+        })
+        .collect();
+    let mut fresh = det.exemplar_embeddings(&decoded)?.into_iter();
+    let mut embeddings = Vec::with_capacity(job.exemplars.len());
+    for x in &job.exemplars {
+        let e = match &x.data {
+            ExemplarData::Embedded(e) => {
+                det.count_hit();
+                Some(e.clone())
+            }
+            ExemplarData::Decoded(_) => fresh.next(),
+        };
+        embeddings.push(e.ok_or_else(|| {
+            PipelineError::Backend(crate::backend::BackendError::Run(
+                "an exemplar embedding is missing".into(),
+            ))
+        })?);
+    }
+    let specs: Vec<ExemplarSpec<'_>> = job
+        .exemplars
+        .iter()
+        .map(|x| ExemplarSpec {
+            label: x.label.as_deref(),
+            negative: x.negative,
+        })
+        .collect();
+    QueryPlan::build(&job.queries, text, &specs, &embeddings)
 }
 
 fn run_batch(det: &mut Detector, batch: Vec<Job>, metrics: &Metrics) {
@@ -207,7 +237,7 @@ fn run_batch(det: &mut Detector, batch: Vec<Job>, metrics: &Metrics) {
     let before = det.cache_stats();
     let mut ready = Vec::with_capacity(batch.len());
     for job in batch {
-        match embeddings(det, &job) {
+        match plan(det, &job) {
             Ok(e) => ready.push((job, e)),
             Err(e) => job.answer(Err(e.into())),
         }
@@ -238,16 +268,10 @@ fn run_batch(det: &mut Detector, batch: Vec<Job>, metrics: &Metrics) {
             return;
         }
     };
-    for (i, (job, emb)) in ready.into_iter().enumerate() {
+    for (i, (job, plan)) in ready.into_iter().enumerate() {
         let t = Instant::now();
-        let detections = Detector::postprocess(
-            &out,
-            i,
-            &emb,
-            &job.labels,
-            (job.width, job.height),
-            &job.params,
-        );
+        let detections =
+            Detector::postprocess(&out, i, &plan, (job.width, job.height), &job.params);
         let queue_ms = ms(start.saturating_duration_since(job.enqueued));
         metrics.observe_queue(queue_ms);
         job.answer(Ok(JobOutput {

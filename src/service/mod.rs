@@ -8,6 +8,7 @@
 mod batcher;
 pub mod error;
 pub mod metrics;
+pub mod query_sets;
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -20,10 +21,11 @@ use batcher::ms;
 pub use batcher::{Heartbeat, Worker};
 pub use error::DetectError;
 pub use metrics::Metrics;
+pub use query_sets::{QuerySet, QuerySets};
 
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
-use crate::pipeline::{Detector, Exemplar};
+use crate::pipeline::{Detector, EmbeddingCache, Exemplar, ExemplarSpec};
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, Header, ImageError, ImageLimits, PreprocessConfig, Rgb};
 
@@ -84,15 +86,20 @@ pub enum ImageInput {
 }
 
 /// An example image used as a query (query by example), as a client sends it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExemplarInput {
     /// The encoded image (JPEG, PNG, WebP, BMP).
     pub image: Bytes,
     /// `[x0, y0, x1, y1]` in the exemplar's pixels: the object there is the query; `None`: the
     /// exemplar's most object-like patch.
     pub bbox: Option<[f32; 4]>,
-    /// Label of its detections (default `image:<n>`, n counting the request's exemplars from 0).
+    /// Positive: label of its detections (default `image:<n>`, n counting the request's
+    /// exemplars from 0, after those of its query set). Negative: the query it vetoes (default:
+    /// every query).
     pub label: Option<String>,
+    /// A counter-example: matches that look at least as much like it as like their query are
+    /// dropped (`postprocess::vetoed_predictions`).
+    pub negative: bool,
 }
 
 /// One detection request.
@@ -102,6 +109,9 @@ pub struct DetectRequest {
     pub queries: Vec<String>,
     /// Exemplar queries, after the text queries (their `query_index` follows the text ones).
     pub exemplars: Vec<ExemplarInput>,
+    /// A saved query set: its text queries come before the request's, its exemplars before the
+    /// request's.
+    pub query_set: Option<Arc<QuerySet>>,
     /// Score threshold (default: the configured one).
     pub threshold: Option<f32>,
     /// Per-query NMS IoU (default: none).
@@ -117,6 +127,7 @@ impl DetectRequest {
             image,
             queries,
             exemplars: Vec::new(),
+            query_set: None,
             threshold: None,
             nms: None,
             received: Instant::now(),
@@ -153,6 +164,8 @@ struct Inner {
     decode_budget: Arc<Semaphore>,
     tx: Sender<batcher::Job>,
     heartbeat: Arc<Heartbeat>,
+    /// The detector's embedding cache: an exemplar found there is neither decoded nor embedded.
+    cache: EmbeddingCache,
 }
 
 /// A handle on the running detection service. Cheap to clone; the worker stops once every handle
@@ -170,6 +183,7 @@ impl DetectService {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Self, Worker)> {
         let pre = *det.preprocess_config();
+        let cache = det.embedding_cache();
         let batch = batcher::BatchConfig {
             max_batch: cfg.max_batch,
             max_wait: cfg.max_batch_wait,
@@ -182,6 +196,7 @@ impl DetectService {
             pre,
             tx,
             heartbeat,
+            cache,
         };
         Ok((
             DetectService {
@@ -231,6 +246,7 @@ impl DetectService {
             image,
             queries,
             exemplars,
+            query_set,
             threshold,
             nms,
             received,
@@ -238,16 +254,14 @@ impl DetectService {
         let cfg = &self.inner.cfg;
         let params = PostParams::new(threshold.unwrap_or(cfg.default_threshold), nms)
             .map_err(DetectError::InvalidParameter)?;
-        if exemplars.is_empty() || !queries.is_empty() {
-            cfg.queries.check(&queries)?;
-        }
-        if exemplars.len() > cfg.max_query_images {
-            return Err(DetectError::InvalidParameter(format!(
-                "{} query images, more than the limit of {} (max_query_images)",
-                exemplars.len(),
-                cfg.max_query_images
-            )));
-        }
+        let (queries, exemplars) = match query_set {
+            Some(set) => (
+                [set.queries.clone(), queries].concat(),
+                [set.exemplars.clone(), exemplars].concat(),
+            ),
+            None => (queries, exemplars),
+        };
+        self.check_queries(&queries, &exemplars)?;
         let permit = self
             .inner
             .queue
@@ -258,8 +272,6 @@ impl DetectService {
         let exemplars = self.decode_exemplars(exemplars).await?;
         let (pixels, width, height, permit) = self.preprocess(image, permit).await?;
         let preprocess_ms = ms(t_pre.elapsed());
-        let mut labels = queries.clone();
-        labels.extend(exemplars.iter().map(|e| e.label.clone()));
         let (reply, rx) = oneshot::channel();
         let job = batcher::Job {
             pixels,
@@ -267,7 +279,6 @@ impl DetectService {
             height,
             queries,
             exemplars,
-            labels,
             params,
             enqueued: Instant::now(),
             reply,
@@ -288,6 +299,60 @@ impl DetectService {
                 total: ms(received.elapsed()),
             },
         })
+    }
+
+    /// The checks a request's queries get before admission: the text rules (unless exemplars
+    /// alone are the queries), the exemplar count, labels (`pipeline::plan_exemplars`).
+    fn check_queries(
+        &self,
+        queries: &[String],
+        exemplars: &[ExemplarInput],
+    ) -> Result<(), DetectError> {
+        let cfg = &self.inner.cfg;
+        if exemplars.iter().all(|e| e.negative) || !queries.is_empty() {
+            cfg.queries.check(queries)?;
+        }
+        if exemplars.len() > cfg.max_query_images {
+            return Err(DetectError::InvalidParameter(format!(
+                "{} query images, more than the limit of {} (max_query_images)",
+                exemplars.len(),
+                cfg.max_query_images
+            )));
+        }
+        let labels: Vec<Option<String>> = exemplars.iter().enumerate().map(label_of).collect();
+        let specs: Vec<ExemplarSpec<'_>> = exemplars
+            .iter()
+            .zip(&labels)
+            .map(|(e, l)| ExemplarSpec {
+                label: l.as_deref(),
+                negative: e.negative,
+            })
+            .collect();
+        crate::pipeline::plan_exemplars(queries, &specs)?;
+        Ok(())
+    }
+
+    /// Checks a query set before it is saved: its queries as a request's, and every exemplar
+    /// decoded within the limits with its box inside the image, so that a saved set cannot fail
+    /// later for its content.
+    pub async fn check_query_set(&self, set: &QuerySet) -> Result<(), DetectError> {
+        if set.queries.is_empty() && set.exemplars.is_empty() {
+            return Err(DetectError::InvalidParameter(
+                "a query set needs queries or query_images".into(),
+            ));
+        }
+        self.check_queries(&set.queries, &set.exemplars)?;
+        for (n, e) in set.exemplars.iter().enumerate() {
+            let rgb = self.decode_exemplar(n, e.image.clone()).await?;
+            Exemplar {
+                content_key: "",
+                image: &rgb,
+                bbox: e.bbox,
+            }
+            .normalised_box()
+            .map_err(|err| DetectError::InvalidParameter(format!("query_images[{n}]: {err}")))?;
+        }
+        Ok(())
     }
 
     /// Decodes and preprocesses on the blocking pool, once the image's estimated decoding memory
@@ -315,37 +380,48 @@ impl DetectService {
         .map_err(|e| DetectError::Internal(format!("preprocessing task failed: {e}")))?
     }
 
-    /// Decodes the exemplar images (within the image limits and the decode budget, like the
-    /// target image) and keys each by the SHA-256 of its bytes: the embedding cache key, with the
-    /// box. A decode is paid on every request; the exemplar's image-graph pass only on a miss.
+    /// Turns exemplars into the worker's form: an exemplar whose embedding is cached (keyed by the
+    /// SHA-256 of its bytes and its box) carries that embedding and is not decoded; the others are
+    /// decoded within the image limits and the decode budget, like the target image.
     async fn decode_exemplars(
         &self,
         exemplars: Vec<ExemplarInput>,
     ) -> Result<Vec<batcher::JobExemplar>, DetectError> {
-        let limits = self.inner.cfg.image_limits;
         let mut out = Vec::with_capacity(exemplars.len());
         for (n, e) in exemplars.into_iter().enumerate() {
-            let which = |err: ImageError| {
-                DetectError::InvalidParameter(format!("query_images[{n}]: {err}"))
+            let label = label_of((n, &e));
+            let key = Exemplar::content_key(&e.image);
+            let data = match self.inner.cache.get(&Exemplar::key_of(&key, e.bbox)) {
+                Some(embedding) => batcher::ExemplarData::Embedded(embedding),
+                None => batcher::ExemplarData::Decoded(self.decode_exemplar(n, e.image).await?),
             };
-            let header = preprocess::probe(&e.image, &limits).map_err(which)?;
-            let share = self.decode_share(Some(&header)).await?;
-            let bytes = e.image;
-            let (rgb, key) = tokio::task::spawn_blocking(move || {
-                let rgb = preprocess::decode_probed(&bytes, &header, &limits);
-                drop(share);
-                (rgb, Exemplar::content_key(&bytes))
-            })
-            .await
-            .map_err(|err| DetectError::Internal(format!("exemplar decoding failed: {err}")))?;
             out.push(batcher::JobExemplar {
                 key,
-                image: rgb.map_err(which)?,
+                data,
                 bbox: e.bbox,
-                label: e.label.unwrap_or_else(|| Exemplar::default_label(n)),
+                label,
+                negative: e.negative,
             });
         }
         Ok(out)
+    }
+
+    /// Decodes the `n`-th exemplar of a request on the blocking pool, within the image limits
+    /// and the decode budget.
+    async fn decode_exemplar(&self, n: usize, bytes: Bytes) -> Result<Rgb, DetectError> {
+        let limits = self.inner.cfg.image_limits;
+        let which =
+            |err: ImageError| DetectError::InvalidParameter(format!("query_images[{n}]: {err}"));
+        let header = preprocess::probe(&bytes, &limits).map_err(which)?;
+        let share = self.decode_share(Some(&header)).await?;
+        let rgb = tokio::task::spawn_blocking(move || {
+            let rgb = preprocess::decode_probed(&bytes, &header, &limits);
+            drop(share);
+            rgb
+        })
+        .await
+        .map_err(|err| DetectError::Internal(format!("exemplar decoding failed: {err}")))?;
+        rgb.map_err(which)
     }
 
     /// Waits for the decode budget's share of an encoded image, given its checked `header`
@@ -375,6 +451,16 @@ impl DetectService {
             .await
             .map_err(|_| DetectError::Stopped)?;
         Ok(Some(share))
+    }
+}
+
+/// The label an exemplar's detections get: its own, else `image:<n>` for a positive; a negative
+/// without one applies to every query.
+fn label_of((n, e): (usize, &ExemplarInput)) -> Option<String> {
+    match (&e.label, e.negative) {
+        (Some(l), _) => Some(l.clone()),
+        (None, false) => Some(Exemplar::default_label(n)),
+        (None, true) => None,
     }
 }
 

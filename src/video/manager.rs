@@ -17,7 +17,7 @@ use super::stream::{Run, RunSettings, State, StreamShared};
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
 use crate::service::metrics::header;
-use crate::service::DetectService;
+use crate::service::{DetectService, QuerySets};
 
 /// Name of the state file in `state_dir`.
 pub const STATE_FILE: &str = "streams.json";
@@ -65,6 +65,8 @@ pub struct StreamStatus {
     pub name: String,
     pub url: String,
     pub queries: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_set: Option<String>,
     /// As written (0.1, not the f32's 0.10000000149011612).
     pub threshold: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,6 +125,7 @@ impl ManagerConfig {
 pub struct StreamManager {
     cfg: ManagerConfig,
     service: DetectService,
+    query_sets: Arc<QuerySets>,
     streams: Mutex<BTreeMap<String, Entry>>,
     stopping: CancellationToken,
 }
@@ -144,11 +147,13 @@ impl StreamManager {
     pub fn start(
         cfg: ManagerConfig,
         service: DetectService,
+        query_sets: Arc<QuerySets>,
         configured: &[StreamSpec],
     ) -> Arc<Self> {
         let m = Arc::new(StreamManager {
             cfg,
             service,
+            query_sets,
             streams: Mutex::new(BTreeMap::new()),
             stopping: CancellationToken::new(),
         });
@@ -217,6 +222,7 @@ impl StreamManager {
             spec: spec.clone(),
             source,
             service: self.service.clone(),
+            query_sets: self.query_sets.clone(),
             settings: self.cfg.run,
         };
         let task = tokio::spawn(run.run(cancel.clone()));
@@ -235,6 +241,13 @@ impl StreamManager {
     /// Adds or replaces an API stream; saved before it starts.
     pub fn put(&self, spec: StreamSpec) -> Result<Put, ManagerError> {
         spec.validate(&self.cfg.queries)?;
+        if let Some(set) = &spec.query_set {
+            if self.query_sets.get(set).is_none() {
+                return Err(ManagerError::Invalid(SpecError::Queries(format!(
+                    "no query set named {set:?} (PUT /v1/query-sets/{{name}} saves one)"
+                ))));
+            }
+        }
         let mut map = self.lock();
         let outcome = match map.get(&spec.name) {
             Some(e) if e.origin == Origin::Config => return Err(ManagerError::ReadOnly(spec.name)),
@@ -311,6 +324,7 @@ impl StreamManager {
                     name: e.spec.name.clone(),
                     url: super::spec::redacted(&e.spec.url),
                     queries: e.spec.queries.clone(),
+                    query_set: e.spec.query_set.clone(),
                     threshold: shortest(e.spec.threshold.unwrap_or(default)),
                     nms: e.spec.nms.map(shortest),
                     max_fps: e.spec.max_fps,

@@ -19,7 +19,12 @@ pub struct StreamSpec {
     /// `[a-z0-9_-]{1,64}`.
     pub name: String,
     pub url: String,
+    #[serde(default)]
     pub queries: Vec<String>,
+    /// A saved query set (`/v1/query-sets`) whose queries come before `queries`; read at every
+    /// frame, so changing the set changes what the stream looks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_set: Option<String>,
     /// Score threshold (default: the daemon's `default_threshold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
@@ -36,7 +41,10 @@ pub struct StreamSpec {
 #[serde(deny_unknown_fields)]
 pub struct StreamBody {
     pub url: String,
+    #[serde(default)]
     pub queries: Vec<String>,
+    #[serde(default)]
+    pub query_set: Option<String>,
     #[serde(default)]
     pub threshold: Option<f32>,
     #[serde(default)]
@@ -51,6 +59,7 @@ impl StreamBody {
             name: name.to_string(),
             url: self.url,
             queries: self.queries,
+            query_set: self.query_set,
             threshold: self.threshold,
             nms: self.nms,
             max_fps: self.max_fps,
@@ -208,12 +217,21 @@ impl StreamSpec {
     pub fn validate(&self, rules: &QueryRules) -> Result<Source, SpecError> {
         check_name(&self.name)?;
         let source = parse_url(&self.url)?;
-        if self.queries.is_empty() {
-            return Err(SpecError::Queries("queries must not be empty".into()));
+        match &self.query_set {
+            Some(set) => crate::service::query_sets::check_name(set)
+                .map_err(|e| SpecError::Queries(format!("query_set: {e}")))?,
+            None if self.queries.is_empty() => {
+                return Err(SpecError::Queries(
+                    "queries must not be empty (or name a query_set)".into(),
+                ))
+            }
+            None => {}
         }
-        rules
-            .check(&self.queries)
-            .map_err(|e| SpecError::Queries(e.to_string()))?;
+        if !self.queries.is_empty() {
+            rules
+                .check(&self.queries)
+                .map_err(|e| SpecError::Queries(e.to_string()))?;
+        }
         if let Some(t) = self.threshold {
             PostParams::new(t, self.nms).map_err(SpecError::Number)?;
         } else {
@@ -238,6 +256,7 @@ mod tests {
             name: name.into(),
             url: url.into(),
             queries: vec!["a person".into()],
+            query_set: None,
             threshold: None,
             nms: None,
             max_fps: 0.0,
@@ -310,6 +329,10 @@ mod tests {
         assert!(spec("a", "/v.mp4").validate(&rules).is_ok());
         let mut s = spec("a", "/v.mp4");
         s.queries.clear();
+        assert!(matches!(s.validate(&rules), Err(SpecError::Queries(_))));
+        s.query_set = Some("parts".into());
+        assert!(s.validate(&rules).is_ok(), "a query set alone is enough");
+        s.query_set = Some("Bad Name".into());
         assert!(matches!(s.validate(&rules), Err(SpecError::Queries(_))));
         let mut s = spec("a", "/v.mp4");
         s.threshold = Some(1.5);

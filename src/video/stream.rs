@@ -232,6 +232,8 @@ pub struct Run {
     pub spec: StreamSpec,
     pub source: Source,
     pub service: DetectService,
+    /// Where the spec's `query_set` is looked up, at every frame.
+    pub query_sets: Arc<crate::service::QuerySets>,
     pub settings: RunSettings,
 }
 
@@ -426,6 +428,14 @@ impl Run {
                 DetectRequest::new(ImageInput::Shared(rgb.clone()), self.spec.queries.clone());
             req.threshold = Some(rules.low);
             req.nms = self.spec.nms;
+            if let Some(name) = &self.spec.query_set {
+                let Some(set) = self.query_sets.get(name) else {
+                    self.shared
+                        .note_error(format!("query set {name:?} does not exist (any more)"));
+                    return None;
+                };
+                req.query_set = Some(set);
+            }
             match self.service.detect(req).await {
                 Ok(out) => return Some(out),
                 Err(DetectError::QueueFull) if !self.source.is_live() => {

@@ -348,3 +348,55 @@ fn query_images_mix_with_text_and_match_transformers() {
     );
     assert_clean_failure(&out, "2 --label for 1 --query-image");
 }
+
+/// `--query-image`s sharing a `--label` are one query; a `--negative-image` equal to the only
+/// positive one vetoes every match; a `--label` that is also a `--query` is refused.
+#[test]
+fn same_label_query_images_average_and_negative_images_veto() {
+    let model = model_dir("tiny-a");
+    let a = image_path("wide_blur.png");
+    let a = a.to_str().expect("utf8");
+    let b = format!("{}#10,10,30,40", image_path("exact_a.png").display());
+    let target = image_path("photo.jpg");
+    let run = |args: &[&str]| {
+        let out = detect(&model, args, &[&target]);
+        bin::assert_success(&out);
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        line["detections"].as_array().expect("detections").clone()
+    };
+    let both = run(&[
+        "--query-image",
+        a,
+        "--label",
+        "x",
+        "--query-image",
+        &b,
+        "--label",
+        "x",
+        "--threshold",
+        "0",
+    ]);
+    assert!(!both.is_empty());
+    assert!(
+        both.iter()
+            .all(|d| d["label"] == "x" && d["query_index"] == 0),
+        "one query"
+    );
+    let only_a = run(&["--query-image", a, "--label", "x", "--threshold", "0"]);
+    assert_ne!(both, only_a, "the average is not the first exemplar");
+    let none = run(&[
+        "--query-image",
+        a,
+        "--negative-image",
+        a,
+        "--threshold",
+        "0",
+    ]);
+    assert!(none.is_empty(), "{none:?}");
+    let out = detect(
+        &model,
+        &["--query", "x", "--query-image", a, "--label", "x"],
+        &[&target],
+    );
+    assert_clean_failure(&out, "also a text query");
+}

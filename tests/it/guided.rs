@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::support::fixtures::{self, model_dir};
 use intelligent_video::engine::{load_detector, DetectorOptions};
-use intelligent_video::pipeline::{Exemplar, PipelineError};
-use intelligent_video::postprocess;
+use intelligent_video::pipeline::{Exemplar, ExemplarSpec, PipelineError, QueryPlan};
+use intelligent_video::postprocess::{self, PostParams};
 use intelligent_video::preprocess::{self, ImageLimits, Rgb};
 
 fn golden(model: &str) -> serde_json::Value {
@@ -188,6 +188,156 @@ fn boxes_outside_the_exemplar_or_empty_are_refused() {
     }
 }
 
+/// One exemplar's embedding (no box: its most object-like patch).
+fn embed(det: &mut intelligent_video::pipeline::Detector, name: &str) -> Arc<[f32]> {
+    let img = decode(name);
+    det.exemplar_embeddings(&[Exemplar {
+        content_key: name,
+        image: &img,
+        bbox: None,
+    }])
+    .expect("embedding")
+    .remove(0)
+}
+
+fn spec(label: Option<&str>, negative: bool) -> ExemplarSpec<'_> {
+    ExemplarSpec { label, negative }
+}
+
+/// Two exemplars of one label make one query whose direction is their normalised mean: the
+/// target's logits equal those of `(a + b) / ‖a + b‖` computed here by hand; two copies of one
+/// exemplar are that exemplar.
+#[test]
+fn exemplars_sharing_a_label_are_averaged_into_one_query() {
+    let mut det = load_detector(&model_dir("tiny-a"), &DetectorOptions::default()).expect("loads");
+    let a = embed(&mut det, "wide_blur.png");
+    let b = embed(&mut det, "exact_a.png");
+    let x = Some("x");
+    let plan = QueryPlan::build(
+        &[],
+        Vec::new(),
+        &[spec(x, false), spec(x, false)],
+        &[a.clone(), b.clone()],
+    )
+    .expect("plan");
+    assert_eq!(plan.labels, vec!["x"]);
+    assert_eq!(plan.embeddings.len(), 1);
+    let sum: Vec<f32> = a.iter().zip(b.iter()).map(|(p, q)| p + q).collect();
+    let n = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let by_hand: Vec<f32> = sum.iter().map(|v| v / n).collect();
+    let tg = decode("photo.jpg");
+    let s = det.config.image_size;
+    let mut px = Vec::with_capacity(3 * s * s);
+    det.preprocess_into(&tg, &mut px);
+    let out = det.run_images(&px, 1).expect("runs");
+    let ours = postprocess::class_logits(&out.heads(0), &[&plan.embeddings[0][..]]);
+    let want = postprocess::class_logits(&out.heads(0), &[&by_hand[..]]);
+    let d = ours
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    assert!(d <= 1e-5 * scale, "averaged logits differ by {d}");
+    // Not just one of the two.
+    let only_a = postprocess::class_logits(&out.heads(0), &[&a[..]]);
+    let da = ours
+        .iter()
+        .zip(&only_a)
+        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(da > 1e-2 * scale, "the mean is not a: {da}");
+    // Twice the same exemplar is the exemplar.
+    let twice = QueryPlan::build(
+        &[],
+        Vec::new(),
+        &[spec(x, false), spec(x, false)],
+        &[a.clone(), a.clone()],
+    )
+    .expect("plan");
+    let d = twice.embeddings[0]
+        .iter()
+        .zip(a.iter())
+        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(d < 1e-5, "{d}");
+    // Detections of the averaged query carry its label and index.
+    let p = PostParams::new(0.0, None).expect("params");
+    let dets = det.detect_embedded(&[&tg], &plan, &p).expect("detects");
+    assert!(!dets[0].is_empty());
+    assert!(dets[0].iter().all(|d| d.label == "x" && d.query_index == 0));
+}
+
+/// A negative exemplar drops exactly the patches whose logit for it is at least the positive
+/// query's (counted here from the raw logits), and leaves every other detection as it was.
+#[test]
+fn a_negative_exemplar_drops_the_patches_it_matches_at_least_as_well() {
+    for model in ["tiny-a", "tiny-b"] {
+        let mut det = load_detector(&model_dir(model), &DetectorOptions::default()).expect("loads");
+        let pos = embed(&mut det, "wide_blur.png");
+        let neg = embed(&mut det, "exact_a.png");
+        let tg = decode("photo.jpg");
+        let p = PostParams::new(0.0, None).expect("params");
+        let label = Some("thing");
+        let plain = QueryPlan::build(
+            &[],
+            Vec::new(),
+            &[spec(label, false)],
+            std::slice::from_ref(&pos),
+        )
+        .expect("plan");
+        let vetoed = QueryPlan::build(
+            &[],
+            Vec::new(),
+            &[spec(label, false), spec(None, true)],
+            &[pos.clone(), neg.clone()],
+        )
+        .expect("plan");
+        let all = det
+            .detect_embedded(&[&tg], &plain, &p)
+            .expect("detects")
+            .remove(0);
+        let kept = det
+            .detect_embedded(&[&tg], &vetoed, &p)
+            .expect("detects")
+            .remove(0);
+        let s = det.config.image_size;
+        let mut px = Vec::with_capacity(3 * s * s);
+        det.preprocess_into(&tg, &mut px);
+        let out = det.run_images(&px, 1).expect("runs");
+        let lp = postprocess::class_logits(&out.heads(0), &[&pos[..]]);
+        let ln = postprocess::class_logits(&out.heads(0), &[&neg[..]]);
+        let dropped = lp.iter().zip(&ln).filter(|(p, n)| n >= p).count();
+        assert!(
+            dropped > 0 && dropped < all.len(),
+            "{model}: the fixture must split ({dropped} of {})",
+            all.len()
+        );
+        assert_eq!(kept.len(), all.len() - dropped, "{model}");
+        for k in &kept {
+            assert!(
+                all.contains(k),
+                "{model}: a kept detection is unchanged: {k:?}"
+            );
+        }
+        // The counter-example equal to the example vetoes everything; one aimed at another label
+        // is refused when no query has that label.
+        let same = QueryPlan::build(
+            &[],
+            Vec::new(),
+            &[spec(label, false), spec(None, true)],
+            &[pos.clone(), pos.clone()],
+        )
+        .expect("plan");
+        assert!(det.detect_embedded(&[&tg], &same, &p).expect("detects")[0].is_empty());
+        let e = QueryPlan::build(
+            &[],
+            Vec::new(),
+            &[spec(label, false), spec(Some("other"), true)],
+            &[pos.clone(), neg.clone()],
+        )
+        .expect_err("no such label");
+        assert!(e.to_string().contains("names no query"), "{e}");
+    }
+}
+
 mod api {
     //! `POST /v1/detect` with `query_images`: the same answer as the CLI, cache hits on repeats,
     //! and clear 400s.
@@ -332,8 +482,20 @@ mod api {
             ),
             (
                 ex(serde_json::json!([{"image_base64": b64("wide_blur.png"), "negative": true}])),
+                "missing_query",
+                "at least one query",
+            ),
+            (
+                serde_json::json!({"image_base64": b64("small_pad.png"), "queries": ["a cat"],
+                    "query_images": [{"image_base64": b64("wide_blur.png"), "negative": true, "label": "a dog"}]}),
                 "invalid_parameter",
-                "negative exemplars are not supported",
+                "names no query",
+            ),
+            (
+                serde_json::json!({"image_base64": b64("small_pad.png"), "queries": ["a cat"],
+                    "query_images": [{"image_base64": b64("wide_blur.png"), "label": "a cat"}]}),
+                "invalid_parameter",
+                "also a text query",
             ),
             (
                 ex(serde_json::json!([{"image_base64": b64("wide_blur.png"), "scale": 2}])),

@@ -18,6 +18,7 @@ mod int8;
 mod model_pull;
 mod optimize;
 mod parity;
+mod query_sets;
 mod runtime;
 mod streams;
 mod tokenizer;

@@ -714,3 +714,67 @@ fn an_mjpeg_over_http_camera_plays_as_a_live_source() {
         (Some(320), Some(240))
     );
 }
+
+/// A stream defined by a saved query set (no queries of its own): refused while the set does not
+/// exist; then every frame's detections are `/v1/detect?query_set=`'s for the same image.
+#[test]
+fn a_stream_looks_for_its_query_set() {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pngs = frames(tmp.path(), false);
+    let clip = lossless(tmp.path());
+    let mut d = Daemon::start(&[]);
+    d.wait_ready();
+    let url = clip.to_str().expect("utf8");
+    let body = json!({"url": url, "query_set": "looks", "threshold": 0.5});
+    let r = put(&d, "byset", &body);
+    assert_eq!((r.status, r.kind()), (400, "invalid_query".to_string()));
+    let set = json!({"query_images": [{
+        "image_base64": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&pngs[0]).expect("png")),
+        "box": [100, 60, 220, 180],
+        "label": "that",
+    }]});
+    let r = d.request(
+        "PUT",
+        "/v1/query-sets/looks",
+        Some("application/json"),
+        set.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = put(&d, "byset", &body);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let s = wait_status(&d, "byset", Duration::from_secs(60), |s| {
+        s["state"] == "finished"
+    });
+    assert_eq!(s["frames"], FRAMES, "{s}");
+    assert_eq!(s["query_set"], "looks", "{s}");
+    let events = frame_lines(Follower::open(&d, "/v1/streams/byset/events?since=0").lines(FRAMES));
+    let mut compared = 0;
+    for (i, ev) in events.iter().enumerate() {
+        let png = std::fs::read(&pngs[i]).expect("png");
+        let r = d.request(
+            "POST",
+            "/v1/detect?query_set=looks&threshold=0.5",
+            Some("image/png"),
+            &png,
+        );
+        assert_eq!(r.status, 200);
+        let want = r.json()["detections"].as_array().expect("dets").clone();
+        let got = ev["detections"].as_array().expect("dets");
+        assert_eq!(got.len(), want.len(), "frame {i}: {ev} vs {want:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g["label"], "that");
+            assert_eq!(g["label"], w["label"]);
+            let (gs, ws) = (
+                g["score"].as_f64().unwrap_or(-1.0),
+                w["score"].as_f64().unwrap_or(1.0),
+            );
+            assert!((gs - ws).abs() < 1e-5, "frame {i}: score {gs} vs {ws}");
+            compared += 1;
+        }
+    }
+    assert!(
+        compared >= FRAMES,
+        "too few detections to compare: {compared}"
+    );
+}

@@ -1,0 +1,352 @@
+//! Saved query sets: named lists of text queries and exemplar images that `/v1/detect` and stream
+//! definitions reference by name (`query_set=NAME`), so exemplars are sent once. This module owns
+//! the registry and its state file (`<state_dir>/query-sets.json`, written atomically before a
+//! change takes effect); checking a set's content against the model is the service's
+//! (`DetectService::check_query_set`), and the HTTP mapping is the server's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::ExemplarInput;
+
+/// The state file's name in the state folder.
+pub const STATE_FILE: &str = "query-sets.json";
+
+/// Errors of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum QuerySetError {
+    #[error("invalid query set name {0:?} (1-64 characters of a-z, 0-9, '_' and '-')")]
+    Name(String),
+    #[error("{0} query sets are saved, the limit (max_query_sets)")]
+    Full(usize),
+    #[error("cannot save the query sets to {path}: {message}")]
+    Persist { path: String, message: String },
+}
+
+impl QuerySetError {
+    /// Stable snake_case name for APIs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QuerySetError::Name(_) => "invalid_name",
+            QuerySetError::Full(_) => "too_many_query_sets",
+            QuerySetError::Persist { .. } => "persist_failed",
+        }
+    }
+}
+
+/// A saved query set. Exemplars keep their encoded bytes (the embedding cache is keyed by their
+/// hash, so a set in use costs no decoding and no image-tower pass).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuerySet {
+    pub queries: Vec<String>,
+    pub exemplars: Vec<ExemplarInput>,
+}
+
+/// A set as the API lists it (no image bytes).
+#[derive(Debug, Clone, Serialize)]
+pub struct QuerySetSummary {
+    pub name: String,
+    pub queries: Vec<String>,
+    pub query_images: Vec<ExemplarSummary>,
+}
+
+/// An exemplar as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExemplarSummary {
+    pub label: Option<String>,
+    #[serde(rename = "box")]
+    pub bbox: Option<[f32; 4]>,
+    pub negative: bool,
+    pub bytes: usize,
+    pub sha256: String,
+}
+
+impl QuerySet {
+    fn summary(&self, name: &str) -> QuerySetSummary {
+        QuerySetSummary {
+            name: name.to_string(),
+            queries: self.queries.clone(),
+            query_images: self
+                .exemplars
+                .iter()
+                .map(|e| ExemplarSummary {
+                    label: e.label.clone(),
+                    bbox: e.bbox,
+                    negative: e.negative,
+                    bytes: e.image.len(),
+                    sha256: crate::pipeline::Exemplar::content_key(&e.image),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A set in the state file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredSet {
+    queries: Vec<String>,
+    query_images: Vec<StoredExemplar>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredExemplar {
+    image_base64: String,
+    #[serde(rename = "box")]
+    bbox: Option<[f32; 4]>,
+    label: Option<String>,
+    negative: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    sets: BTreeMap<String, StoredSet>,
+}
+
+impl From<&QuerySet> for StoredSet {
+    fn from(s: &QuerySet) -> Self {
+        StoredSet {
+            queries: s.queries.clone(),
+            query_images: s
+                .exemplars
+                .iter()
+                .map(|e| StoredExemplar {
+                    image_base64: base64::engine::general_purpose::STANDARD.encode(&e.image),
+                    bbox: e.bbox,
+                    label: e.label.clone(),
+                    negative: e.negative,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<StoredSet> for QuerySet {
+    type Error = base64::DecodeError;
+
+    fn try_from(s: StoredSet) -> Result<Self, Self::Error> {
+        let exemplars = s
+            .query_images
+            .into_iter()
+            .map(|e| {
+                Ok(ExemplarInput {
+                    image: Bytes::from(
+                        base64::engine::general_purpose::STANDARD.decode(e.image_base64)?,
+                    ),
+                    bbox: e.bbox,
+                    label: e.label,
+                    negative: e.negative,
+                })
+            })
+            .collect::<Result<_, base64::DecodeError>>()?;
+        Ok(QuerySet {
+            queries: s.queries,
+            exemplars,
+        })
+    }
+}
+
+/// Checks a set name (the rule of stream names).
+pub fn check_name(name: &str) -> Result<(), QuerySetError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(QuerySetError::Name(name.chars().take(80).collect()))
+    }
+}
+
+/// The registry of saved query sets.
+#[derive(Debug)]
+pub struct QuerySets {
+    /// `None`: kept in memory only (tests, `detect`).
+    file: Option<PathBuf>,
+    max_sets: usize,
+    sets: Mutex<BTreeMap<String, Arc<QuerySet>>>,
+}
+
+impl QuerySets {
+    /// An empty registry kept in memory only.
+    pub fn in_memory(max_sets: usize) -> Self {
+        QuerySets {
+            file: None,
+            max_sets,
+            sets: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The registry saved in `file`, with the sets it holds (none, with an error logged, when the
+    /// file is unreadable: the daemon still starts; the next change rewrites it).
+    pub fn load(file: PathBuf, max_sets: usize) -> Self {
+        let sets = match read_state(&file) {
+            Ok(s) => s,
+            Err(message) => {
+                tracing::error!(path = %file.display(), error = %message, "query set state file is not valid; its sets are not loaded");
+                BTreeMap::new()
+            }
+        };
+        QuerySets {
+            file: Some(file),
+            max_sets,
+            sets: Mutex::new(sets),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<QuerySet>>> {
+        self.sets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The set named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<QuerySet>> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Every set, by name, without image bytes.
+    pub fn list(&self) -> Vec<QuerySetSummary> {
+        self.lock().iter().map(|(n, s)| s.summary(n)).collect()
+    }
+
+    /// One set without image bytes.
+    pub fn summary(&self, name: &str) -> Option<QuerySetSummary> {
+        self.lock().get(name).map(|s| s.summary(name))
+    }
+
+    /// Saves `set` as `name` (already checked by the service); `true` when it is new. The state
+    /// file is written first: a set that could not be saved is not used either.
+    pub fn put(&self, name: &str, set: QuerySet) -> Result<bool, QuerySetError> {
+        check_name(name)?;
+        let mut sets = self.lock();
+        let created = !sets.contains_key(name);
+        if created && sets.len() >= self.max_sets {
+            return Err(QuerySetError::Full(sets.len()));
+        }
+        let mut next = sets.clone();
+        next.insert(name.to_string(), Arc::new(set));
+        self.save(&next)?;
+        *sets = next;
+        Ok(created)
+    }
+
+    /// Deletes the set `name`; `false` when there was none.
+    pub fn delete(&self, name: &str) -> Result<bool, QuerySetError> {
+        let mut sets = self.lock();
+        if !sets.contains_key(name) {
+            return Ok(false);
+        }
+        let mut next = sets.clone();
+        next.remove(name);
+        self.save(&next)?;
+        *sets = next;
+        Ok(true)
+    }
+
+    fn save(&self, sets: &BTreeMap<String, Arc<QuerySet>>) -> Result<(), QuerySetError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let fail = |message: String| QuerySetError::Persist {
+            path: path.display().to_string(),
+            message,
+        };
+        let state = StateFile {
+            sets: sets
+                .iter()
+                .map(|(n, s)| (n.clone(), StoredSet::from(&**s)))
+                .collect(),
+        };
+        let mut text = serde_json::to_vec(&state).map_err(|e| fail(e.to_string()))?;
+        text.push(b'\n');
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        crate::fsutil::write_file_atomic(path, &text).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// The sets in a state file (none when it does not exist).
+fn read_state(path: &Path) -> Result<BTreeMap<String, Arc<QuerySet>>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let state: StateFile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    state
+        .sets
+        .into_iter()
+        .map(|(n, s)| {
+            check_name(&n).map_err(|e| e.to_string())?;
+            let set = QuerySet::try_from(s).map_err(|e| format!("set {n:?}: {e}"))?;
+            Ok((n, Arc::new(set)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(label: &str) -> QuerySet {
+        QuerySet {
+            queries: vec!["a cat".into()],
+            exemplars: vec![ExemplarInput {
+                image: Bytes::from_static(b"\x89PNG not really"),
+                bbox: Some([1.0, 2.0, 3.0, 4.0]),
+                label: Some(label.into()),
+                negative: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn sets_survive_a_reload_and_deletes_too() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("state").join(STATE_FILE);
+        let r = QuerySets::load(file.clone(), 4);
+        assert!(r.put("parts", set("bolt")).expect("put"));
+        assert!(!r.put("parts", set("nut")).expect("replace"));
+        assert!(r.put("logos", set("x")).expect("put"));
+        let again = QuerySets::load(file.clone(), 4);
+        assert_eq!(again.get("parts").as_deref(), Some(&set("nut")));
+        let names: Vec<String> = again.list().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, vec!["logos", "parts"]);
+        assert!(again.delete("logos").expect("delete"));
+        assert!(!again.delete("logos").expect("gone"));
+        assert!(QuerySets::load(file, 4).get("logos").is_none());
+    }
+
+    #[test]
+    fn names_and_the_count_are_limited() {
+        let r = QuerySets::in_memory(1);
+        assert_eq!(
+            r.put("Bad Name", set("a")).expect_err("name").kind(),
+            "invalid_name"
+        );
+        r.put("a", set("a")).expect("first");
+        assert_eq!(
+            r.put("b", set("b")).expect_err("full").kind(),
+            "too_many_query_sets"
+        );
+        r.put("a", set("c")).expect("replacing is not adding");
+    }
+
+    #[test]
+    fn an_unreadable_state_file_loads_no_set() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join(STATE_FILE);
+        std::fs::write(&file, b"{\"sets\": 3}").expect("write");
+        assert!(QuerySets::load(file, 4).list().is_empty());
+    }
+}
