@@ -140,6 +140,8 @@ pub struct Config {
     pub max_query_images: usize,
     /// Saved query sets (`PUT /v1/query-sets/{name}`) the daemon keeps.
     pub max_query_sets: usize,
+    /// Encoded exemplar images all saved query sets may hold together, in MiB.
+    pub query_sets_budget_mb: u64,
     pub default_threshold: f32,
     pub log_format: Option<LogFormat>,
     pub log_level: String,
@@ -216,6 +218,7 @@ impl Default for Config {
             max_queries: queries.max_queries,
             max_query_images: 8,
             max_query_sets: 64,
+            query_sets_budget_mb: 256,
             max_query_bytes: queries.max_query_bytes,
             default_threshold: 0.1,
             log_format: None,
@@ -387,6 +390,7 @@ impl Config {
             ("max_queries", self.max_queries as u64, 4096),
             ("max_query_images", self.max_query_images as u64, 256),
             ("max_query_sets", self.max_query_sets as u64, 4096),
+            ("query_sets_budget_mb", self.query_sets_budget_mb, 1 << 16),
             (
                 "max_query_bytes",
                 self.max_query_bytes as u64,

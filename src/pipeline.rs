@@ -113,7 +113,8 @@ impl Exemplar<'_> {
 pub enum ExemplarRole {
     /// Averaged into the query with this index (counting the text queries first).
     Positive(usize),
-    /// Vetoes the query with this index, or every query (`None`).
+    /// Vetoes the queries with the label of this index (the first of them), or every query
+    /// (`None`).
     Negative(Option<usize>),
 }
 
@@ -221,8 +222,17 @@ impl QueryPlan {
             embeddings.push(Arc::from(postprocess::average_embedding(&members)));
         }
         for (r, e) in roles.iter().zip(exemplar_embeddings) {
-            if let ExemplarRole::Negative(target) = r {
-                negatives.push((e.clone(), *target));
+            match r {
+                // Every query of that label (text queries may repeat one).
+                ExemplarRole::Negative(Some(q)) => {
+                    for (i, l) in labels.iter().enumerate() {
+                        if *l == labels[*q] {
+                            negatives.push((e.clone(), Some(i)));
+                        }
+                    }
+                }
+                ExemplarRole::Negative(None) => negatives.push((e.clone(), None)),
+                ExemplarRole::Positive(_) => {}
             }
         }
         Ok(QueryPlan {
@@ -338,6 +348,11 @@ impl Detector {
                 std::time::Duration::from_secs(10),
             )),
         }
+    }
+
+    /// Ends the image session's profile (`DetectorOptions::profile`); the file it wrote.
+    pub fn end_profiling(&mut self) -> Result<Option<std::path::PathBuf>, PipelineError> {
+        Ok(self.backend.end_profiling()?)
     }
 
     /// Name of the backend in use.
@@ -548,7 +563,68 @@ impl Detector {
 
 #[cfg(test)]
 mod tests {
-    use super::WarnLimiter;
+    use super::{plan_exemplars, ExemplarRole, ExemplarSpec, QueryPlan, WarnLimiter};
+    use std::sync::Arc;
+
+    fn spec(label: Option<&str>, negative: bool) -> ExemplarSpec<'_> {
+        ExemplarSpec { label, negative }
+    }
+
+    #[test]
+    fn exemplars_are_laid_out_by_label_and_sign() {
+        let text = vec!["a cat".to_string(), "a dog".to_string()];
+        let ex = [
+            spec(Some("a cat"), true), // a negative before anything it refines
+            spec(Some("b"), false),
+            spec(Some("image:2"), false),
+            spec(Some("b"), false),
+            spec(None, true),
+            spec(Some("image:2"), true),
+        ];
+        let (roles, labels) = plan_exemplars(&text, &ex).expect("plan");
+        assert_eq!(labels, vec!["a cat", "a dog", "b", "image:2"]);
+        assert_eq!(
+            roles,
+            vec![
+                ExemplarRole::Negative(Some(0)),
+                ExemplarRole::Positive(2),
+                ExemplarRole::Positive(3),
+                ExemplarRole::Positive(2),
+                ExemplarRole::Negative(None),
+                ExemplarRole::Negative(Some(3)),
+            ]
+        );
+        for (bad, want) in [
+            (vec![spec(Some("a dog"), false)], "also a text query"),
+            (vec![spec(Some("zebra"), true)], "names no query"),
+            (vec![spec(None, false)], "has no label"),
+        ] {
+            let e = plan_exemplars(&text, &bad).expect_err("refused");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let e = plan_exemplars(&[], &[spec(None, true)]).expect_err("negatives alone");
+        assert!(e.to_string().contains("need a query"), "{e}");
+    }
+
+    #[test]
+    fn a_labelled_negative_applies_to_every_query_of_that_label() {
+        let text = vec![
+            "a cat".to_string(),
+            "a dog".to_string(),
+            "a cat".to_string(),
+        ];
+        let e = |v: f32| -> Arc<[f32]> { Arc::from(vec![v, 0.0]) };
+        let plan = QueryPlan::build(
+            &text,
+            vec![e(1.0), e(2.0), e(3.0)],
+            &[spec(Some("a cat"), true)],
+            &[e(9.0)],
+        )
+        .expect("plan");
+        let targets: Vec<Option<usize>> = plan.negatives.iter().map(|n| n.1).collect();
+        assert_eq!(targets, vec![Some(0), Some(2)]);
+        assert_eq!(plan.labels, text);
+    }
     use std::time::{Duration, Instant};
 
     #[test]

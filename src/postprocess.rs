@@ -161,7 +161,7 @@ pub fn detect(
             .flatten()
             .filter(|(_, score, _)| *score > params.threshold)
             .map(|(query_index, score, bbox)| Detection {
-                label: queries.labels[query_index].clone(),
+                label: queries.labels.get(query_index).cloned().unwrap_or_default(),
                 query_index,
                 score,
                 bbox,

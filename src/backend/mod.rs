@@ -140,6 +140,8 @@ pub struct SessionPlan<'a> {
     pub text: GraphSource<'a>,
     /// Folder of the checkpoint that built graphs point into for their external weights.
     pub weights_dir: &'a Path,
+    /// Profile the image session into a file with this prefix (ONNX Runtime's profiler).
+    pub profile: Option<&'a Path>,
     pub image_size: usize,
     pub text_len: usize,
 }
@@ -178,4 +180,9 @@ pub trait Backend: Send {
         -> Result<ImageBatch, BackendError>;
     /// Runs the text graph on `n` rows of token ids; returns `[n, C]` query embeddings.
     fn run_text(&mut self, input_ids: &[i64], n: usize) -> Result<Vec<f32>, BackendError>;
+    /// Ends the image session's profile (when `SessionPlan::profile` asked for one) and returns
+    /// the file it wrote.
+    fn end_profiling(&mut self) -> Result<Option<std::path::PathBuf>, BackendError> {
+        Ok(None)
+    }
 }

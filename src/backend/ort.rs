@@ -219,6 +219,7 @@ pub struct OrtBackend {
     text: Session,
     image_size: usize,
     name: &'static str,
+    profiling: bool,
 }
 
 fn session(
@@ -284,6 +285,9 @@ fn session(
                 "MatMulAddFusion",
             )
             .map_err(|e| err(e.to_string()))?;
+    }
+    if let (Graph::Image, Some(prefix)) = (graph, plan.profile) {
+        b = b.with_profiling(prefix).map_err(|e| err(e.to_string()))?;
     }
     let (threads, affinity) = intra_op_threads(plan);
     if threads > 0 {
@@ -361,6 +365,7 @@ impl OrtBackend {
             text,
             image_size: s,
             name: plan.provider.name(),
+            profiling: plan.profile.is_some(),
         })
     }
 }
@@ -436,6 +441,17 @@ impl Backend for OrtBackend {
             pred_boxes,
             objectness_logits,
         })
+    }
+
+    fn end_profiling(&mut self) -> Result<Option<PathBuf>, BackendError> {
+        if !std::mem::take(&mut self.profiling) {
+            return Ok(None);
+        }
+        let file = self
+            .image
+            .end_profiling()
+            .map_err(|e| BackendError::Run(format!("cannot end the profile: {e}")))?;
+        Ok(Some(PathBuf::from(file)))
     }
 
     fn run_text(&mut self, input_ids: &[i64], n: usize) -> Result<Vec<f32>, BackendError> {

@@ -41,6 +41,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
     pub precision: Precision,
     /// Print one JSON object instead of text.
+    /// Record ONNX Runtime's per-node profile of the optimized image session into this folder
+    /// and print the time per op type (the runs include the untimed warm-up run; profiling adds a
+    /// little overhead of its own).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -99,6 +104,8 @@ pub struct BenchReport {
     pub int8_drift: Option<Drift>,
     /// With `--precision bf16` (arm64): the same against fp32.
     pub bf16_drift: Option<Drift>,
+    /// With `--profile`: the optimized image session's time per op type.
+    pub profile: Option<super::ort_profile::ProfileSummary>,
 }
 
 /// Per-patch difference between two engines on the same frame and queries.
@@ -280,10 +287,19 @@ fn measure_side(
     optimize: bool,
     frame: &Rgb,
 ) -> anyhow::Result<(SideResult, Detector)> {
+    let profile = match (&args.profile, optimize) {
+        (Some(dir), true) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Some(dir.join("image"))
+        }
+        _ => None,
+    };
     let opts = DetectorOptions {
         provider: provider.clone(),
         optimize,
         precision: args.precision,
+        profile,
         ..args.runtime.detector_options()
     };
     let t = Instant::now();
@@ -375,7 +391,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     for f in &fallbacks {
         tracing::warn!(backend = %f.backend, reason = %f.reason, "backend unavailable; falling back");
     }
-    let (optimized, det) = measure_side(args, &provider, true, &frame)?;
+    let (optimized, mut det) = measure_side(args, &provider, true, &frame)?;
+    let profile = match det.end_profiling()? {
+        Some(file) => {
+            let json = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the profile {}", file.display()))?;
+            let summary = super::ort_profile::summarize(&json, &file.display().to_string())
+                .map_err(anyhow::Error::msg)?;
+            Some(summary)
+        }
+        None => None,
+    };
     let (decode_and_preprocess, preprocess_only) =
         measure_preprocess(&det, &frame, bytes.as_deref())?;
     let backend = det.backend_name().to_string();
@@ -419,6 +445,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         peak_rss_mb: peak_rss_mb(),
         int8_drift,
         bf16_drift,
+        profile,
     })
 }
 
@@ -454,6 +481,9 @@ pub fn render_text(r: &BenchReport) -> String {
     }
     if let Some(m) = r.peak_rss_mb {
         s.push_str(&format!("peak RSS {m:.0} MiB\n"));
+    }
+    if let Some(p) = &r.profile {
+        s.push_str(&super::ort_profile::render(p, 15));
     }
     s
 }

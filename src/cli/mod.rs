@@ -6,6 +6,7 @@ pub mod detect;
 pub mod doctor;
 pub mod model;
 pub mod optimize;
+pub mod ort_profile;
 pub mod runtime;
 pub mod serve;
 

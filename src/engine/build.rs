@@ -39,6 +39,9 @@ pub struct DetectorOptions {
     pub precision: Precision,
     /// Weight range of int8 (default: the safe one for this host's CPU).
     pub int8_range: Int8Weights,
+    /// Record ONNX Runtime's per-node profile of the image session into a file with this prefix
+    /// (`bench --profile`); `Detector::end_profiling` closes it.
+    pub profile: Option<PathBuf>,
 }
 
 impl Default for DetectorOptions {
@@ -53,6 +56,7 @@ impl Default for DetectorOptions {
             provider: Provider::Cpu,
             precision: Precision::Fp32,
             int8_range: Int8Weights::for_host(),
+            profile: None,
         }
     }
 }
@@ -152,6 +156,7 @@ pub(super) fn backend(
         image: graph_source(artifact, &image_bytes, &image_path, &image_weights),
         text: graph_source(artifact, &text_bytes, &text_path, &text_weights),
         weights_dir: &model.dir,
+        profile: opts.profile.as_deref(),
         image_size: model.config.image_size,
         text_len: model.config.text_len,
     };

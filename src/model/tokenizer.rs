@@ -56,6 +56,8 @@ pub enum QueryError {
         len: usize,
         max: usize,
     },
+    #[error("query {index} contains control characters")]
+    Control { index: usize },
     #[error("query {index} could not be tokenized: {message}")]
     Tokenize { index: usize, message: String },
 }
@@ -72,7 +74,8 @@ impl QueryError {
 }
 
 /// The rules a list of text queries must follow before anything is tokenized or run: at least one
-/// query, at most `max_queries`, each at most `max_query_bytes` long and not blank. The one place
+/// query, at most `max_queries`, each at most `max_query_bytes` long, not blank and without control
+/// characters. The one place
 /// these rules live; the service checks them at admission, `detect` before loading anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryRules {
@@ -112,6 +115,10 @@ impl QueryRules {
             }
             if q.trim().is_empty() {
                 return Err(QueryError::Empty { index });
+            }
+            // Never part of a phrase; a NUL would also reach the embedding cache's exemplar keys.
+            if q.chars().any(char::is_control) {
+                return Err(QueryError::Control { index });
             }
         }
         Ok(())

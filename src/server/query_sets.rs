@@ -40,7 +40,7 @@ pub(crate) async fn route(req: &Parts, body: &mut Option<Incoming>, st: &Arc<App
 fn registry_error(e: &QuerySetError) -> ApiError {
     let status = match e {
         QuerySetError::Name(_) => 400,
-        QuerySetError::Full(_) => 409,
+        QuerySetError::Full(_) | QuerySetError::OverBudget { .. } => 409,
         QuerySetError::Persist { .. } => 500,
     };
     ApiError::new(status, e.kind(), e.to_string())
@@ -82,7 +82,18 @@ async fn handle(
         }
         (Some(n), &Method::PUT) => put(req, body, st, n).await,
         (Some(n), &Method::DELETE) => {
-            if !sets.delete(n).map_err(|e| registry_error(&e))? {
+            let (owned, name) = (sets.clone(), n.to_string());
+            let deleted = tokio::task::spawn_blocking(move || owned.delete(&name))
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        500,
+                        "internal",
+                        format!("deleting the query set failed: {e}"),
+                    )
+                })?
+                .map_err(|e| registry_error(&e))?;
+            if !deleted {
                 return Err(not_found(n));
             }
             let mut r = Response::new(Body::full(Bytes::new()));
@@ -126,19 +137,17 @@ async fn put(
         .enumerate()
         .map(|(n, e)| e.into_input(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let set = QuerySet {
-        queries: b.queries,
-        exemplars,
-    };
+    let set = QuerySet::new(b.queries, exemplars);
     service
         .check_query_set(&set)
         .await
         .map_err(|e| ApiError::from(&e))?;
-    let created = st
-        .query_sets
-        .put(name, set)
+    let summary = set.summary(name);
+    let (sets, owned) = (st.query_sets.clone(), name.to_string());
+    let created = tokio::task::spawn_blocking(move || sets.put(&owned, set))
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("saving the query set failed: {e}")))?
         .map_err(|e| registry_error(&e))?;
-    let summary = st.query_sets.summary(name).ok_or_else(|| not_found(name))?;
     Ok(json_response(
         if created { 201 } else { 200 },
         json!(summary).to_string(),

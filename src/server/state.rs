@@ -63,7 +63,10 @@ impl AppState {
             config
                 .state_dir
                 .join(crate::service::query_sets::STATE_FILE),
-            config.max_query_sets,
+            crate::service::query_sets::Limits {
+                max_sets: config.max_query_sets,
+                budget_bytes: config.query_sets_budget_mb << 20,
+            },
         ));
         Arc::new(AppState {
             query_sets,

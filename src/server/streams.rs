@@ -132,6 +132,7 @@ fn spec_error(e: &SpecError) -> ApiError {
         SpecError::Name(_) => "invalid_stream_name",
         SpecError::Url(_) => "invalid_url",
         SpecError::Queries(_) => "invalid_query",
+        SpecError::QuerySet(_) => "unknown_query_set",
         SpecError::Number(_) => "invalid_parameter",
     };
     ApiError::bad_request(kind, e.to_string())

@@ -254,12 +254,13 @@ impl DetectService {
         let cfg = &self.inner.cfg;
         let params = PostParams::new(threshold.unwrap_or(cfg.default_threshold), nms)
             .map_err(DetectError::InvalidParameter)?;
-        let (queries, exemplars) = match query_set {
+        let (queries, exemplars, known_keys) = match query_set {
             Some(set) => (
                 [set.queries.clone(), queries].concat(),
                 [set.exemplars.clone(), exemplars].concat(),
+                set.content_keys.clone(),
             ),
-            None => (queries, exemplars),
+            None => (queries, exemplars, Vec::new()),
         };
         self.check_queries(&queries, &exemplars)?;
         let permit = self
@@ -269,7 +270,7 @@ impl DetectService {
             .try_acquire_owned()
             .map_err(|_| DetectError::QueueFull)?;
         let t_pre = Instant::now();
-        let exemplars = self.decode_exemplars(exemplars).await?;
+        let exemplars = self.decode_exemplars(exemplars, known_keys).await?;
         let (pixels, width, height, permit) = self.preprocess(image, permit).await?;
         let preprocess_ms = ms(t_pre.elapsed());
         let (reply, rx) = oneshot::channel();
@@ -320,6 +321,18 @@ impl DetectService {
             )));
         }
         let labels: Vec<Option<String>> = exemplars.iter().enumerate().map(label_of).collect();
+        for (n, l) in labels.iter().enumerate() {
+            let Some(l) = l else { continue };
+            if l.trim().is_empty()
+                || l.len() > cfg.queries.max_query_bytes
+                || l.chars().any(char::is_control)
+            {
+                return Err(DetectError::InvalidParameter(format!(
+                    "query image {n}: a label must be non-blank text of at most {} bytes without control characters",
+                    cfg.queries.max_query_bytes
+                )));
+            }
+        }
         let specs: Vec<ExemplarSpec<'_>> = exemplars
             .iter()
             .zip(&labels)
@@ -330,6 +343,14 @@ impl DetectService {
             .collect();
         crate::pipeline::plan_exemplars(queries, &specs)?;
         Ok(())
+    }
+
+    /// Checks queries that will be used with a query set (a stream's), as a request's would be.
+    pub fn check_with_set(&self, set: &QuerySet, queries: &[String]) -> Result<(), DetectError> {
+        self.check_queries(
+            &[set.queries.clone(), queries.to_vec()].concat(),
+            &set.exemplars,
+        )
     }
 
     /// Checks a query set before it is saved: its queries as a request's, and every exemplar
@@ -343,7 +364,9 @@ impl DetectService {
         }
         self.check_queries(&set.queries, &set.exemplars)?;
         for (n, e) in set.exemplars.iter().enumerate() {
-            let rgb = self.decode_exemplar(n, e.image.clone()).await?;
+            let rgb = self
+                .decode_exemplar(&format!("query_images[{n}]"), e.image.clone())
+                .await?;
             Exemplar {
                 content_key: "",
                 image: &rgb,
@@ -382,18 +405,39 @@ impl DetectService {
 
     /// Turns exemplars into the worker's form: an exemplar whose embedding is cached (keyed by the
     /// SHA-256 of its bytes and its box) carries that embedding and is not decoded; the others are
-    /// decoded within the image limits and the decode budget, like the target image.
+    /// decoded within the image limits and the decode budget, like the target image. The first
+    /// exemplars are a query set's when `known_keys` (their hashes, computed when the set was
+    /// saved) is not empty; the others are hashed on the blocking pool.
     async fn decode_exemplars(
         &self,
         exemplars: Vec<ExemplarInput>,
+        known_keys: Vec<String>,
     ) -> Result<Vec<batcher::JobExemplar>, DetectError> {
+        let from_set = known_keys.len();
+        let mut known = known_keys.into_iter();
         let mut out = Vec::with_capacity(exemplars.len());
         for (n, e) in exemplars.into_iter().enumerate() {
             let label = label_of((n, &e));
-            let key = Exemplar::content_key(&e.image);
+            let key = match known.next() {
+                Some(k) => k,
+                None => {
+                    let bytes = e.image.clone();
+                    tokio::task::spawn_blocking(move || Exemplar::content_key(&bytes))
+                        .await
+                        .map_err(|err| {
+                            DetectError::Internal(format!("exemplar hashing failed: {err}"))
+                        })?
+                }
+            };
             let data = match self.inner.cache.get(&Exemplar::key_of(&key, e.bbox)) {
                 Some(embedding) => batcher::ExemplarData::Embedded(embedding),
-                None => batcher::ExemplarData::Decoded(self.decode_exemplar(n, e.image).await?),
+                None => {
+                    let name = match n.checked_sub(from_set) {
+                        Some(i) => format!("query_images[{i}]"),
+                        None => format!("query set image {n}"),
+                    };
+                    batcher::ExemplarData::Decoded(self.decode_exemplar(&name, e.image).await?)
+                }
             };
             out.push(batcher::JobExemplar {
                 key,
@@ -406,12 +450,11 @@ impl DetectService {
         Ok(out)
     }
 
-    /// Decodes the `n`-th exemplar of a request on the blocking pool, within the image limits
-    /// and the decode budget.
-    async fn decode_exemplar(&self, n: usize, bytes: Bytes) -> Result<Rgb, DetectError> {
+    /// Decodes an exemplar (`name`d in errors) on the blocking pool, within the image limits and
+    /// the decode budget.
+    async fn decode_exemplar(&self, name: &str, bytes: Bytes) -> Result<Rgb, DetectError> {
         let limits = self.inner.cfg.image_limits;
-        let which =
-            |err: ImageError| DetectError::InvalidParameter(format!("query_images[{n}]: {err}"));
+        let which = |err: ImageError| DetectError::InvalidParameter(format!("{name}: {err}"));
         let header = preprocess::probe(&bytes, &limits).map_err(which)?;
         let share = self.decode_share(Some(&header)).await?;
         let rgb = tokio::task::spawn_blocking(move || {

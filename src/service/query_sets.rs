@@ -24,6 +24,8 @@ pub enum QuerySetError {
     Name(String),
     #[error("{0} query sets are saved, the limit (max_query_sets)")]
     Full(usize),
+    #[error("the saved query sets would hold {need} MiB of exemplar images, more than query_sets_budget_mb = {budget}")]
+    OverBudget { need: u64, budget: u64 },
     #[error("cannot save the query sets to {path}: {message}")]
     Persist { path: String, message: String },
 }
@@ -34,17 +36,21 @@ impl QuerySetError {
         match self {
             QuerySetError::Name(_) => "invalid_name",
             QuerySetError::Full(_) => "too_many_query_sets",
+            QuerySetError::OverBudget { .. } => "query_sets_full",
             QuerySetError::Persist { .. } => "persist_failed",
         }
     }
 }
 
-/// A saved query set. Exemplars keep their encoded bytes (the embedding cache is keyed by their
-/// hash, so a set in use costs no decoding and no image-tower pass).
+/// A saved query set. Exemplars keep their encoded bytes and their SHA-256, computed once (the
+/// embedding cache is keyed by it, so a set in use costs no hashing, no decoding and no
+/// image-tower pass).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuerySet {
     pub queries: Vec<String>,
     pub exemplars: Vec<ExemplarInput>,
+    /// `Exemplar::content_key` of each exemplar's bytes.
+    pub content_keys: Vec<String>,
 }
 
 /// A set as the API lists it (no image bytes).
@@ -67,19 +73,39 @@ pub struct ExemplarSummary {
 }
 
 impl QuerySet {
-    fn summary(&self, name: &str) -> QuerySetSummary {
+    /// A set of these queries and exemplars (hashing each exemplar once).
+    pub fn new(queries: Vec<String>, exemplars: Vec<ExemplarInput>) -> Self {
+        let content_keys = exemplars
+            .iter()
+            .map(|e| crate::pipeline::Exemplar::content_key(&e.image))
+            .collect();
+        QuerySet {
+            queries,
+            exemplars,
+            content_keys,
+        }
+    }
+
+    /// Encoded bytes of its exemplar images.
+    pub fn image_bytes(&self) -> u64 {
+        self.exemplars.iter().map(|e| e.image.len() as u64).sum()
+    }
+
+    /// The set as the API lists it (no image bytes).
+    pub fn summary(&self, name: &str) -> QuerySetSummary {
         QuerySetSummary {
             name: name.to_string(),
             queries: self.queries.clone(),
             query_images: self
                 .exemplars
                 .iter()
-                .map(|e| ExemplarSummary {
+                .zip(&self.content_keys)
+                .map(|(e, key)| ExemplarSummary {
                     label: e.label.clone(),
                     bbox: e.bbox,
                     negative: e.negative,
                     bytes: e.image.len(),
-                    sha256: crate::pipeline::Exemplar::content_key(&e.image),
+                    sha256: key.clone(),
                 })
                 .collect(),
         }
@@ -146,10 +172,7 @@ impl TryFrom<StoredSet> for QuerySet {
                 })
             })
             .collect::<Result<_, base64::DecodeError>>()?;
-        Ok(QuerySet {
-            queries: s.queries,
-            exemplars,
-        })
+        Ok(QuerySet::new(s.queries, exemplars))
     }
 }
 
@@ -166,39 +189,59 @@ pub fn check_name(name: &str) -> Result<(), QuerySetError> {
     }
 }
 
-/// The registry of saved query sets.
+/// The registry's limits (from `Config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_sets: usize,
+    /// Encoded exemplar bytes of all sets together.
+    pub budget_bytes: u64,
+}
+
+/// The registry of saved query sets. Readers (every detection that names a set) take the map's
+/// lock only to clone an `Arc`; a change is written to the file under a separate writer lock and
+/// swapped in afterwards, so a slow write never holds detections up.
 #[derive(Debug)]
 pub struct QuerySets {
-    /// `None`: kept in memory only (tests, `detect`).
+    /// `None`: kept in memory only (tests).
     file: Option<PathBuf>,
-    max_sets: usize,
+    limits: Limits,
     sets: Mutex<BTreeMap<String, Arc<QuerySet>>>,
+    /// Serialises changes (and their file writes).
+    writer: Mutex<()>,
 }
 
 impl QuerySets {
     /// An empty registry kept in memory only.
-    pub fn in_memory(max_sets: usize) -> Self {
+    pub fn in_memory(limits: Limits) -> Self {
         QuerySets {
             file: None,
-            max_sets,
+            limits,
             sets: Mutex::new(BTreeMap::new()),
+            writer: Mutex::new(()),
         }
     }
 
-    /// The registry saved in `file`, with the sets it holds (none, with an error logged, when the
-    /// file is unreadable: the daemon still starts; the next change rewrites it).
-    pub fn load(file: PathBuf, max_sets: usize) -> Self {
+    /// The registry saved in `file`, with the sets it holds. An unreadable file is renamed aside
+    /// (`<file>.bad-<unix seconds>`, with an error logged) and the daemon starts without its sets:
+    /// the next change cannot overwrite what was there.
+    pub fn load(file: PathBuf, limits: Limits) -> Self {
         let sets = match read_state(&file) {
             Ok(s) => s,
             Err(message) => {
-                tracing::error!(path = %file.display(), error = %message, "query set state file is not valid; its sets are not loaded");
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let aside = PathBuf::from(format!("{}.bad-{secs}", file.display()));
+                let moved = std::fs::rename(&file, &aside);
+                tracing::error!(path = %file.display(), error = %message, kept_as = %aside.display(), renamed = moved.is_ok(), "query set state file is not valid; its sets are not loaded");
                 BTreeMap::new()
             }
         };
         QuerySets {
             file: Some(file),
-            max_sets,
+            limits,
             sets: Mutex::new(sets),
+            writer: Mutex::new(()),
         }
     }
 
@@ -223,32 +266,45 @@ impl QuerySets {
         self.lock().get(name).map(|s| s.summary(name))
     }
 
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Saves `set` as `name` (already checked by the service); `true` when it is new. The state
-    /// file is written first: a set that could not be saved is not used either.
+    /// file is written first: a set that could not be saved is not used either. Blocking (a file
+    /// write): call it off the async threads.
     pub fn put(&self, name: &str, set: QuerySet) -> Result<bool, QuerySetError> {
         check_name(name)?;
-        let mut sets = self.lock();
-        let created = !sets.contains_key(name);
-        if created && sets.len() >= self.max_sets {
-            return Err(QuerySetError::Full(sets.len()));
+        let _writer = self.write_lock();
+        let mut next = self.lock().clone();
+        let created = !next.contains_key(name);
+        if created && next.len() >= self.limits.max_sets {
+            return Err(QuerySetError::Full(next.len()));
         }
-        let mut next = sets.clone();
         next.insert(name.to_string(), Arc::new(set));
+        let need: u64 = next.values().map(|s| s.image_bytes()).sum();
+        if need > self.limits.budget_bytes {
+            return Err(QuerySetError::OverBudget {
+                need: need.div_ceil(1 << 20),
+                budget: self.limits.budget_bytes >> 20,
+            });
+        }
         self.save(&next)?;
-        *sets = next;
+        *self.lock() = next;
         Ok(created)
     }
 
-    /// Deletes the set `name`; `false` when there was none.
+    /// Deletes the set `name`; `false` when there was none. Blocking, like `put`.
     pub fn delete(&self, name: &str) -> Result<bool, QuerySetError> {
-        let mut sets = self.lock();
-        if !sets.contains_key(name) {
+        let _writer = self.write_lock();
+        let mut next = self.lock().clone();
+        if next.remove(name).is_none() {
             return Ok(false);
         }
-        let mut next = sets.clone();
-        next.remove(name);
         self.save(&next)?;
-        *sets = next;
+        *self.lock() = next;
         Ok(true)
     }
 
@@ -299,37 +355,45 @@ mod tests {
     use super::*;
 
     fn set(label: &str) -> QuerySet {
-        QuerySet {
-            queries: vec!["a cat".into()],
-            exemplars: vec![ExemplarInput {
+        QuerySet::new(
+            vec!["a cat".into()],
+            vec![ExemplarInput {
                 image: Bytes::from_static(b"\x89PNG not really"),
                 bbox: Some([1.0, 2.0, 3.0, 4.0]),
                 label: Some(label.into()),
                 negative: true,
             }],
-        }
+        )
     }
+
+    const LIMITS: Limits = Limits {
+        max_sets: 4,
+        budget_bytes: 1 << 20,
+    };
 
     #[test]
     fn sets_survive_a_reload_and_deletes_too() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("state").join(STATE_FILE);
-        let r = QuerySets::load(file.clone(), 4);
+        let r = QuerySets::load(file.clone(), LIMITS);
         assert!(r.put("parts", set("bolt")).expect("put"));
         assert!(!r.put("parts", set("nut")).expect("replace"));
         assert!(r.put("logos", set("x")).expect("put"));
-        let again = QuerySets::load(file.clone(), 4);
+        let again = QuerySets::load(file.clone(), LIMITS);
         assert_eq!(again.get("parts").as_deref(), Some(&set("nut")));
         let names: Vec<String> = again.list().into_iter().map(|s| s.name).collect();
         assert_eq!(names, vec!["logos", "parts"]);
         assert!(again.delete("logos").expect("delete"));
         assert!(!again.delete("logos").expect("gone"));
-        assert!(QuerySets::load(file, 4).get("logos").is_none());
+        assert!(QuerySets::load(file.clone(), LIMITS).get("logos").is_none());
     }
 
     #[test]
     fn names_and_the_count_are_limited() {
-        let r = QuerySets::in_memory(1);
+        let r = QuerySets::in_memory(Limits {
+            max_sets: 1,
+            budget_bytes: 20,
+        });
         assert_eq!(
             r.put("Bad Name", set("a")).expect_err("name").kind(),
             "invalid_name"
@@ -340,6 +404,13 @@ mod tests {
             "too_many_query_sets"
         );
         r.put("a", set("c")).expect("replacing is not adding");
+        let mut big = set("d");
+        big.exemplars[0].image = Bytes::from(vec![0u8; 21]);
+        assert_eq!(
+            r.put("a", big).expect_err("budget").kind(),
+            "query_sets_full"
+        );
+        assert_eq!(r.get("a").as_deref(), Some(&set("c")), "unchanged");
     }
 
     #[test]
@@ -347,6 +418,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join(STATE_FILE);
         std::fs::write(&file, b"{\"sets\": 3}").expect("write");
-        assert!(QuerySets::load(file, 4).list().is_empty());
+        let r = QuerySets::load(file.clone(), LIMITS);
+        assert!(r.list().is_empty());
+        // Kept aside, not overwritten by the next change.
+        r.put("a", set("a")).expect("put");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("query-sets.json.bad-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            std::fs::read(aside[0].path()).expect("read"),
+            b"{\"sets\": 3}"
+        );
     }
 }

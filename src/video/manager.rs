@@ -223,6 +223,7 @@ impl StreamManager {
             source,
             service: self.service.clone(),
             query_sets: self.query_sets.clone(),
+            last_set: std::sync::Mutex::new(None),
             settings: self.cfg.run,
         };
         let task = tokio::spawn(run.run(cancel.clone()));
@@ -241,12 +242,15 @@ impl StreamManager {
     /// Adds or replaces an API stream; saved before it starts.
     pub fn put(&self, spec: StreamSpec) -> Result<Put, ManagerError> {
         spec.validate(&self.cfg.queries)?;
-        if let Some(set) = &spec.query_set {
-            if self.query_sets.get(set).is_none() {
-                return Err(ManagerError::Invalid(SpecError::Queries(format!(
-                    "no query set named {set:?} (PUT /v1/query-sets/{{name}} saves one)"
+        if let Some(name) = &spec.query_set {
+            let Some(set) = self.query_sets.get(name) else {
+                return Err(ManagerError::Invalid(SpecError::QuerySet(format!(
+                    "no query set named {name:?} (PUT /v1/query-sets/{{name}} saves one)"
                 ))));
-            }
+            };
+            self.service
+                .check_with_set(&set, &spec.queries)
+                .map_err(|e| SpecError::Queries(format!("with query set {name:?}: {e}")))?;
         }
         let mut map = self.lock();
         let outcome = match map.get(&spec.name) {

@@ -137,6 +137,9 @@ pub enum SpecError {
     Url(String),
     #[error("{0}")]
     Queries(String),
+    /// A `query_set` that does not exist.
+    #[error("{0}")]
+    QuerySet(String),
     #[error("{0}")]
     Number(String),
 }

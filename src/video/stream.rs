@@ -234,6 +234,9 @@ pub struct Run {
     pub service: DetectService,
     /// Where the spec's `query_set` is looked up, at every frame.
     pub query_sets: Arc<crate::service::QuerySets>,
+    /// The query set the last frame used: when it is replaced, query indices change meaning and
+    /// the tracks restart.
+    pub last_set: std::sync::Mutex<Option<Arc<crate::service::QuerySet>>>,
     pub settings: RunSettings,
 }
 
@@ -363,10 +366,13 @@ impl Run {
             decode_latency,
         } = frame;
         let rgb = Arc::new(rgb);
-        let Some(out) = self.detect(&rgb, rules).await else {
+        let Some((out, set)) = self.detect(&rgb, rules).await else {
             self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        if self.set_changed(set) {
+            tracker.reset();
+        }
         let inputs: Vec<TrackInput> = out
             .detections
             .iter()
@@ -418,11 +424,27 @@ impl Run {
 
     /// The service's answer for one frame at the tracker's low threshold. Files wait for room in
     /// the queue (every frame counts); live frames are dropped when the service is saturated.
+    /// Whether `set` is another query set than the previous frame's (then it is remembered).
+    fn set_changed(&self, set: Option<Arc<crate::service::QuerySet>>) -> bool {
+        let Ok(mut last) = self.last_set.lock() else {
+            return false;
+        };
+        let changed = match (&*last, &set) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        *last = set;
+        changed
+    }
+
     async fn detect(
         &self,
         rgb: &Arc<Rgb>,
         rules: &FrameRules,
-    ) -> Option<crate::service::DetectOutput> {
+    ) -> Option<(
+        crate::service::DetectOutput,
+        Option<Arc<crate::service::QuerySet>>,
+    )> {
         loop {
             let mut req =
                 DetectRequest::new(ImageInput::Shared(rgb.clone()), self.spec.queries.clone());
@@ -436,8 +458,9 @@ impl Run {
                 };
                 req.query_set = Some(set);
             }
+            let set = req.query_set.clone();
             match self.service.detect(req).await {
-                Ok(out) => return Some(out),
+                Ok(out) => return Some((out, set)),
                 Err(DetectError::QueueFull) if !self.source.is_live() => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }

@@ -135,6 +135,58 @@ fn query_sets_are_checked_used_kept_and_deleted() {
         ),
         (4.0, 0.0)
     );
+    // The negative counts: without it, more patches are reported, and those it kept are unchanged.
+    let mut without = parts();
+    without["image_base64"] = json!(b64("photo.jpg"));
+    without["query_images"]
+        .as_array_mut()
+        .expect("images")
+        .pop();
+    let r = d.request(
+        "POST",
+        "/v1/detect?threshold=0",
+        Some("application/json"),
+        without.to_string().as_bytes(),
+    );
+    let all = detections(&r);
+    assert!(
+        all.len() > via_set.len(),
+        "{} vs {}",
+        all.len(),
+        via_set.len()
+    );
+    assert!(via_set.iter().all(|x| all.contains(x)));
+    // The request's own unlabelled exemplar is numbered after the set's three.
+    let r = d.request(
+        "POST",
+        "/v1/detect?threshold=0",
+        Some("application/json"),
+        json!({"image_base64": b64("photo.jpg"), "query_set": "parts",
+               "query_images": [{"image_base64": b64("gray.png")}]})
+        .to_string()
+        .as_bytes(),
+    );
+    let labels: std::collections::BTreeSet<String> =
+        detections(&r).into_iter().map(|x| x.0).collect();
+    assert!(labels.contains("image:3"), "{labels:?}");
+    assert!(
+        labels.is_subset(
+            &["a photo of a cat", "blur", "image:3"]
+                .map(String::from)
+                .into()
+        ),
+        "{labels:?}"
+    );
+    // A text query cannot pose as an exemplar's cache key (no control characters in queries).
+    let r = d.request(
+        "POST",
+        "/v1/detect",
+        Some("application/json"),
+        json!({"image_base64": b64("photo.jpg"), "queries": [format!("\u{0}image:{}", images[0]["sha256"].as_str().unwrap_or(""))]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!((r.status, r.kind()), (400, "invalid_query".to_string()));
     // A set in a JSON request, with a text query of the request's own after the set's.
     let r = d.request(
         "POST",

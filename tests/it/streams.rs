@@ -728,7 +728,7 @@ fn a_stream_looks_for_its_query_set() {
     let url = clip.to_str().expect("utf8");
     let body = json!({"url": url, "query_set": "looks", "threshold": 0.5});
     let r = put(&d, "byset", &body);
-    assert_eq!((r.status, r.kind()), (400, "invalid_query".to_string()));
+    assert_eq!((r.status, r.kind()), (400, "unknown_query_set".to_string()));
     let set = json!({"query_images": [{
         "image_base64": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&pngs[0]).expect("png")),
         "box": [100, 60, 220, 180],
