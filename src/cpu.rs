@@ -1,9 +1,52 @@
 //! CPU topology for the inference threads: on heterogeneous CPUs (Arm big.LITTLE / DynamIQ, such as
 //! DGX Spark's GB10 with 10 Cortex-X925 and 10 Cortex-A725 cores), the performance cores, read from
 //! sysfs (`cpu_capacity`, else `cpufreq/cpuinfo_max_freq`); and ONNX Runtime's affinity string
-//! that pins its intra-op threads to them. Pure reads; no effect on homogeneous CPUs.
+//! that pins its intra-op threads to them. Pure reads; no effect on homogeneous CPUs. Also the CPU's
+//! model and the SIMD flags that decide which kernels run, for benchmark reports.
 
 use std::path::Path;
+
+/// The `/proc/cpuinfo` flags that select ONNX Runtime's and PyTorch's kernels (x86-64 `flags`,
+/// arm64 `Features`).
+const SIMD_FLAGS: [&str; 18] = [
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "sve",
+    "sve2",
+    "i8mm",
+    "bf16",
+];
+
+/// The CPU's model name and the SIMD flags it has, from `/proc/cpuinfo` text (the first CPU).
+pub fn describe(cpuinfo: &str) -> (Option<String>, Vec<&'static str>) {
+    let field = |names: &[&str]| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            names.contains(&k.trim()).then(|| v.trim().to_string())
+        })
+    };
+    let model = field(&["model name", "Model", "CPU part"]);
+    let flags = field(&["flags", "Features"]).unwrap_or_default();
+    let have: Vec<&str> = flags.split_whitespace().collect();
+    let simd = SIMD_FLAGS
+        .iter()
+        .copied()
+        .filter(|f| have.contains(f))
+        .collect();
+    (model, simd)
+}
 
 /// Where Linux lists the CPUs.
 pub const SYSFS_CPU: &str = "/sys/devices/system/cpu";
@@ -138,5 +181,22 @@ mod tests {
         let d = fake(&[(0, "cpu_capacity", "1024")], "0-1");
         assert_eq!(performance_cores(d.path()), None, "cpu1 unreadable");
         assert_eq!(affinity_string(&[4]), None);
+    }
+
+    #[test]
+    fn cpuinfo_gives_the_model_and_the_simd_flags() {
+        let x86 = "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx avx2 fma avx512f avx512bw avx512_vnni\n\nprocessor\t: 1\nmodel name\t: other\n";
+        let (m, f) = describe(x86);
+        assert_eq!(m.as_deref(), Some("AMD EPYC 9R14"));
+        assert_eq!(
+            f,
+            vec!["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"]
+        );
+        let arm =
+            "processor\t: 0\nFeatures\t: fp asimd asimddp sve sve2 i8mm bf16\nCPU part\t: 0xd85\n";
+        let (m, f) = describe(arm);
+        assert_eq!(m.as_deref(), Some("0xd85"));
+        assert_eq!(f, vec!["asimd", "asimddp", "sve", "sve2", "i8mm", "bf16"]);
+        assert_eq!(describe(""), (None, vec![]));
     }
 }

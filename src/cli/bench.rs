@@ -41,6 +41,10 @@ pub struct BenchArgs {
     #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
     pub precision: Precision,
     /// Print one JSON object instead of text.
+    /// Attention form of the CPU/CUDA image graph: `fused` (ONNX Runtime's MultiHeadAttention,
+    /// the daemon's) or `unfused` (MatMul, Softmax, MatMul), to compare on this host.
+    #[arg(long, value_enum, default_value = "fused")]
+    pub attention: crate::model::graphs::Attention,
     /// Record ONNX Runtime's per-node profile of the optimized image session into this folder
     /// and print the time per op type (the runs include the untimed warm-up run; profiling adds a
     /// little overhead of its own).
@@ -104,6 +108,9 @@ pub struct BenchReport {
     pub int8_drift: Option<Drift>,
     /// With `--precision bf16` (arm64): the same against fp32.
     pub bf16_drift: Option<Drift>,
+    /// This host's CPU model and SIMD flags (which kernels ran).
+    pub cpu_model: Option<String>,
+    pub cpu_flags: Vec<&'static str>,
     /// With `--profile`: the optimized image session's time per op type.
     pub profile: Option<super::ort_profile::ProfileSummary>,
 }
@@ -299,6 +306,7 @@ fn measure_side(
         provider: provider.clone(),
         optimize,
         precision: args.precision,
+        attention: args.attention,
         profile,
         ..args.runtime.detector_options()
     };
@@ -387,6 +395,8 @@ fn drift_vs_fp32(args: &BenchArgs, mut det: Detector, frame: &Rgb) -> anyhow::Re
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let (frame, name, bytes) = bench_frame(args)?;
+    let (cpu_model, cpu_flags) =
+        crate::cpu::describe(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
     let (provider, fallbacks) = select_provider(args)?;
     for f in &fallbacks {
         tracing::warn!(backend = %f.backend, reason = %f.reason, "backend unavailable; falling back");
@@ -445,6 +455,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         peak_rss_mb: peak_rss_mb(),
         int8_drift,
         bf16_drift,
+        cpu_model,
+        cpu_flags,
         profile,
     })
 }
@@ -455,6 +467,11 @@ pub fn render_text(r: &BenchReport) -> String {
         "model {} ({}x{}), backend {}, {} threads\npreprocess ({}): decode+preprocess p50 {:.2} ms, preprocess only p50 {:.2} ms\n",
         r.model, r.image_size, r.image_size, r.backend, r.threads, r.preprocess_image, r.decode_and_preprocess.p50_ms, r.preprocess_only.p50_ms
     );
+    s.push_str(&format!(
+        "cpu {} ({})\n",
+        r.cpu_model.as_deref().unwrap_or("unknown"),
+        r.cpu_flags.join(" ")
+    ));
     for f in &r.fallbacks {
         s.push_str(&format!("skipped {}: {}\n", f.backend, f.reason));
     }

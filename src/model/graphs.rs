@@ -31,7 +31,7 @@ pub const IMAGE_OUTPUTS: [&str; 5] = [
 ];
 
 /// How attention is expressed in the image tower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Attention {
     /// `com.microsoft.MultiHeadAttention` (fused, no `[B,H,N,N]` score tensor in memory).
     Fused,
