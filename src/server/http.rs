@@ -443,6 +443,23 @@ pub(crate) fn ready_service(st: &AppState) -> Result<&DetectService, ApiError> {
     }
 }
 
+/// Refuses a body that is not JSON (`curl -d` sends application/x-www-form-urlencoded unless
+/// told otherwise: read as JSON too).
+pub(crate) fn require_json(req: &Parts) -> Result<(), ApiError> {
+    let ctype = media_type(req);
+    if matches!(
+        ctype.as_str(),
+        "" | "application/json" | "application/x-www-form-urlencoded"
+    ) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        415,
+        "unsupported_media_type",
+        format!("content type {ctype:?} is not supported (application/json)"),
+    ))
+}
+
 /// The request's media type, lower-case, without parameters.
 pub(crate) fn media_type(req: &Parts) -> String {
     req.headers

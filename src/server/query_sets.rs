@@ -13,7 +13,7 @@ use serde_json::json;
 use super::body::Body;
 use super::error::ApiError;
 use super::http::{
-    error_response, json_response, media_type, read_body, ready_service, JsonExemplar, Resp,
+    error_response, json_response, read_body, ready_service, require_json, JsonExemplar, Resp,
 };
 use super::state::AppState;
 use crate::service::query_sets::{check_name, QuerySetError};
@@ -116,18 +116,7 @@ async fn put(
 ) -> Result<Resp, ApiError> {
     check_name(name).map_err(|e| registry_error(&e))?;
     let service = ready_service(st)?;
-    let ctype = media_type(req);
-    // `curl -d` sends application/x-www-form-urlencoded unless told otherwise: read it as JSON.
-    if !matches!(
-        ctype.as_str(),
-        "" | "application/json" | "application/x-www-form-urlencoded"
-    ) {
-        return Err(ApiError::new(
-            415,
-            "unsupported_media_type",
-            format!("content type {ctype:?} is not supported (application/json)"),
-        ));
-    }
+    require_json(req)?;
     let bytes = read_body(&req.headers, body, st.config.max_body_bytes).await?;
     let b: SetBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed query set: {e}")))?;

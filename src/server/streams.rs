@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::body::{Body, Guard};
 use super::error::ApiError;
 use super::http::{
-    error_response, json_response, media_type, parse_number, query_pairs, read_body, ready_service,
-    Resp,
+    error_response, json_response, parse_number, query_pairs, read_body, ready_service,
+    require_json, Resp,
 };
 use super::state::AppState;
 use crate::video::draw;
@@ -145,18 +145,7 @@ async fn put(
     name: &str,
 ) -> Result<Resp, ApiError> {
     check_name(name).map_err(|e| spec_error(&e))?;
-    let ctype = media_type(req);
-    // `curl -d` sends application/x-www-form-urlencoded unless told otherwise: read it as JSON.
-    if !matches!(
-        ctype.as_str(),
-        "" | "application/json" | "application/x-www-form-urlencoded"
-    ) {
-        return Err(ApiError::new(
-            415,
-            "unsupported_media_type",
-            format!("content type {ctype:?} is not supported (application/json)"),
-        ));
-    }
+    require_json(req)?;
     let bytes = read_body(&req.headers, body, MAX_STREAM_BODY).await?;
     let b: StreamBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("malformed stream definition: {e}"))

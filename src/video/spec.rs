@@ -146,11 +146,7 @@ pub enum SpecError {
 
 /// Checks a stream name: `[a-z0-9_-]{1,64}`.
 pub fn check_name(name: &str) -> Result<(), SpecError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
+    if crate::service::query_sets::is_valid_name(name) {
         Ok(())
     } else {
         Err(SpecError::Name(name.chars().take(80).collect()))

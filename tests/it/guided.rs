@@ -200,6 +200,11 @@ fn embed(det: &mut intelligent_video::pipeline::Detector, name: &str) -> Arc<[f3
     .remove(0)
 }
 
+/// The largest element-wise difference of two vectors.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+}
+
 fn spec(label: Option<&str>, negative: bool) -> ExemplarSpec<'_> {
     ExemplarSpec { label, negative }
 }
@@ -232,18 +237,12 @@ fn exemplars_sharing_a_label_are_averaged_into_one_query() {
     let out = det.run_images(&px, 1).expect("runs");
     let ours = postprocess::class_logits(&out.heads(0), &[&plan.embeddings[0][..]]);
     let want = postprocess::class_logits(&out.heads(0), &[&by_hand[..]]);
-    let d = ours
-        .iter()
-        .zip(&want)
-        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    let d = max_diff(&ours, &want);
     let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
     assert!(d <= 1e-5 * scale, "averaged logits differ by {d}");
     // Not just one of the two.
     let only_a = postprocess::class_logits(&out.heads(0), &[&a[..]]);
-    let da = ours
-        .iter()
-        .zip(&only_a)
-        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    let da = max_diff(&ours, &only_a);
     assert!(da > 1e-2 * scale, "the mean is not a: {da}");
     // Twice the same exemplar is the exemplar.
     let twice = QueryPlan::build(
@@ -253,10 +252,7 @@ fn exemplars_sharing_a_label_are_averaged_into_one_query() {
         &[a.clone(), a.clone()],
     )
     .expect("plan");
-    let d = twice.embeddings[0]
-        .iter()
-        .zip(a.iter())
-        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    let d = max_diff(&twice.embeddings[0], &a);
     assert!(d < 1e-5, "{d}");
     // Detections of the averaged query carry its label and index.
     let p = PostParams::new(0.0, None).expect("params");
@@ -360,11 +356,7 @@ mod api {
     }
 
     fn metric(text: &str, name: &str) -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        crate::support::metrics::value(text, name, &[]).unwrap_or(0.0)
     }
 
     #[test]

@@ -24,11 +24,7 @@ fn put(d: &Daemon, name: &str, body: &Value) -> Response {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    crate::support::metrics::value(text, name, &[]).unwrap_or(0.0)
 }
 
 /// A set with a text query, two exemplars averaged under one label and a negative.
