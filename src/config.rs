@@ -218,7 +218,7 @@ impl Default for Config {
             max_queries: queries.max_queries,
             max_query_images: 8,
             max_query_sets: 64,
-            query_sets_budget_mb: 256,
+            query_sets_budget_mb: 64,
             max_query_bytes: queries.max_query_bytes,
             default_threshold: 0.1,
             log_format: None,

@@ -40,16 +40,16 @@ pub struct BenchArgs {
     /// (arm64 CPUs with BF16: bf16 GEMMs).
     #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
     pub precision: Precision,
-    /// Print one JSON object instead of text.
     /// Attention form of the CPU/CUDA image graph: `fused` (ONNX Runtime's MultiHeadAttention,
     /// the daemon's) or `unfused` (MatMul, Softmax, MatMul), to compare on this host.
     #[arg(long, value_enum, default_value = "fused")]
     pub attention: crate::model::graphs::Attention,
     /// Record ONNX Runtime's per-node profile of the optimized image session into this folder
-    /// and print the time per op type (the runs include the untimed warm-up run; profiling adds a
-    /// little overhead of its own).
+    /// and print the time per op type (CPU provider only; the first, warm-up run is left out;
+    /// profiling adds a little overhead of its own).
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -398,6 +398,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let (cpu_model, cpu_flags) =
         crate::cpu::describe(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
     let (provider, fallbacks) = select_provider(args)?;
+    if args.profile.is_some() && provider != crate::backend::Provider::Cpu {
+        anyhow::bail!(
+            "--profile times CPU kernels; with {} they would be launch times (use --backend cpu)",
+            provider.name()
+        );
+    }
     for f in &fallbacks {
         tracing::warn!(backend = %f.backend, reason = %f.reason, "backend unavailable; falling back");
     }

@@ -2,7 +2,8 @@
 //! what `bench --profile` prints. Node events come as `<node>_fence_before`, `<node>_kernel_time`
 //! and `<node>_fence_after`; only kernel times count. Session events named `model_run` give the runs
 //! and their wall time, so the part of a run spent outside kernels (thread-pool hand-offs, the
-//! executor) shows as `(outside kernels)`.
+//! executor) shows as `(outside kernels)`. The first run (a warm-up: first-touch of buffers) is left
+//! out when there are others.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,8 @@ struct Event {
     #[serde(default)]
     name: String,
     #[serde(default)]
+    ts: f64,
+    #[serde(default)]
     dur: f64,
     #[serde(default)]
     args: Args,
@@ -52,10 +55,20 @@ struct Args {
 pub fn summarize(json: &str, file: &str) -> Result<ProfileSummary, String> {
     let events: Vec<Event> = serde_json::from_str(json)
         .map_err(|e| format!("{file}: not an ONNX Runtime profile: {e}"))?;
+    let all_runs: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.cat == "Session" && e.name == "model_run")
+        .collect();
+    // The warm-up run's window, when there are others to count.
+    let skip = match all_runs.iter().min_by(|a, b| a.ts.total_cmp(&b.ts)) {
+        Some(first) if all_runs.len() > 1 => Some((first.ts, first.ts + first.dur)),
+        _ => None,
+    };
+    let in_skipped = |e: &Event| skip.is_some_and(|(a, b)| e.ts >= a && e.ts <= b);
     let mut runs = 0usize;
     let mut run_us = 0f64;
     let mut by_op: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    for e in &events {
+    for e in events.iter().filter(|e| !in_skipped(e)) {
         match e.cat.as_str() {
             "Session" if e.name == "model_run" => {
                 runs += 1;
@@ -123,15 +136,18 @@ mod tests {
 
     #[test]
     fn kernel_times_are_summed_by_op_and_the_rest_is_outside_kernels() {
+        // A warm-up run (ts 0-5000, left out), then two runs.
         let json = r#"[
-          {"cat":"Session","name":"session_initialization","dur":999},
-          {"cat":"Node","name":"a_fence_before","dur":1,"args":{"op_name":"MatMul"}},
-          {"cat":"Node","name":"a_kernel_time","dur":600,"args":{"op_name":"MatMul"}},
-          {"cat":"Node","name":"b_kernel_time","dur":200,"args":{"op_name":"Softmax"}},
-          {"cat":"Session","name":"model_run","dur":1000},
-          {"cat":"Node","name":"a_kernel_time","dur":400,"args":{"op_name":"MatMul"}},
-          {"cat":"Node","name":"b_kernel_time","dur":200,"args":{"op_name":"Softmax"}},
-          {"cat":"Session","name":"model_run","dur":1000}
+          {"cat":"Session","name":"session_initialization","ts":0,"dur":999},
+          {"cat":"Node","name":"a_kernel_time","ts":10,"dur":4000,"args":{"op_name":"MatMul"}},
+          {"cat":"Session","name":"model_run","ts":5,"dur":5000},
+          {"cat":"Node","name":"a_fence_before","ts":6000,"dur":1,"args":{"op_name":"MatMul"}},
+          {"cat":"Node","name":"a_kernel_time","ts":6001,"dur":600,"args":{"op_name":"MatMul"}},
+          {"cat":"Node","name":"b_kernel_time","ts":6601,"dur":200,"args":{"op_name":"Softmax"}},
+          {"cat":"Session","name":"model_run","ts":6000,"dur":1000},
+          {"cat":"Node","name":"a_kernel_time","ts":7001,"dur":400,"args":{"op_name":"MatMul"}},
+          {"cat":"Node","name":"b_kernel_time","ts":7401,"dur":200,"args":{"op_name":"Softmax"}},
+          {"cat":"Session","name":"model_run","ts":7000,"dur":1000}
         ]"#;
         let p = summarize(json, "x.json").expect("parses");
         assert_eq!(p.runs, 2);

@@ -126,7 +126,16 @@ async fn put(
         .enumerate()
         .map(|(n, e)| e.into_input(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let set = QuerySet::new(b.queries, exemplars);
+    let queries = b.queries;
+    let set = tokio::task::spawn_blocking(move || QuerySet::new(queries, exemplars))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                500,
+                "internal",
+                format!("hashing the query set failed: {e}"),
+            )
+        })?;
     service
         .check_query_set(&set)
         .await

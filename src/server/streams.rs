@@ -124,6 +124,10 @@ fn manager_error(e: &ManagerError) -> ApiError {
         ManagerError::TooMany(_) => ApiError::new(409, "too_many_streams", msg),
         ManagerError::Invalid(s) => spec_error(s),
         ManagerError::Persist { .. } => ApiError::new(500, "persist_failed", msg),
+        ManagerError::Queries { error, .. } => {
+            let e = ApiError::from(error);
+            ApiError::new(e.status, e.kind, msg)
+        }
     }
 }
 

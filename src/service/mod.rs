@@ -256,9 +256,9 @@ impl DetectService {
             .map_err(DetectError::InvalidParameter)?;
         let (queries, exemplars, known_keys) = match query_set {
             Some(set) => (
-                [set.queries.clone(), queries].concat(),
-                [set.exemplars.clone(), exemplars].concat(),
-                set.content_keys.clone(),
+                [set.queries(), &queries[..]].concat(),
+                [set.exemplars(), &exemplars[..]].concat(),
+                set.content_keys().to_vec(),
             ),
             None => (queries, exemplars, Vec::new()),
         };
@@ -347,23 +347,20 @@ impl DetectService {
 
     /// Checks queries that will be used with a query set (a stream's), as a request's would be.
     pub fn check_with_set(&self, set: &QuerySet, queries: &[String]) -> Result<(), DetectError> {
-        self.check_queries(
-            &[set.queries.clone(), queries.to_vec()].concat(),
-            &set.exemplars,
-        )
+        self.check_queries(&[set.queries(), queries].concat(), set.exemplars())
     }
 
     /// Checks a query set before it is saved: its queries as a request's, and every exemplar
     /// decoded within the limits with its box inside the image, so that a saved set cannot fail
     /// later for its content.
     pub async fn check_query_set(&self, set: &QuerySet) -> Result<(), DetectError> {
-        if set.queries.is_empty() && set.exemplars.is_empty() {
+        if set.queries().is_empty() && set.exemplars().is_empty() {
             return Err(DetectError::InvalidParameter(
                 "a query set needs queries or query_images".into(),
             ));
         }
-        self.check_queries(&set.queries, &set.exemplars)?;
-        for (n, e) in set.exemplars.iter().enumerate() {
+        self.check_queries(set.queries(), set.exemplars())?;
+        for (n, e) in set.exemplars().iter().enumerate() {
             let rgb = self
                 .decode_exemplar(&format!("query_images[{n}]"), e.image.clone())
                 .await?;

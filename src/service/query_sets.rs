@@ -47,10 +47,10 @@ impl QuerySetError {
 /// image-tower pass).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuerySet {
-    pub queries: Vec<String>,
-    pub exemplars: Vec<ExemplarInput>,
-    /// `Exemplar::content_key` of each exemplar's bytes.
-    pub content_keys: Vec<String>,
+    queries: Vec<String>,
+    exemplars: Vec<ExemplarInput>,
+    /// `Exemplar::content_key` of each exemplar's bytes (private: always the exemplars' own).
+    content_keys: Vec<String>,
 }
 
 /// A set as the API lists it (no image bytes).
@@ -84,6 +84,21 @@ impl QuerySet {
             exemplars,
             content_keys,
         }
+    }
+
+    /// Its text queries.
+    pub fn queries(&self) -> &[String] {
+        &self.queries
+    }
+
+    /// Its exemplars.
+    pub fn exemplars(&self) -> &[ExemplarInput] {
+        &self.exemplars
+    }
+
+    /// `Exemplar::content_key` of each exemplar, in order.
+    pub fn content_keys(&self) -> &[String] {
+        &self.content_keys
     }
 
     /// Encoded bytes of its exemplar images.
@@ -409,8 +424,9 @@ mod tests {
             "too_many_query_sets"
         );
         r.put("a", set("c")).expect("replacing is not adding");
-        let mut big = set("d");
-        big.exemplars[0].image = Bytes::from(vec![0u8; 21]);
+        let mut ex = set("d").exemplars;
+        ex[0].image = Bytes::from(vec![0u8; 21]);
+        let big = QuerySet::new(vec!["a cat".into()], ex);
         assert_eq!(
             r.put("a", big).expect_err("budget").kind(),
             "query_sets_full"

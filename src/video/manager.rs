@@ -41,6 +41,12 @@ pub enum ManagerError {
     Invalid(#[from] SpecError),
     #[error("there are already {0} streams (max_streams)")]
     TooMany(usize),
+    /// The stream's queries together with its query set's break a request's rule.
+    #[error("with query set {set:?}: {error}")]
+    Queries {
+        set: String,
+        error: crate::service::DetectError,
+    },
     #[error("cannot save the streams in {path}: {message}")]
     Persist { path: String, message: String },
 }
@@ -250,7 +256,10 @@ impl StreamManager {
             };
             self.service
                 .check_with_set(&set, &spec.queries)
-                .map_err(|e| SpecError::Queries(format!("with query set {name:?}: {e}")))?;
+                .map_err(|error| ManagerError::Queries {
+                    set: name.clone(),
+                    error,
+                })?;
         }
         let mut map = self.lock();
         let outcome = match map.get(&spec.name) {

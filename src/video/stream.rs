@@ -234,9 +234,9 @@ pub struct Run {
     pub service: DetectService,
     /// Where the spec's `query_set` is looked up, at every frame.
     pub query_sets: Arc<crate::service::QuerySets>,
-    /// The query set the last frame used: when it is replaced, query indices change meaning and
-    /// the tracks restart.
-    pub last_set: std::sync::Mutex<Option<Arc<crate::service::QuerySet>>>,
+    /// The query set the last frame used (weak: a deleted set's images are not kept alive): when
+    /// it is replaced, query indices change meaning and the tracks restart.
+    pub last_set: std::sync::Mutex<Option<std::sync::Weak<crate::service::QuerySet>>>,
     pub settings: RunSettings,
 }
 
@@ -430,10 +430,10 @@ impl Run {
             return false;
         };
         let changed = match (&*last, &set) {
-            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => !std::sync::Weak::ptr_eq(a, &Arc::downgrade(b)),
             _ => false,
         };
-        *last = set;
+        *last = set.as_ref().map(Arc::downgrade);
         changed
     }
 

@@ -741,6 +741,12 @@ fn a_stream_looks_for_its_query_set() {
         set.to_string().as_bytes(),
     );
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // Checked together with the set's, as a request would be: a text query named like the set's
+    // exemplar label is refused with the request's kind.
+    let clash = json!({"url": url, "query_set": "looks", "queries": ["that"]});
+    let r = put(&d, "clash", &clash);
+    assert_eq!((r.status, r.kind()), (400, "invalid_parameter".to_string()));
+    assert!(String::from_utf8_lossy(&r.body).contains("also a text query"));
     let r = put(&d, "byset", &body);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let s = wait_status(&d, "byset", Duration::from_secs(60), |s| {
