@@ -85,26 +85,34 @@ impl Exemplar<'_> {
         }
     }
 
-    /// The box divided by `max(H, W)` (the padded square the boxes are predicted in), after
-    /// checking it is a non-empty box inside the image.
+    /// Its box, normalised (`normalised_box`).
     pub fn normalised_box(&self) -> Result<Option<[f32; 4]>, PipelineError> {
-        let Some(b) = self.bbox else { return Ok(None) };
-        let (w, h) = (self.image.width as f32, self.image.height as f32);
-        let finite = b.iter().all(|v| v.is_finite());
-        if !finite || b[0] < 0.0 || b[1] < 0.0 || b[2] > w || b[3] > h {
-            return Err(PipelineError::Exemplar(format!(
-                "exemplar box {b:?} is outside the {}x{} image",
-                self.image.width, self.image.height
-            )));
-        }
-        if b[2] <= b[0] || b[3] <= b[1] {
-            return Err(PipelineError::Exemplar(format!(
-                "exemplar box {b:?} is empty (it needs x0 < x1 and y0 < y1)"
-            )));
-        }
-        let side = w.max(h);
-        Ok(Some([b[0] / side, b[1] / side, b[2] / side, b[3] / side]))
+        normalised_box(self.bbox, self.image.width, self.image.height)
     }
+}
+
+/// An exemplar box divided by `max(H, W)` of its `width`×`height` image (the padded square the
+/// boxes are predicted in), after checking it is a non-empty box inside the image.
+pub fn normalised_box(
+    bbox: Option<[f32; 4]>,
+    width: u32,
+    height: u32,
+) -> Result<Option<[f32; 4]>, PipelineError> {
+    let Some(b) = bbox else { return Ok(None) };
+    let (w, h) = (width as f32, height as f32);
+    let finite = b.iter().all(|v| v.is_finite());
+    if !finite || b[0] < 0.0 || b[1] < 0.0 || b[2] > w || b[3] > h {
+        return Err(PipelineError::Exemplar(format!(
+            "exemplar box {b:?} is outside the {width}x{height} image"
+        )));
+    }
+    if b[2] <= b[0] || b[3] <= b[1] {
+        return Err(PipelineError::Exemplar(format!(
+            "exemplar box {b:?} is empty (it needs x0 < x1 and y0 < y1)"
+        )));
+    }
+    let side = w.max(h);
+    Ok(Some([b[0] / side, b[1] / side, b[2] / side, b[3] / side]))
 }
 
 /// What one exemplar of a request is, by its label and sign (`ExemplarRole`s come from
@@ -462,12 +470,8 @@ impl Detector {
             }
         }
         if !missing.is_empty() {
-            let s = self.pre.size;
-            let mut px = Vec::with_capacity(missing.len() * 3 * s * s);
-            for &i in &missing {
-                self.preprocess_into(exemplars[i].image, &mut px);
-            }
-            let out = self.run_images(&px, missing.len())?;
+            let images: Vec<&Rgb> = missing.iter().map(|&i| exemplars[i].image).collect();
+            let out = self.run_images(&self.preprocess_batch(&images), missing.len())?;
             for (j, &i) in missing.iter().enumerate() {
                 let heads = out.heads(j);
                 let emb = postprocess::exemplar_patch(&heads, boxes[i])
@@ -494,17 +498,22 @@ impl Detector {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let s = self.pre.size;
-        let mut px = Vec::with_capacity(images.len() * 3 * s * s);
-        for img in images {
-            self.preprocess_into(img, &mut px);
-        }
-        let out = self.run_images(&px, images.len())?;
+        let out = self.run_images(&self.preprocess_batch(images), images.len())?;
         Ok(images
             .iter()
             .enumerate()
             .map(|(i, img)| Self::postprocess(&out, i, plan, (img.width, img.height), params))
             .collect())
+    }
+
+    /// `pixel_values` of a batch of images.
+    fn preprocess_batch(&self, images: &[&Rgb]) -> Vec<f32> {
+        let s = self.pre.size;
+        let mut px = Vec::with_capacity(images.len() * 3 * s * s);
+        for img in images {
+            self.preprocess_into(img, &mut px);
+        }
+        px
     }
 
     /// Preprocesses an image into `pixel_values` rows appended to `out`.

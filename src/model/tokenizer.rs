@@ -106,20 +106,27 @@ impl QueryRules {
             });
         }
         for (index, q) in queries.iter().enumerate() {
-            if q.len() > self.max_query_bytes {
-                return Err(QueryError::TooLong {
-                    index,
-                    len: q.len(),
-                    max: self.max_query_bytes,
-                });
-            }
-            if q.trim().is_empty() {
-                return Err(QueryError::Empty { index });
-            }
-            // Never part of a phrase; a NUL would also reach the embedding cache's exemplar keys.
-            if q.chars().any(char::is_control) {
-                return Err(QueryError::Control { index });
-            }
+            self.check_text(index, q)?;
+        }
+        Ok(())
+    }
+
+    /// Checks one query's text (the `index`-th): at most `max_query_bytes`, not blank, no control
+    /// characters. Also the rule for exemplar labels, which are shown like queries.
+    pub fn check_text(&self, index: usize, q: &str) -> Result<(), QueryError> {
+        if q.len() > self.max_query_bytes {
+            return Err(QueryError::TooLong {
+                index,
+                len: q.len(),
+                max: self.max_query_bytes,
+            });
+        }
+        if q.trim().is_empty() {
+            return Err(QueryError::Empty { index });
+        }
+        // Never part of a phrase; a NUL would also reach the embedding cache's exemplar keys.
+        if q.chars().any(char::is_control) {
+            return Err(QueryError::Control { index });
         }
         Ok(())
     }

@@ -357,15 +357,8 @@ pub(crate) struct JsonExemplar {
 }
 
 impl JsonExemplar {
+    /// The `n`-th entry as the service's input (its label is checked there, with the queries).
     pub(crate) fn into_input(self, n: usize) -> Result<ExemplarInput, ApiError> {
-        if let Some(l) = &self.label {
-            if l.is_empty() || l.chars().any(char::is_control) {
-                return Err(bad(
-                    "invalid_parameter",
-                    format!("query_images[{n}]: a label must be non-empty text without control characters"),
-                ));
-            }
-        }
         let raw = base64::engine::general_purpose::STANDARD
             .decode(self.image_base64.as_bytes())
             .map_err(|e| {

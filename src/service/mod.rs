@@ -323,15 +323,12 @@ impl DetectService {
         let labels: Vec<Option<String>> = exemplars.iter().enumerate().map(label_of).collect();
         for (n, l) in labels.iter().enumerate() {
             let Some(l) = l else { continue };
-            if l.trim().is_empty()
-                || l.len() > cfg.queries.max_query_bytes
-                || l.chars().any(char::is_control)
-            {
-                return Err(DetectError::InvalidParameter(format!(
+            cfg.queries.check_text(n, l).map_err(|_| {
+                DetectError::InvalidParameter(format!(
                     "query image {n}: a label must be non-blank text of at most {} bytes without control characters",
                     cfg.queries.max_query_bytes
-                )));
-            }
+                ))
+            })?;
         }
         let specs: Vec<ExemplarSpec<'_>> = exemplars
             .iter()
@@ -364,13 +361,9 @@ impl DetectService {
             let rgb = self
                 .decode_exemplar(&format!("query_images[{n}]"), e.image.clone())
                 .await?;
-            Exemplar {
-                content_key: "",
-                image: &rgb,
-                bbox: e.bbox,
-            }
-            .normalised_box()
-            .map_err(|err| DetectError::InvalidParameter(format!("query_images[{n}]: {err}")))?;
+            crate::pipeline::normalised_box(e.bbox, rgb.width, rgb.height).map_err(|err| {
+                DetectError::InvalidParameter(format!("query_images[{n}]: {err}"))
+            })?;
         }
         Ok(())
     }

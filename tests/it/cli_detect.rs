@@ -300,7 +300,7 @@ fn query_images_mix_with_text_and_match_transformers() {
         labels.is_subset(&["a photo of a cat", "blur", "image:1"].into()),
         "{labels:?}"
     );
-    // Text-only detection of the same image, to isolate the exemplar's own best score.
+    // The exemplar alone on the same image, to isolate its own best score.
     let alone = detect(
         &model,
         &[
