@@ -169,6 +169,7 @@ ct systemctl stop intelligent-video
 [ "$(ct systemctl show -p ExecMainStatus --value intelligent-video)" = 0 ] || fail "exit status"
 ct journalctl -u intelligent-video --no-pager -o cat >"$work/journal.txt" 2>&1 || true
 grep -q "shutdown requested" "$work/journal.txt" || { tail -n 20 "$work/journal.txt"; fail "no drain logged"; }
+grep -q "watching the loaded ONNX Runtime libraries" "$work/journal.txt" || { grep -i "guard\|runtime librar" "$work/journal.txt" | head; fail "runtime library guard not running under the unit"; }
 
 step "reinstall keeps an edited config.toml"
 ct sh -c 'echo "# edited by the admin" >> /etc/intelligent-video/config.toml'

@@ -278,7 +278,7 @@ fn loader_message(e: &libloading::Error) -> String {
 
 /// Whether a file name is one of ONNX Runtime's libraries (`libonnxruntime.so*`,
 /// `libonnxruntime_providers_*.so`).
-fn is_runtime_library(name: &str) -> bool {
+pub fn is_runtime_library(name: &str) -> bool {
     name.starts_with("libonnxruntime") && (name.ends_with(".so") || name.contains(".so."))
 }
 

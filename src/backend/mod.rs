@@ -4,6 +4,7 @@
 //! implementation and the only module that imports `ort`. Which provider, which files and which
 //! graph forms to use is the engine's decision, not the backend's.
 
+pub mod library_guard;
 pub mod options;
 pub mod ort;
 

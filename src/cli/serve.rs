@@ -91,6 +91,10 @@ pub fn engine_loader(cfg: Config) -> Loader {
         let dir = cfg.installed_model_dir()?;
         let engine = crate::engine::load(&cfg, &dir, false, &|s: &str| status(s))
             .map_err(|e| e.to_string())?;
+        let guarded = crate::backend::library_guard::start();
+        if !guarded.is_empty() {
+            tracing::info!(files = ?guarded, "watching the loaded ONNX Runtime libraries for in-place rewrites");
+        }
         let speedup_estimate = crate::engine::speedup_estimate(&engine);
         let cached = engine.cached;
         let det = engine.detector;

@@ -4,7 +4,7 @@
 //! (admission, preprocessing, batching, inference) is `crate::service`.
 //!
 //! `run` takes its listeners, a model loader and a cancellation token; only `main` exits the
-//! process.
+//! process (and `backend::library_guard`, when a loaded runtime library is rewritten under it).
 
 pub mod body;
 mod conn;

@@ -15,6 +15,7 @@ mod doctor;
 mod early_answers;
 mod guided;
 mod int8;
+mod library_guard;
 mod model_pull;
 mod optimize;
 mod parity;
