@@ -385,6 +385,37 @@ fn extract(
     Ok(data.to_vec())
 }
 
+/// Runs a small one-input, one-output f32 graph once on the CPU provider with one thread and full
+/// graph optimisations (as the engine builds its graphs): a check of the loaded runtime's own
+/// kernels, such as `model::quant::saturation_probe`.
+pub fn run_cpu_check(
+    library: Option<&Path>,
+    graph: &[u8],
+    input: (&str, &[usize], &[f32]),
+    output: &str,
+) -> Result<Vec<f32>, BackendError> {
+    let (env, _) = runtime(library)?;
+    let (name, dims, data) = input;
+    fn err(e: impl std::fmt::Display) -> BackendError {
+        BackendError::Run(format!("runtime check: {e}"))
+    }
+    let mut session = Session::builder(&env)
+        .map_err(err)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(err)?
+        .with_intra_threads(1)
+        .map_err(err)?
+        .commit_from_memory(graph)
+        .map_err(err)?;
+    let x = TensorRef::from_array_view((dims.to_vec(), data)).map_err(err)?;
+    let outputs = session.run(ort::inputs![name => x]).map_err(err)?;
+    let v = outputs
+        .get(output)
+        .ok_or_else(|| BackendError::Run(format!("runtime check: no output {output}")))?;
+    let (_, values) = v.try_extract_tensor::<f32>().map_err(err)?;
+    Ok(values.to_vec())
+}
+
 impl Backend for OrtBackend {
     fn name(&self) -> &str {
         self.name

@@ -37,8 +37,9 @@ pub struct DetectorOptions {
     /// Precision of the CPU image tower (int8 is an opt-in speed mode; TensorRT's precision is
     /// part of its provider).
     pub precision: Precision,
-    /// Weight range of int8 (default: the safe one for this host's CPU).
-    pub int8_range: Int8Weights,
+    /// Weight range of int8; `None` (the default): the one the loaded runtime's kernels need
+    /// ([`int8_range_for_runtime`]).
+    pub int8_range: Option<Int8Weights>,
     /// Record ONNX Runtime's per-node profile of the image session into a file with this prefix
     /// (`bench --profile`); `Detector::end_profiling` closes it.
     pub profile: Option<PathBuf>,
@@ -55,7 +56,7 @@ impl Default for DetectorOptions {
             optimize: true,
             provider: Provider::Cpu,
             precision: Precision::Fp32,
-            int8_range: Int8Weights::for_host(),
+            int8_range: None,
             profile: None,
         }
     }
@@ -92,7 +93,10 @@ impl DetectorOptions {
 
     /// The int8 weight range of the image tower, or `None` for exact f32.
     pub fn int8_weights(&self) -> Option<Int8Weights> {
-        (self.precision == Precision::Int8).then_some(self.int8_range)
+        (self.precision == Precision::Int8).then(|| {
+            self.int8_range
+                .unwrap_or_else(|| int8_range_for_runtime(self.library.as_deref()))
+        })
     }
 
     /// The attention form the provider needs: TensorRT has no kernel for
@@ -104,6 +108,36 @@ impl DetectorOptions {
             _ => self.attention,
         }
     }
+}
+
+/// The int8 weight range the loaded ONNX Runtime's u8×s8 kernel needs, found once per process by
+/// running [`graphs::saturation_probe`] through it: its kernel dispatch, not the CPU flags as this
+/// program reads them, decides whether pair sums saturate (the two can disagree, e.g. when a
+/// runtime's AVX-512 kernels are not used). When the probe cannot run, the CPU-flag rule
+/// ([`Int8Weights::for_host`]).
+pub fn int8_range_for_runtime(library: Option<&Path>) -> Int8Weights {
+    static PROBED: std::sync::OnceLock<Int8Weights> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let probe = graphs::saturation_probe();
+        let run = crate::backend::ort::run_cpu_check(
+            library,
+            &probe.graph,
+            ("x", &probe.dims, &probe.input),
+            "y",
+        );
+        match run {
+            Ok(y) => {
+                let range = graphs::SaturationProbe::verdict(&y);
+                tracing::debug!(range = range.name(), "int8 weight range from the kernel probe");
+                range
+            }
+            Err(e) => {
+                let range = Int8Weights::for_host();
+                tracing::warn!(error = %e, range = range.name(), "int8 kernel probe failed; weight range from the CPU flags");
+                range
+            }
+        }
+    })
 }
 
 /// Loads the tokenizer on its own thread (tens of milliseconds of JSON), beside session creation.

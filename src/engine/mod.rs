@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::Serialize;
 
 pub use artifact::{artifact_file, artifact_key, weights_file, Artifact};
-pub use build::{load_detector, load_detector_with, DetectorOptions};
+pub use build::{int8_range_for_runtime, load_detector, load_detector_with, DetectorOptions};
 pub use error::EngineError;
 
 use crate::backend::Provider;

@@ -13,7 +13,7 @@
 use super::checkpoint::Checkpoint;
 use super::config::{OwlConfig, TowerConfig};
 use super::error::ModelError;
-pub use super::quant::{quantize_per_channel, Int8Weights};
+pub use super::quant::{quantize_per_channel, saturation_probe, Int8Weights, SaturationProbe};
 use crate::onnx::builder::Dim;
 use crate::onnx::proto::data_type;
 use crate::onnx::{Attr, GraphBuilder};

@@ -18,7 +18,9 @@ pub enum Int8Weights {
 }
 
 impl Int8Weights {
-    /// The safe range for this host's CPU.
+    /// The safe range for this host's CPU by its flags: what ONNX Runtime's kernel dispatch is
+    /// expected to pick. The engine prefers asking the loaded kernels ([`saturation_probe`]) and
+    /// falls back to this when it cannot.
     pub fn for_host() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
@@ -50,6 +52,66 @@ impl Int8Weights {
             Int8Weights::Full => "int8",
             Int8Weights::Reduced => "int8-7bit",
         }
+    }
+}
+
+/// A tiny graph that asks the loaded runtime's u8×s8 kernel whether it saturates pairs: the
+/// dynamically quantized product of an all-ones `x` (quantized to 255) with weights of 127 (the
+/// full range, scale 1/127), the same operator and weight layout as the image tower's projections.
+/// Accumulating in 32 bits gives exactly [`SaturationProbe::K`] in every output; a saturating
+/// 16-bit pair sum (`vpmaddubsw`) gives about K · 32 767 / 64 770, half of it.
+pub struct SaturationProbe {
+    /// The serialised ONNX model (input `x` `[M, K]`, output `y` `[M, N]`).
+    pub graph: Vec<u8>,
+    /// The input's shape.
+    pub dims: [usize; 2],
+    /// The input values (all ones).
+    pub input: Vec<f32>,
+}
+
+impl SaturationProbe {
+    const M: usize = 8;
+    /// The reduction length, and the exact value of every output.
+    pub const K: usize = 64;
+    const N: usize = 32;
+
+    /// The weight range the probed kernel needs, from its outputs: `Full` only when every output
+    /// is exact (within f32 rounding of the scales); anything else (saturated, wrong shape, NaN)
+    /// gives the always-safe `Reduced`.
+    pub fn verdict(outputs: &[f32]) -> Int8Weights {
+        let exact = Self::K as f32;
+        let all_exact = outputs.len() == Self::M * Self::N
+            && outputs.iter().all(|v| (v - exact).abs() <= 1e-3 * exact);
+        if all_exact {
+            Int8Weights::Full
+        } else {
+            Int8Weights::Reduced
+        }
+    }
+}
+
+/// Builds the [`SaturationProbe`].
+pub fn saturation_probe() -> SaturationProbe {
+    use crate::onnx::builder::{Dim, GraphBuilder};
+    use crate::onnx::proto::data_type;
+    let (m, k, n) = (SaturationProbe::M, SaturationProbe::K, SaturationProbe::N);
+    let mut b = GraphBuilder::new("int8_saturation_probe");
+    b.input("x", data_type::FLOAT, &[Dim::Fixed(m), Dim::Fixed(k)]);
+    let w = b.const_i8("w_int8", &[k, n], &vec![127i8; k * n]);
+    let scale = b.const_f32(&[n], &vec![1.0 / 127.0; n]);
+    let zero = b.const_i8("w_zero_point", &[n], &vec![0i8; n]);
+    let bias = b.const_f32(&[n], &vec![0.0; n]);
+    let y = b.ms_op(
+        "DynamicQuantizeMatMul",
+        &["x", &w, &scale, &zero, &bias],
+        &[],
+    );
+    b.op_named("Identity", &[&y], &[], "y");
+    b.output("y", data_type::FLOAT, &[Dim::Fixed(m), Dim::Fixed(n)]);
+    SaturationProbe {
+        graph: b.finish("int8 kernel saturation probe", &[]),
+        dims: [m, k],
+        input: vec![1.0; m * k],
     }
 }
 
@@ -103,6 +165,33 @@ mod tests {
         for (i, v) in w[..3].iter().enumerate() {
             assert!((q[i * 2] as f32 * s[0] - v).abs() <= s[0] / 2.0 + 1e-7);
         }
+    }
+
+    #[test]
+    fn the_probe_verdict_is_full_only_for_exact_sums() {
+        let n = SaturationProbe::M * SaturationProbe::N;
+        let k = SaturationProbe::K as f32;
+        assert_eq!(SaturationProbe::verdict(&vec![k; n]), Int8Weights::Full);
+        // A saturated pair sum: 32 767 instead of 2 · 255 · 127 = 64 770.
+        let saturated = k * 32767.0 / 64770.0;
+        assert_eq!(
+            SaturationProbe::verdict(&vec![saturated; n]),
+            Int8Weights::Reduced
+        );
+        let mut one_off = vec![k; n];
+        one_off[n - 1] = saturated;
+        assert_eq!(SaturationProbe::verdict(&one_off), Int8Weights::Reduced);
+        assert_eq!(
+            SaturationProbe::verdict(&vec![k; n - 1]),
+            Int8Weights::Reduced
+        );
+        assert_eq!(
+            SaturationProbe::verdict(&vec![f32::NAN; n]),
+            Int8Weights::Reduced
+        );
+        let probe = saturation_probe();
+        assert_eq!(probe.input.len(), probe.dims[0] * probe.dims[1]);
+        assert!(!probe.graph.is_empty());
     }
 
     #[test]
