@@ -14,6 +14,11 @@
 //! [`EXIT_LIBRARY_REWRITTEN`] (no destructors: they would call through the damaged tables);
 //! systemd's `Restart=on-failure` starts it again on the new file. Besides `main`, this is the only
 //! place that ends the daemon.
+//!
+//! It is a race the guard can lose: a thread running inside ONNX Runtime when the file is truncated
+//! faults on its next instruction fetch (SIGBUS) before this thread is scheduled (`bench/soak.py
+//! --rewrite-library` under load: about half the cycles). An idle daemon always ends here, with the
+//! reason in its log.
 
 use std::path::{Path, PathBuf};
 
