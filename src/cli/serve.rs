@@ -89,9 +89,15 @@ fn init_logging(cfg: &Config) {
 pub fn engine_loader(cfg: Config) -> Loader {
     Box::new(move |status: StatusFn| {
         let dir = cfg.installed_model_dir()?;
+        // Guard the runtime from the moment it is loaded (an engine build can take minutes);
+        // the providers' libraries are added once the sessions exist. A library that fails to
+        // load is reported by the engine below.
+        if crate::backend::ort::ensure_runtime(cfg.onnxruntime_library().as_deref()).is_ok() {
+            crate::backend::library_guard::watch_loaded();
+        }
         let engine = crate::engine::load(&cfg, &dir, false, &|s: &str| status(s))
             .map_err(|e| e.to_string())?;
-        let guarded = crate::backend::library_guard::start();
+        let guarded = crate::backend::library_guard::watch_loaded();
         if !guarded.is_empty() {
             tracing::info!(files = ?guarded, "watching the loaded ONNX Runtime libraries for in-place rewrites");
         }

@@ -114,7 +114,8 @@ impl DetectorOptions {
 /// running [`graphs::saturation_probe`] through it: its kernel dispatch, not the CPU flags as this
 /// program reads them, decides whether pair sums saturate (the two can disagree, e.g. when a
 /// runtime's AVX-512 kernels are not used). When the probe cannot run, the CPU-flag rule
-/// ([`Int8Weights::for_host`]).
+/// ([`Int8Weights::for_host`]). Cached for the process, like the runtime itself: ONNX Runtime is
+/// loaded once per process (`backend::ort::runtime`), so `library` matters only on the first call.
 pub fn int8_range_for_runtime(library: Option<&Path>) -> Int8Weights {
     static PROBED: std::sync::OnceLock<Int8Weights> = std::sync::OnceLock::new();
     *PROBED.get_or_init(|| {
