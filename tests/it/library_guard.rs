@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::support::daemon::{detect_target, Daemon};
-use crate::support::{bin, fixtures};
+use crate::support::bin;
+use crate::support::daemon::Daemon;
 
 /// The ONNX Runtime library the binary under test loads: `IV_ONNXRUNTIME_PATH`, else the one
 /// next to the executable.
@@ -35,20 +35,6 @@ fn runtime_library() -> PathBuf {
         .expect("libonnxruntime.so* next to the test binary")
 }
 
-fn detect_ok(d: &Daemon) {
-    let r = d.request(
-        "POST",
-        &detect_target(&["person"], "threshold=0"),
-        Some("image/png"),
-        &fixtures::image("small_pad.png"),
-    );
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert!(!r.json()["detections"]
-        .as_array()
-        .expect("detections")
-        .is_empty());
-}
-
 #[test]
 fn a_runtime_library_rewritten_in_place_ends_the_daemon_and_a_rename_does_not() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -67,7 +53,7 @@ fn a_runtime_library_rewritten_in_place_ends_the_daemon_and_a_rename_does_not() 
         "{}",
         d.stderr()
     );
-    detect_ok(&d);
+    d.assert_detects();
 
     // Replaced by rename (dpkg, pip, `runtime install`): the loaded inode is untouched.
     let fresh = dir.path().join("fresh.so");
@@ -75,7 +61,7 @@ fn a_runtime_library_rewritten_in_place_ends_the_daemon_and_a_rename_does_not() 
     std::fs::rename(&fresh, &lib).expect("rename");
     std::thread::sleep(Duration::from_millis(500));
     assert!(d.running(), "exited after a rename: {}", d.stderr());
-    detect_ok(&d);
+    d.assert_detects();
 
     // Rewritten in place, as `cp` onto it does: truncate, then write the same bytes.
     let mut f = std::fs::OpenOptions::new()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::support::daemon::{detect_target, tcp_request, Daemon};
+use crate::support::daemon::{tcp_request, Daemon};
 use crate::support::{bin, fixtures};
 
 fn runtime(state: &Path, args: &[&str]) -> std::process::Output {
@@ -49,17 +49,6 @@ fn list(state: &Path) -> Value {
     let out = runtime(state, &["list", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).expect("list JSON")
-}
-
-/// One detection through the daemon succeeds.
-fn assert_detects(d: &Daemon) {
-    let r = d.request(
-        "POST",
-        &detect_target(&["person"], "threshold=0"),
-        Some("image/png"),
-        &fixtures::image("small_pad.png"),
-    );
-    assert_eq!(r.status, 200, "{}", d.stderr());
 }
 
 /// The CPU wheel the Makefile downloads (`make ort`).
@@ -123,7 +112,7 @@ fn an_installed_cpu_wheel_is_what_doctor_and_the_daemon_load() {
         .expect("optimization")
         .json();
     assert_eq!(o["onnxruntime_path"], lib.to_str().expect("utf8"), "{o}");
-    assert_detects(&d);
+    d.assert_detects();
     drop(d);
 
     // Installing the same name again is refused; --force replaces it.
@@ -282,5 +271,5 @@ fn the_gpu_wheel_installs_and_the_daemon_falls_back_with_reasons() {
             "{o}"
         );
     }
-    assert_detects(&d);
+    d.assert_detects();
 }

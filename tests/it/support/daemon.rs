@@ -303,6 +303,28 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("request failed: {e}; stderr:\n{}", self.stderr()))
     }
 
+    /// One detection of "person" in a fixture image answers 200 with detections (at threshold 0
+    /// every patch is one).
+    pub(crate) fn assert_detects(&self) {
+        let r = self.request(
+            "POST",
+            &detect_target(&["person"], "threshold=0"),
+            Some("image/png"),
+            &fixtures::image("small_pad.png"),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{}\nstderr:\n{}",
+            String::from_utf8_lossy(&r.body),
+            self.stderr()
+        );
+        assert!(!r.json()["detections"]
+            .as_array()
+            .expect("detections")
+            .is_empty());
+    }
+
     pub(crate) fn health(&self) -> Response {
         tcp_request(self.port, "GET", "/api/health").expect("health")
     }
