@@ -422,8 +422,6 @@ impl Run {
         self.shared.processed(decoded_at, decode_latency);
     }
 
-    /// The service's answer for one frame at the tracker's low threshold. Files wait for room in
-    /// the queue (every frame counts); live frames are dropped when the service is saturated.
     /// Whether `set` is another query set than the previous frame's (then it is remembered).
     fn set_changed(&self, set: Option<Arc<crate::service::QuerySet>>) -> bool {
         let Ok(mut last) = self.last_set.lock() else {
@@ -437,6 +435,9 @@ impl Run {
         changed
     }
 
+    /// The service's answer for one frame at the tracker's low threshold, with the query set it
+    /// used. Files wait for room in the queue (every frame counts); live frames are dropped when
+    /// the service is saturated.
     async fn detect(
         &self,
         rgb: &Arc<Rgb>,
