@@ -436,6 +436,17 @@ pub(crate) fn ready_service(st: &AppState) -> Result<&DetectService, ApiError> {
     }
 }
 
+/// Runs blocking work (file writes, hashing, encoding) on the blocking pool; a task that panicked
+/// is a 500 `internal` saying "`what` failed".
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("{what} failed: {e}")))
+}
+
 /// Refuses a body that is not JSON (`curl -d` sends application/x-www-form-urlencoded unless
 /// told otherwise: read as JSON too).
 pub(crate) fn require_json(req: &Parts) -> Result<(), ApiError> {

@@ -13,7 +13,8 @@ use serde_json::json;
 use super::body::Body;
 use super::error::ApiError;
 use super::http::{
-    error_response, json_response, read_body, ready_service, require_json, JsonExemplar, Resp,
+    blocking, error_response, json_response, read_body, ready_service, require_json, JsonExemplar,
+    Resp,
 };
 use super::state::AppState;
 use crate::service::query_sets::{check_name, QuerySetError};
@@ -83,15 +84,8 @@ async fn handle(
         (Some(n), &Method::PUT) => put(req, body, st, n).await,
         (Some(n), &Method::DELETE) => {
             let (owned, name) = (sets.clone(), n.to_string());
-            let deleted = tokio::task::spawn_blocking(move || owned.delete(&name))
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        500,
-                        "internal",
-                        format!("deleting the query set failed: {e}"),
-                    )
-                })?
+            let deleted = blocking("deleting the query set", move || owned.delete(&name))
+                .await?
                 .map_err(|e| registry_error(&e))?;
             if !deleted {
                 return Err(not_found(n));
@@ -127,24 +121,18 @@ async fn put(
         .map(|(n, e)| e.into_input(n))
         .collect::<Result<Vec<_>, _>>()?;
     let queries = b.queries;
-    let set = tokio::task::spawn_blocking(move || QuerySet::new(queries, exemplars))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                500,
-                "internal",
-                format!("hashing the query set failed: {e}"),
-            )
-        })?;
+    let set = blocking("hashing the query set", move || {
+        QuerySet::new(queries, exemplars)
+    })
+    .await?;
     service
         .check_query_set(&set)
         .await
         .map_err(|e| ApiError::from(&e))?;
     let summary = set.summary(name);
     let (sets, owned) = (st.query_sets.clone(), name.to_string());
-    let created = tokio::task::spawn_blocking(move || sets.put(&owned, set))
-        .await
-        .map_err(|e| ApiError::new(500, "internal", format!("saving the query set failed: {e}")))?
+    let created = blocking("saving the query set", move || sets.put(&owned, set))
+        .await?
         .map_err(|e| registry_error(&e))?;
     Ok(json_response(
         if created { 201 } else { 200 },

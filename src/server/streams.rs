@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::{Body, Guard};
 use super::error::ApiError;
 use super::http::{
-    error_response, json_response, parse_number, query_pairs, read_body, ready_service,
+    blocking, error_response, json_response, parse_number, query_pairs, read_body, ready_service,
     require_json, Resp,
 };
 use super::state::AppState;
@@ -303,7 +303,7 @@ async fn snapshot(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, Ap
             1,
         )
     })?;
-    let jpeg = tokio::task::spawn_blocking(move || {
+    let jpeg = blocking("snapshot task", move || {
         let (w, h) = (snap.rgb.width, snap.rgb.height);
         if raw {
             return draw::encode_jpeg(w, h, &snap.rgb.data, 85);
@@ -312,8 +312,7 @@ async fn snapshot(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, Ap
         draw::annotate(w, h, &mut data, &snap.annotations)?;
         draw::encode_jpeg(w, h, &data, 85)
     })
-    .await
-    .map_err(|e| ApiError::new(500, "internal", format!("snapshot task failed: {e}")))?
+    .await?
     .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     let mut r = Response::new(Body::full(jpeg));
     r.headers_mut()
