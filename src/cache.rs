@@ -80,11 +80,7 @@ pub fn model_fingerprint(dir: &Path) -> std::io::Result<String> {
 pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
+        .and_then(|s| crate::cpu::cpuinfo_field(&s, &["model name"]))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 

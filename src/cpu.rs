@@ -29,16 +29,18 @@ const SIMD_FLAGS: [&str; 18] = [
     "bf16",
 ];
 
+/// The value of the first `/proc/cpuinfo` line whose key is one of `names` (the first CPU's).
+pub fn cpuinfo_field(cpuinfo: &str, names: &[&str]) -> Option<String> {
+    cpuinfo.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        names.contains(&k.trim()).then(|| v.trim().to_string())
+    })
+}
+
 /// The CPU's model name and the SIMD flags it has, from `/proc/cpuinfo` text (the first CPU).
 pub fn describe(cpuinfo: &str) -> (Option<String>, Vec<&'static str>) {
-    let field = |names: &[&str]| {
-        cpuinfo.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            names.contains(&k.trim()).then(|| v.trim().to_string())
-        })
-    };
-    let model = field(&["model name", "Model", "CPU part"]);
-    let flags = field(&["flags", "Features"]).unwrap_or_default();
+    let model = cpuinfo_field(cpuinfo, &["model name", "Model", "CPU part"]);
+    let flags = cpuinfo_field(cpuinfo, &["flags", "Features"]).unwrap_or_default();
     let have: Vec<&str> = flags.split_whitespace().collect();
     let simd = SIMD_FLAGS
         .iter()
