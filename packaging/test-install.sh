@@ -32,9 +32,7 @@ apt_extra=()
 if [ "$arch" = arm64 ]; then
     # Foreign binaries run through qemu-aarch64-static, registered with the F flag so that the
     # container needs no qemu of its own.
-    [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
-    grep -q '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 || { echo "qemu-aarch64 binfmt lacks the F flag"; exit 1; }
+    bash packaging/binfmt-arm64.sh
     # An Arm /proc/cpuinfo for ONNX Runtime's CPU detection.
     mkdir -p "$work"
     bash packaging/arm-cpuinfo.sh >"$work/cpuinfo"
