@@ -173,6 +173,19 @@ pub struct Config {
     pub stream_rtsp_timeout_ms: u64,
     /// A tracked object unseen for this long loses its track id.
     pub stream_track_lost_ms: u64,
+    /// How long a stream pipeline's teardown may take before it is abandoned to its thread.
+    pub stream_stop_timeout_ms: u64,
+    /// Folders whose files (and their subfolders') streams added through the API may read; none
+    /// by default. The config file's `[[streams]]` may name any path.
+    pub stream_file_roots: Vec<PathBuf>,
+    /// MiB of frame events each stream keeps for replays (with `stream_events_buffer` events).
+    pub stream_events_buffer_mb: u64,
+    /// Detections one frame event reports at most (the highest scores).
+    pub stream_max_detections: usize,
+    /// A follower of a quiet stream gets a keep-alive line this often (a closed one is noticed).
+    pub stream_keepalive_ms: u64,
+    /// Events followers at once, daemon-wide (never more than half of `max_connections`).
+    pub max_followers: usize,
 }
 
 /// The default state folder: the first of systemd's `STATE_DIRECTORY`, else
@@ -240,6 +253,12 @@ impl Default for Config {
             stream_stall_timeout_ms: 10_000,
             stream_rtsp_timeout_ms: 5_000,
             stream_track_lost_ms: 1_000,
+            stream_stop_timeout_ms: 5_000,
+            stream_file_roots: Vec::new(),
+            stream_events_buffer_mb: 8,
+            stream_max_detections: 100,
+            stream_keepalive_ms: 15_000,
+            max_followers: 64,
         }
     }
 }
@@ -357,6 +376,8 @@ impl Config {
             ("stream_stall_timeout_ms", self.stream_stall_timeout_ms),
             ("stream_rtsp_timeout_ms", self.stream_rtsp_timeout_ms),
             ("stream_reconnect_max_ms", self.stream_reconnect_max_ms),
+            ("stream_stop_timeout_ms", self.stream_stop_timeout_ms),
+            ("stream_keepalive_ms", self.stream_keepalive_ms),
         ] {
             if v == 0 {
                 return bad(key, "must be positive".into());
@@ -406,6 +427,16 @@ impl Config {
                 self.stream_follower_lag as u64,
                 1 << 16,
             ),
+            (
+                "stream_events_buffer_mb",
+                self.stream_events_buffer_mb,
+                4096,
+            ),
+            (
+                "stream_max_detections",
+                self.stream_max_detections as u64,
+                100_000,
+            ),
         ];
         // Timeouts above an hour are typos; tokio's timers would take them all the same.
         let others = [
@@ -438,6 +469,13 @@ impl Config {
                 3_600_000,
             ),
             ("stream_track_lost_ms", self.stream_track_lost_ms, 3_600_000),
+            (
+                "stream_stop_timeout_ms",
+                self.stream_stop_timeout_ms,
+                3_600_000,
+            ),
+            ("stream_keepalive_ms", self.stream_keepalive_ms, 3_600_000),
+            ("max_followers", self.max_followers as u64, 1 << 20),
         ];
         for (key, v, _) in counts {
             if v == 0 {
@@ -469,6 +507,16 @@ impl Config {
                 self.streams.len(),
                 self.max_streams
             ));
+        }
+        if let Some(r) = self
+            .stream_file_roots
+            .iter()
+            .find(|r| !r.is_absolute() || r.components().any(|c| c.as_os_str() == ".."))
+        {
+            return Err(ConfigError::Invalid {
+                key: "stream_file_roots",
+                message: format!("{} is not an absolute path without '..'", r.display()),
+            });
         }
         let mut seen = std::collections::BTreeSet::new();
         for s in &self.streams {
@@ -537,9 +585,19 @@ impl Config {
         })
     }
 
-    /// The configuration as TOML (for `config check`).
+    /// The configuration as TOML (for `config check`), secrets in stream URLs hidden.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string(&self.redacted())
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// A copy to show (logs, `config check`): stream URLs without their passwords and tokens.
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        for s in &mut shown.streams {
+            s.url = crate::video::spec::redacted(&s.url);
+        }
+        shown
     }
 }
 

@@ -1,7 +1,7 @@
 //! Atomic installs of a folder or a file: a complete staging copy takes the destination's place by
 //! rename, and a previous copy is removed only once the new one is in place, so a reader sees
 //! either the old version or the new one, never a half-written one. Used by the model store, the
-//! artifact cache and the stream state file.
+//! artifact cache, installed runtimes and the state files (`state_file`).
 
 use std::io;
 use std::path::Path;
@@ -34,7 +34,13 @@ pub fn replace_dir(staging: &Path, dest: &Path) -> io::Result<()> {
 /// Writes `bytes` to `dest` atomically and durably: a temporary file in the same folder, synced,
 /// renamed over `dest`, then the folder synced.
 pub fn write_file_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file_atomic_mode(dest, bytes, 0o644)
+}
+
+/// [`write_file_atomic`] with the file's permission bits set to `mode` whatever the umask.
+pub fn write_file_atomic_mode(dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -45,7 +51,13 @@ pub fn write_file_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dest)?;

@@ -18,6 +18,7 @@ pub mod preprocess;
 pub mod runtimes;
 pub mod server;
 pub mod service;
+pub mod state_file;
 pub mod store;
 pub mod video;
 pub mod vocab;

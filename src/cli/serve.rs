@@ -127,8 +127,27 @@ pub fn engine_loader(cfg: Config) -> Loader {
     })
 }
 
+/// malloc arenas the daemon uses unless `MALLOC_ARENA_MAX` says otherwise. glibc's default (8 per
+/// core) lets every stream's short-lived GStreamer threads leave memory in arenas of their own:
+/// RSS grew 133 → 264 MB over 400 stream create/delete cycles, and stayed at 138–151 MB with 1.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Caps glibc's malloc arenas (an environment's `MALLOC_ARENA_MAX`, which glibc reads itself,
+/// wins).
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes an allocator setting; M_ARENA_MAX takes any positive count.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
 /// `serve`.
 pub fn serve(args: &ServeArgs) -> ExitCode {
+    limit_malloc_arenas();
     let cfg = match Config::load(args.config.as_deref(), &args.overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -138,11 +157,7 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     init_logging(&cfg);
-    let mut shown = cfg.clone();
-    for s in &mut shown.streams {
-        s.url = crate::video::spec::redacted(&s.url);
-    }
-    tracing::info!(config = %serde_json::to_string(&shown).unwrap_or_default(), "effective configuration");
+    tracing::info!(config = %serde_json::to_string(&cfg.redacted()).unwrap_or_default(), "effective configuration");
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
@@ -168,6 +183,9 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
+    // Work that cannot be interrupted (a blocked open, a hung GStreamer teardown) never keeps the
+    // process from exiting once the daemon has stopped.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

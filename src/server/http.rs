@@ -286,7 +286,9 @@ struct UrlParams {
 }
 
 pub(crate) fn parse_number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError> {
-    v.parse::<T>().map_err(|_| {
+    // Rust's parsers take a leading '+' (`since=%2B5`); the API's numbers are written plainly.
+    let plain = !v.starts_with('+');
+    plain.then(|| v.parse::<T>().ok()).flatten().ok_or_else(|| {
         bad(
             "invalid_parameter",
             format!("{name}={v:?} is not a valid number"),

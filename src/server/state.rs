@@ -55,6 +55,9 @@ pub struct AppState {
     pub streams: OnceLock<Arc<StreamManager>>,
     /// Saved query sets (loaded from the state folder at start).
     pub query_sets: Arc<QuerySets>,
+    /// Events followers' permits: `max_followers`, at most half of `max_connections`, so that
+    /// followers never take every connection slot from detections.
+    pub followers: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -68,8 +71,10 @@ impl AppState {
                 budget_bytes: config.query_sets_budget_mb << 20,
             },
         ));
+        let followers = config.max_followers.min(config.max_connections / 2);
         Arc::new(AppState {
             query_sets,
+            followers: Arc::new(tokio::sync::Semaphore::new(followers)),
             config,
             phase: AtomicU8::new(Phase::Starting as u8),
             status_line: Mutex::new("starting".into()),

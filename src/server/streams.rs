@@ -92,21 +92,20 @@ async fn handle(
             Ok(json_response(200, json!({"streams": m.list()}).to_string()))
         }
         (Target::Item(name), &Method::GET) => {
-            let s = m
-                .list()
-                .into_iter()
-                .find(|s| s.name == name)
-                .ok_or_else(|| not_found(name))?;
+            let s = m.status_of(name).ok_or_else(|| not_found(name))?;
             Ok(json_response(200, json!(s).to_string()))
         }
         (Target::Item(name), &Method::PUT) => put(req, body, m, name).await,
         (Target::Item(name), &Method::DELETE) => {
-            m.delete(name).map_err(|e| manager_error(&e))?;
+            let (m, name_owned) = (m.clone(), name.to_string());
+            blocking("stream delete", move || m.delete(&name_owned))
+                .await?
+                .map_err(|e| manager_error(&e))?;
             let mut r = Response::new(Body::full(Bytes::new()));
             *r.status_mut() = hyper::StatusCode::NO_CONTENT;
             Ok(r)
         }
-        (Target::Events(name), &Method::GET) => follow(req, m, name),
+        (Target::Events(name), &Method::GET) => follow(req, st, m, name),
         (Target::Snapshot(name), &Method::GET) => snapshot(req, m, name).await,
         _ => Err(not_allowed()),
     }
@@ -142,10 +141,12 @@ fn spec_error(e: &SpecError) -> ApiError {
     ApiError::bad_request(kind, e.to_string())
 }
 
+/// `PUT /v1/streams/{name}`: saved (a file write and sync) on the blocking pool; answered with
+/// the status the change made, whatever another request does next.
 async fn put(
     req: &Parts,
     body: &mut Option<Incoming>,
-    m: &StreamManager,
+    m: &Arc<StreamManager>,
     name: &str,
 ) -> Result<Resp, ApiError> {
     check_name(name).map_err(|e| spec_error(&e))?;
@@ -154,12 +155,10 @@ async fn put(
     let b: StreamBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("malformed stream definition: {e}"))
     })?;
-    let outcome = m.put(b.named(name)).map_err(|e| manager_error(&e))?;
-    let status = m
-        .list()
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| not_found(name))?;
+    let (m, spec) = (m.clone(), b.named(name));
+    let (outcome, status) = blocking("stream put", move || m.put(spec))
+        .await?
+        .map_err(|e| manager_error(&e))?;
     let code = match outcome {
         Put::Created => 201,
         Put::Replaced => 200,
@@ -168,7 +167,12 @@ async fn put(
 }
 
 /// `GET /v1/streams/{name}/events[?since=N]`.
-fn follow(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, ApiError> {
+fn follow(
+    req: &Parts,
+    st: &Arc<AppState>,
+    m: &StreamManager,
+    name: &str,
+) -> Result<Resp, ApiError> {
     let mut since = None;
     for (k, v) in query_pairs(req.uri.query())? {
         match k.as_str() {
@@ -182,16 +186,28 @@ fn follow(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, ApiError> 
         }
     }
     let shared = m.get(name).ok_or_else(|| not_found(name))?;
+    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            429,
+            "too_many_followers",
+            format!(
+                "{} events followers are connected already (max_followers, at most half of max_connections)",
+                st.config.max_followers.min(st.config.max_connections / 2)
+            ),
+        )
+    })?;
     let sub = shared.hub.subscribe(since);
     let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
     let guard = Guard::default();
-    tokio::spawn(forward(
-        sub,
+    let follower = Follower {
         tx,
-        m.stopping().clone(),
-        shared.name.clone(),
-        guard.clone(),
-    ));
+        stop: m.stopping().clone(),
+        name: shared.name.clone(),
+        guard: guard.clone(),
+        keepalive: Duration::from_millis(st.config.stream_keepalive_ms),
+        _permit: permit,
+    };
+    tokio::spawn(follower.forward(sub));
     let mut r = Response::new(Body::stream(rx, guard));
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -202,58 +218,96 @@ fn follow(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, ApiError> 
     Ok(r)
 }
 
-/// Feeds a follower: the replay, then live events, until the stream goes, the daemon stops, the
-/// connection closes, or the follower falls behind (told so in a last line). A follower that took
-/// no line for `FOLLOWER_SEND_TIMEOUT` is let go: its connection loses its in-flight mark, so the
-/// connection cap can evict it.
-async fn forward(
-    sub: Subscription,
+/// One events follower's feeder.
+struct Follower {
     tx: mpsc::Sender<Bytes>,
     stop: CancellationToken,
     name: String,
     guard: Guard,
-) {
-    let Subscription { replay, mut live } = sub;
-    let let_go = || {
-        if let Ok(mut g) = guard.lock() {
-            g.take();
+    /// A line is sent at least this often (a keep-alive when nothing happens): a follower that
+    /// closed its connection is noticed at the next write.
+    keepalive: Duration,
+    /// Its place among `max_followers`.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Follower {
+    /// Feeds the follower: the replay, then live events, until the stream ends (finished, failed,
+    /// deleted: the body ends after its last state line), the daemon stops, the connection
+    /// closes, or the follower falls behind (told so in a last line). A follower that took no
+    /// line for `FOLLOWER_SEND_TIMEOUT` is let go: its connection loses its in-flight mark, so the
+    /// connection cap can evict it.
+    async fn forward(self, sub: Subscription) {
+        let Subscription {
+            replay,
+            mut live,
+            mut ended,
+        } = sub;
+        for line in replay {
+            if !send(&self.tx, line).await {
+                return self.let_go();
+            }
         }
-    };
-    for line in replay {
-        if !send(&tx, line).await {
-            return let_go();
+        let mut keepalive = tokio::time::interval(self.keepalive);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.reset();
+        loop {
+            if *ended.borrow_and_update() {
+                // Every line published before the end is already in `live`.
+                return self.drain(&mut live).await;
+            }
+            let next = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => {
+                    let _ = self.tx.try_send(state_line(&self.name, "stopping", "the daemon is stopping"));
+                    return;
+                }
+                _ = self.tx.closed() => return,
+                r = live.recv() => r,
+                _ = ended.changed() => continue,
+                _ = keepalive.tick() => Ok(keepalive_line(&self.name)),
+            };
+            keepalive.reset();
+            match next {
+                Ok(line) => {
+                    if !send(&self.tx, line).await {
+                        return self.let_go();
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let msg = format!(
+                        "this follower fell {n} events behind and is disconnected; reconnect with ?since="
+                    );
+                    let _ = self.tx.try_send(state_line(&self.name, "lagged", &msg));
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    // Stopping wins over a stream that closed at the same moment.
+                    if self.stop.is_cancelled() {
+                        let _ = self.tx.try_send(state_line(
+                            &self.name,
+                            "stopping",
+                            "the daemon is stopping",
+                        ));
+                    }
+                    return;
+                }
+            }
         }
     }
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => {
-                let _ = tx.try_send(state_line(&name, "stopping", "the daemon is stopping"));
-                return;
+
+    /// Sends what is left in `live` (the stream has ended), then ends the body.
+    async fn drain(&self, live: &mut broadcast::Receiver<Bytes>) {
+        while let Ok(line) = live.try_recv() {
+            if !send(&self.tx, line).await {
+                return self.let_go();
             }
-            _ = tx.closed() => return,
-            r = live.recv() => r,
-        };
-        match next {
-            Ok(line) => {
-                if !send(&tx, line).await {
-                    return let_go();
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                let msg = format!(
-                    "this follower fell {n} events behind and is disconnected; reconnect with ?since="
-                );
-                let _ = tx.try_send(state_line(&name, "lagged", &msg));
-                return;
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                // Stopping wins over a stream that closed at the same moment.
-                if stop.is_cancelled() {
-                    let _ = tx.try_send(state_line(&name, "stopping", "the daemon is stopping"));
-                }
-                return;
-            }
+        }
+    }
+
+    fn let_go(&self) {
+        if let Ok(mut g) = self.guard.lock() {
+            g.take();
         }
     }
 }
@@ -264,6 +318,11 @@ async fn send(tx: &mpsc::Sender<Bytes>, line: Bytes) -> bool {
         tokio::time::timeout(FOLLOWER_SEND_TIMEOUT, tx.send(line)).await,
         Ok(Ok(()))
     )
+}
+
+/// `{"stream":"cam","keepalive":true}`: nothing happened; the stream runs.
+fn keepalive_line(stream: &str) -> Bytes {
+    events::line(&json!({"stream": stream, "keepalive": true}))
 }
 
 fn state_line(stream: &str, state: &str, message: &str) -> Bytes {

@@ -5,7 +5,7 @@
 //! (`DetectService::check_query_set`), and the HTTP mapping is the server's.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -245,15 +245,13 @@ impl QuerySets {
     /// (`<file>.bad-<unix seconds>`, with an error logged) and the daemon starts without its sets:
     /// the next change cannot overwrite what was there.
     pub fn load(file: PathBuf, limits: Limits) -> Self {
-        let sets = match read_state(&file) {
-            Ok(s) => s,
-            Err(message) => {
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let aside = PathBuf::from(format!("{}.bad-{secs}", file.display()));
-                let moved = std::fs::rename(&file, &aside);
-                tracing::error!(path = %file.display(), error = %message, kept_as = %aside.display(), renamed = moved.is_ok(), "query set state file is not valid; its sets are not loaded");
+        let state = crate::state_file::StateFile::new(file.clone());
+        let sets = match state.load(parse_state) {
+            crate::state_file::Loaded::Read(s) => s,
+            crate::state_file::Loaded::Missing => BTreeMap::new(),
+            crate::state_file::Loaded::SetAside { error, aside } => {
+                let kept_as = aside.map(|a| a.display().to_string()).unwrap_or_default();
+                tracing::error!(path = %file.display(), error = %error, kept_as = %kept_as, "query set state file is not valid; its sets are not loaded");
                 BTreeMap::new()
             }
         };
@@ -342,23 +340,15 @@ impl QuerySets {
                 .map(|(n, s)| (n.clone(), StoredSet::from(&**s)))
                 .collect(),
         };
-        let mut text = serde_json::to_vec(&state).map_err(|e| fail(e.to_string()))?;
-        text.push(b'\n');
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        }
-        crate::fsutil::write_file_atomic(path, &text).map_err(|e| fail(e.to_string()))
+        crate::state_file::StateFile::new(path.clone())
+            .save(&state, false)
+            .map_err(fail)
     }
 }
 
-/// The sets in a state file (none when it does not exist).
-fn read_state(path: &Path) -> Result<BTreeMap<String, Arc<QuerySet>>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e.to_string()),
-    };
-    let state: StateFile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+/// The sets of a state file's content.
+fn parse_state(bytes: &[u8]) -> Result<BTreeMap<String, Arc<QuerySet>>, String> {
+    let state: StateFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     state
         .sets
         .into_iter()

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::postprocess::Detection;
 
@@ -49,31 +49,47 @@ pub fn line<T: Serialize>(event: &T) -> Bytes {
 
 struct Ring {
     frames: VecDeque<(u64, Bytes)>,
+    /// Frame events kept at most.
     capacity: usize,
+    /// Bytes of the kept events at most (the newest event is kept whatever its size).
+    capacity_bytes: usize,
+    bytes: usize,
+    /// The stream ended (finished, failed, deleted): followers get what was published, then
+    /// their body ends.
+    ended: bool,
 }
 
 /// The fan-out of one stream.
 pub struct EventHub {
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Bytes>,
+    /// Tells followers when the stream ends (or starts again).
+    ended_tx: watch::Sender<bool>,
 }
 
 /// What a new follower gets: the replayed frame events, then the live feed.
 pub struct Subscription {
     pub replay: Vec<Bytes>,
     pub live: broadcast::Receiver<Bytes>,
+    /// True once the stream has ended; every line published before it is in `live`.
+    pub ended: watch::Receiver<bool>,
 }
 
 impl EventHub {
-    /// `ring`: frame events kept for replays; `follower_lag`: events a follower may fall behind.
-    pub fn new(ring: usize, follower_lag: usize) -> Self {
+    /// `ring`: frame events kept for replays, `ring_bytes` their size at most; `follower_lag`:
+    /// events a follower may fall behind.
+    pub fn new(ring: usize, ring_bytes: usize, follower_lag: usize) -> Self {
         let (tx, _) = broadcast::channel(follower_lag.max(1));
         EventHub {
             ring: Mutex::new(Ring {
                 frames: VecDeque::with_capacity(ring.min(4096)),
                 capacity: ring,
+                capacity_bytes: ring_bytes,
+                bytes: 0,
+                ended: false,
             }),
             tx,
+            ended_tx: watch::channel(false).0,
         }
     }
 
@@ -81,20 +97,28 @@ impl EventHub {
     pub fn publish_frame(&self, frame: u64, line: Bytes) {
         if let Ok(mut r) = self.ring.lock() {
             if r.capacity > 0 {
-                if r.frames.len() >= r.capacity {
-                    r.frames.pop_front();
-                }
+                r.bytes += line.len();
                 r.frames.push_back((frame, line.clone()));
+                while r.frames.len() > r.capacity
+                    || (r.bytes > r.capacity_bytes && r.frames.len() > 1)
+                {
+                    if let Some((_, old)) = r.frames.pop_front() {
+                        r.bytes -= old.len();
+                    }
+                }
             }
             // Sent under the lock, so a subscription sees each event exactly once.
             let _ = self.tx.send(line);
         }
     }
 
-    /// Publishes a state line (not replayed).
-    pub fn publish_state(&self, line: Bytes) {
-        if let Ok(_r) = self.ring.lock() {
+    /// Publishes a state line (not replayed); `ends`: the stream has ended with it (followers'
+    /// bodies end after it), else it runs (again).
+    pub fn publish_state(&self, line: Bytes, ends: bool) {
+        if let Ok(mut r) = self.ring.lock() {
             let _ = self.tx.send(line);
+            r.ended = ends;
+            self.ended_tx.send_replace(ends);
         }
     }
 
@@ -113,12 +137,23 @@ impl EventHub {
         Subscription {
             replay,
             live: self.tx.subscribe(),
+            ended: self.ended_tx.subscribe(),
         }
+    }
+
+    /// Whether the stream has ended (its last state line was a final one).
+    pub fn ended(&self) -> bool {
+        self.ring.lock().map(|r| r.ended).unwrap_or(true)
     }
 
     /// Followers now.
     pub fn followers(&self) -> usize {
         self.tx.receiver_count()
+    }
+
+    /// Bytes of the frame events kept for replays.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring.lock().map(|r| r.bytes).unwrap_or(0)
     }
 }
 
@@ -132,7 +167,7 @@ mod tests {
 
     #[test]
     fn replays_from_since_then_follows_live() {
-        let hub = EventHub::new(3, 8);
+        let hub = EventHub::new(3, 1 << 20, 8);
         for f in 0..5 {
             hub.publish_frame(f, l(&format!("f{f}")));
         }
@@ -141,7 +176,7 @@ mod tests {
         // The ring keeps the last 3 only.
         assert_eq!(hub.subscribe(Some(0)).replay.len(), 3);
         assert!(hub.subscribe(None).replay.is_empty());
-        hub.publish_state(l("s"));
+        hub.publish_state(l("s"), false);
         hub.publish_frame(5, l("f5"));
         assert_eq!(sub.live.try_recv().ok(), Some(l("s")));
         assert_eq!(sub.live.try_recv().ok(), Some(l("f5")));
@@ -150,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_slow_follower_lags_instead_of_growing() {
-        let hub = EventHub::new(0, 4);
+        let hub = EventHub::new(0, 1 << 20, 4);
         let mut sub = hub.subscribe(None);
         for f in 0..10 {
             hub.publish_frame(f, l("x"));
@@ -163,6 +198,38 @@ mod tests {
             hub.subscribe(Some(0)).replay.is_empty(),
             "ring of 0 keeps nothing"
         );
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes_too() {
+        let hub = EventHub::new(100, 10, 4);
+        for f in 0..6 {
+            hub.publish_frame(f, l("abcd"));
+        }
+        let kept: Vec<Bytes> = hub.subscribe(Some(0)).replay;
+        assert_eq!(kept.len(), 2, "two 4-byte lines fit in 10 bytes");
+        assert_eq!(hub.ring_bytes(), 8);
+        hub.publish_frame(6, l(&"x".repeat(50)));
+        assert_eq!(
+            hub.subscribe(Some(0)).replay.len(),
+            1,
+            "a line over the bound is kept alone"
+        );
+        assert_eq!(hub.ring_bytes(), 50);
+    }
+
+    #[test]
+    fn followers_learn_that_the_stream_ended() {
+        let hub = EventHub::new(4, 1 << 20, 4);
+        let mut sub = hub.subscribe(None);
+        assert!(!*sub.ended.borrow());
+        hub.publish_state(l("finished"), true);
+        assert!(hub.ended());
+        assert!(*sub.ended.borrow_and_update());
+        assert_eq!(sub.live.try_recv().ok(), Some(l("finished")));
+        assert!(*hub.subscribe(None).ended.borrow(), "a late follower too");
+        hub.publish_state(l("starting"), false);
+        assert!(!hub.ended(), "a replaced definition runs again");
     }
 
     #[test]

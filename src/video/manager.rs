@@ -1,10 +1,11 @@
 //! The set of streams: the config file's (read-only) and the API's (persisted atomically in
-//! `state_dir/streams.json`, back after a restart). Starts, replaces and stops stream runs, lists
-//! their status, renders their metrics, and stops them all at shutdown.
+//! `state_dir/streams.json`, back after a restart; a saved definition stays saved until it is
+//! deleted, started or not). Starts, replaces and stops stream runs, lists their status, renders
+//! their metrics, and stops them all at shutdown.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,12 +13,13 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::spec::{SpecError, StreamSpec};
+use super::spec::{check_local_access, check_name, LocalPolicy, SpecError, StreamSpec};
 use super::stream::{Run, RunSettings, State, StreamShared};
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
 use crate::service::metrics::header;
 use crate::service::{DetectService, QuerySets};
+use crate::state_file::{Loaded, StateFile};
 
 /// Name of the state file in `state_dir`.
 pub const STATE_FILE: &str = "streams.json";
@@ -58,11 +60,12 @@ pub enum Put {
     Replaced,
 }
 
-/// The state file's content.
+/// The state file's content, each definition read on its own: one that does not parse is kept,
+/// as it was, until it is deleted.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StateFile {
-    streams: Vec<StreamSpec>,
+struct StateFileContent {
+    streams: Vec<serde_json::Value>,
 }
 
 /// A stream's status line of `GET /v1/streams`.
@@ -90,10 +93,22 @@ pub struct StreamStatus {
 
 struct Entry {
     spec: StreamSpec,
+    /// A saved definition that does not parse: written back as it was, never started.
+    raw: Option<serde_json::Value>,
     origin: Origin,
     shared: Arc<StreamShared>,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
+    /// `None` for a saved definition that could not start (the reason is its `last_error`).
+    run: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+impl Entry {
+    /// What the state file keeps of it.
+    fn saved(&self) -> serde_json::Value {
+        match &self.raw {
+            Some(raw) => raw.clone(),
+            None => serde_json::to_value(&self.spec).unwrap_or(serde_json::Value::Null),
+        }
+    }
 }
 
 /// Daemon-wide stream settings (from `Config`).
@@ -102,9 +117,12 @@ pub struct ManagerConfig {
     pub state_file: PathBuf,
     pub max_streams: usize,
     pub events_buffer: usize,
+    pub events_buffer_bytes: usize,
     pub follower_lag: usize,
     pub queries: QueryRules,
     pub run: RunSettings,
+    /// Where the local sources of API streams may be.
+    pub api_local: LocalPolicy,
 }
 
 impl ManagerConfig {
@@ -113,16 +131,21 @@ impl ManagerConfig {
             state_file: c.state_dir.join(STATE_FILE),
             max_streams: c.max_streams,
             events_buffer: c.stream_events_buffer,
+            events_buffer_bytes: usize::try_from(c.stream_events_buffer_mb << 20)
+                .unwrap_or(usize::MAX),
             follower_lag: c.stream_follower_lag,
             queries: c.query_rules(),
             run: RunSettings {
                 stall_timeout: Duration::from_millis(c.stream_stall_timeout_ms),
+                stop_timeout: Duration::from_millis(c.stream_stop_timeout_ms),
                 rtsp_timeout: Duration::from_millis(c.stream_rtsp_timeout_ms),
                 reconnect_min: Duration::from_millis(500)
                     .min(Duration::from_millis(c.stream_reconnect_max_ms)),
                 reconnect_max: Duration::from_millis(c.stream_reconnect_max_ms),
                 lost_track_ms: c.stream_track_lost_ms,
+                max_detections: c.stream_max_detections,
             },
+            api_local: LocalPolicy::Roots(c.stream_file_roots.clone()),
         }
     }
 }
@@ -132,7 +155,15 @@ pub struct StreamManager {
     cfg: ManagerConfig,
     service: DetectService,
     query_sets: Arc<QuerySets>,
+    state: StateFile,
+    /// Where runs are spawned (changes are made on the blocking pool).
+    runtime: tokio::runtime::Handle,
     streams: Mutex<BTreeMap<String, Entry>>,
+    /// Saved definitions that have no entry (their name is a config stream's, or they have no
+    /// valid name): written back with every change, as they were.
+    kept: Mutex<Vec<serde_json::Value>>,
+    /// Serialises changes and their state-file writes.
+    writer: Mutex<()>,
     stopping: CancellationToken,
 }
 
@@ -147,9 +178,18 @@ pub struct Summary {
     pub failed: usize,
 }
 
+/// One saved definition as read.
+enum Saved {
+    Spec(StreamSpec, serde_json::Value),
+    /// Does not parse: its name when it has a valid one, the JSON, the parse error.
+    Unreadable(Option<String>, serde_json::Value, String),
+}
+
 impl StreamManager {
-    /// Starts the config file's streams and the saved ones (a saved stream whose name the config
-    /// file now uses is skipped, with a warning).
+    /// Starts the config file's streams and the saved ones. Every saved definition stays on disk
+    /// until it is deleted: one that cannot start (its name is a configured stream's, more than
+    /// `max_streams`, no longer valid, unreadable) is shown `failed` with the reason, or kept
+    /// aside in the file when it has no name of its own. Must be called within a tokio runtime.
     pub fn start(
         cfg: ManagerConfig,
         service: DetectService,
@@ -157,53 +197,120 @@ impl StreamManager {
         configured: &[StreamSpec],
     ) -> Arc<Self> {
         let m = Arc::new(StreamManager {
+            state: StateFile::new(cfg.state_file.clone()),
             cfg,
             service,
             query_sets,
+            runtime: tokio::runtime::Handle::current(),
             streams: Mutex::new(BTreeMap::new()),
+            kept: Mutex::new(Vec::new()),
+            writer: Mutex::new(()),
             stopping: CancellationToken::new(),
         });
         let saved = m.load_saved();
-        if let Ok(mut map) = m.streams.lock() {
+        let mut kept = Vec::new();
+        {
+            let mut map = m.lock();
             for spec in configured {
                 m.launch(&mut map, spec.clone(), Origin::Config);
             }
-            for spec in saved {
-                if map.contains_key(&spec.name) {
-                    tracing::warn!(stream = %spec.name, "a saved stream has the name of a configured one; the configured one wins");
-                    continue;
-                }
-                if map.len() >= m.cfg.max_streams {
-                    tracing::warn!(stream = %spec.name, "saved stream skipped: max_streams reached");
-                    continue;
-                }
-                if let Err(e) = spec.validate(&m.cfg.queries) {
-                    tracing::warn!(stream = %spec.name, error = %e, "saved stream skipped: no longer valid");
-                    continue;
-                }
-                m.launch(&mut map, spec, Origin::Api);
+            for s in saved {
+                m.restore(&mut map, s, &mut kept);
             }
         }
+        *m.kept_lock() = kept;
         m
     }
 
-    /// Saved streams, or none (with a warning) when the file is unreadable.
-    fn load_saved(&self) -> Vec<StreamSpec> {
-        let path = &self.cfg.state_file;
-        match std::fs::read(path) {
-            Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
-                Ok(f) => f.streams,
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "stream state file is not valid; its streams are not started");
-                    Vec::new()
-                }
+    /// Puts one saved definition back: started, shown as not started with the reason, or kept.
+    fn restore(
+        &self,
+        map: &mut BTreeMap<String, Entry>,
+        saved: Saved,
+        kept: &mut Vec<serde_json::Value>,
+    ) {
+        let (name, raw) = match &saved {
+            Saved::Spec(spec, raw) => (Some(spec.name.clone()), raw),
+            Saved::Unreadable(name, raw, _) => (name.clone(), raw),
+        };
+        let Some(name) = name.filter(|n| !map.contains_key(n)) else {
+            tracing::warn!(definition = %super::spec::redacted(&raw.to_string()), "a saved stream has no name of its own (or a configured stream's); it is kept in the state file, not started");
+            kept.push(raw.clone());
+            return;
+        };
+        let reason = match &saved {
+            Saved::Unreadable(_, _, e) => Some(format!("the saved definition is not valid: {e}")),
+            Saved::Spec(spec, _) => match spec.validate(&self.cfg.queries) {
+                Err(e) => Some(format!("the saved definition is no longer valid: {e}")),
+                Ok(_) if map.len() >= self.cfg.max_streams => Some(format!(
+                    "not started: max_streams ({}) streams are running; raise it or delete a stream",
+                    self.cfg.max_streams
+                )),
+                Ok(_) => None,
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read the stream state file");
-                Vec::new()
+        };
+        match (saved, reason) {
+            (Saved::Spec(spec, _), None) => self.launch(map, spec, Origin::Api),
+            (saved, reason) => {
+                let reason = reason.unwrap_or_else(|| "not started".to_string());
+                tracing::warn!(stream = %name, reason = %reason, "saved stream not started; it stays saved");
+                let (spec, raw) = match saved {
+                    Saved::Spec(spec, _) => (spec, None),
+                    Saved::Unreadable(_, raw, _) => (lenient_spec(&name, &raw), Some(raw)),
+                };
+                let shared = self.new_shared(&name);
+                shared.set_state(State::Failed, &reason);
+                map.insert(
+                    name,
+                    Entry {
+                        spec,
+                        raw,
+                        origin: Origin::Api,
+                        shared,
+                        run: None,
+                    },
+                );
             }
         }
+    }
+
+    /// The saved definitions; none (with an error logged) when the file is unreadable, which is
+    /// then set aside so that no change overwrites it.
+    fn load_saved(&self) -> Vec<Saved> {
+        let content = match self.state.load_json::<StateFileContent>() {
+            Loaded::Read(c) => c,
+            Loaded::Missing => return Vec::new(),
+            Loaded::SetAside { error, aside } => {
+                let kept_as = aside.map(|a| a.display().to_string()).unwrap_or_default();
+                tracing::error!(path = %self.state.path().display(), error = %error, kept_as = %kept_as, "stream state file is not valid; it is set aside and its streams are not started");
+                return Vec::new();
+            }
+        };
+        content
+            .streams
+            .into_iter()
+            .map(
+                |raw| match serde_json::from_value::<StreamSpec>(raw.clone()) {
+                    Ok(spec) => Saved::Spec(spec, raw),
+                    Err(e) => {
+                        let name = raw["name"]
+                            .as_str()
+                            .filter(|n| check_name(n).is_ok())
+                            .map(str::to_string);
+                        Saved::Unreadable(name, raw, e.to_string())
+                    }
+                },
+            )
+            .collect()
+    }
+
+    fn new_shared(&self, name: &str) -> Arc<StreamShared> {
+        Arc::new(StreamShared::new(
+            name,
+            self.cfg.events_buffer,
+            self.cfg.events_buffer_bytes,
+            self.cfg.follower_lag,
+        ))
     }
 
     /// Starts a run of `spec` (already validated), keeping the shared part of a stream it replaces.
@@ -213,41 +320,46 @@ impl StreamManager {
         };
         let shared = match map.remove(&spec.name) {
             Some(old) => {
-                old.cancel.cancel();
+                if let Some((cancel, _)) = old.run {
+                    cancel.cancel();
+                }
                 old.shared
             }
-            None => Arc::new(StreamShared::new(
-                &spec.name,
-                self.cfg.events_buffer,
-                self.cfg.follower_lag,
-            )),
+            None => self.new_shared(&spec.name),
         };
         let cancel = self.stopping.child_token();
         let run = Run {
             shared: shared.clone(),
             spec: spec.clone(),
             source,
+            local: match origin {
+                Origin::Config => LocalPolicy::Any,
+                Origin::Api => self.cfg.api_local.clone(),
+            },
             service: self.service.clone(),
             query_sets: self.query_sets.clone(),
             last_set: std::sync::Mutex::new(None),
             settings: self.cfg.run,
         };
-        let task = tokio::spawn(run.run(cancel.clone()));
+        let task = self.runtime.spawn(run.run(cancel.clone()));
         map.insert(
             spec.name.clone(),
             Entry {
                 spec,
+                raw: None,
                 origin,
                 shared,
-                cancel,
-                task,
+                run: Some((cancel, task)),
             },
         );
     }
 
-    /// Adds or replaces an API stream; saved before it starts.
-    pub fn put(&self, spec: StreamSpec) -> Result<Put, ManagerError> {
-        spec.validate(&self.cfg.queries)?;
+    /// Adds or replaces an API stream; saved before it starts. Blocking (the state file is written
+    /// and synced): call it off the async threads. Answers with the stream's status as saved.
+    pub fn put(&self, spec: StreamSpec) -> Result<(Put, StreamStatus), ManagerError> {
+        let source = spec.validate(&self.cfg.queries)?;
+        let source = check_local_access(&source, &self.cfg.api_local)?;
+        super::source::check_local(&source).map_err(|e| SpecError::Url(e.to_string()))?;
         if let Some(name) = &spec.query_set {
             let Some(set) = self.query_sets.get(name) else {
                 return Err(ManagerError::Invalid(SpecError::QuerySet(format!(
@@ -261,63 +373,94 @@ impl StreamManager {
                     error,
                 })?;
         }
-        let mut map = self.lock();
-        let outcome = match map.get(&spec.name) {
-            Some(e) if e.origin == Origin::Config => return Err(ManagerError::ReadOnly(spec.name)),
-            Some(_) => Put::Replaced,
-            None if map.len() >= self.cfg.max_streams => {
-                return Err(ManagerError::TooMany(map.len()))
-            }
-            None => Put::Created,
+        let _writer = self.write_lock();
+        let (outcome, saved) = {
+            let map = self.lock();
+            let outcome = match map.get(&spec.name) {
+                Some(e) if e.origin == Origin::Config => {
+                    return Err(ManagerError::ReadOnly(spec.name))
+                }
+                Some(_) => Put::Replaced,
+                None if map.len() >= self.cfg.max_streams => {
+                    return Err(ManagerError::TooMany(map.len()))
+                }
+                None => Put::Created,
+            };
+            let mut saved = self.saved_except(&map, &spec.name);
+            saved.push((
+                spec.name.clone(),
+                serde_json::to_value(&spec).unwrap_or_default(),
+            ));
+            (outcome, saved)
         };
-        let mut saved = api_specs(&map);
-        saved.retain(|s| s.name != spec.name);
-        saved.push(spec.clone());
         self.save(saved)?;
+        let mut map = self.lock();
+        let name = spec.name.clone();
         self.launch(&mut map, spec, Origin::Api);
-        Ok(outcome)
+        let status = map
+            .get(&name)
+            .map(|e| self.status(e))
+            .ok_or(ManagerError::NotFound(name))?;
+        Ok((outcome, status))
     }
 
-    /// Stops and forgets an API stream.
+    /// Stops and forgets an API stream. Blocking, like `put`.
     pub fn delete(&self, name: &str) -> Result<(), ManagerError> {
-        let mut map = self.lock();
-        match map.get(name) {
-            None => return Err(ManagerError::NotFound(name.to_string())),
-            Some(e) if e.origin == Origin::Config => {
-                return Err(ManagerError::ReadOnly(name.to_string()))
+        let _writer = self.write_lock();
+        let saved = {
+            let map = self.lock();
+            match map.get(name) {
+                None => return Err(ManagerError::NotFound(name.to_string())),
+                Some(e) if e.origin == Origin::Config => {
+                    return Err(ManagerError::ReadOnly(name.to_string()))
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
-        }
-        let mut saved = api_specs(&map);
-        saved.retain(|s| s.name != name);
+            self.saved_except(&map, name)
+        };
         self.save(saved)?;
-        if let Some(e) = map.remove(name) {
-            e.cancel.cancel();
-            e.shared
-                .hub
-                .publish_state(super::events::line(&super::events::StateEvent {
+        if let Some(e) = self.lock().remove(name) {
+            if let Some((cancel, _)) = e.run {
+                cancel.cancel();
+            }
+            e.shared.hub.publish_state(
+                super::events::line(&super::events::StateEvent {
                     stream: name,
                     state: "deleted",
                     message: "the stream was deleted",
-                }));
+                }),
+                true,
+            );
         }
         Ok(())
     }
 
-    fn save(&self, mut specs: Vec<StreamSpec>) -> Result<(), ManagerError> {
-        specs.sort_by(|a, b| a.name.cmp(&b.name));
-        let path = &self.cfg.state_file;
-        let fail = |message: String| ManagerError::Persist {
-            path: path.display().to_string(),
-            message,
+    /// The saved definitions (API streams and the kept ones) but `name`'s, by name.
+    fn saved_except(
+        &self,
+        map: &BTreeMap<String, Entry>,
+        name: &str,
+    ) -> Vec<(String, serde_json::Value)> {
+        let mut saved: Vec<(String, serde_json::Value)> = map
+            .values()
+            .filter(|e| e.origin == Origin::Api && e.spec.name != name)
+            .map(|e| (e.spec.name.clone(), e.saved()))
+            .collect();
+        saved.extend(self.kept_lock().iter().map(|v| (String::new(), v.clone())));
+        saved
+    }
+
+    fn save(&self, mut saved: Vec<(String, serde_json::Value)>) -> Result<(), ManagerError> {
+        saved.sort_by(|a, b| a.0.cmp(&b.0));
+        let content = StateFileContent {
+            streams: saved.into_iter().map(|(_, v)| v).collect(),
         };
-        let mut text = serde_json::to_vec_pretty(&StateFile { streams: specs })
-            .map_err(|e| fail(e.to_string()))?;
-        text.push(b'\n');
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        }
-        crate::fsutil::write_file_atomic(path, &text).map_err(|e| fail(e.to_string()))
+        self.state
+            .save(&content, true)
+            .map_err(|message| ManagerError::Persist {
+                path: self.state.path().display().to_string(),
+                message,
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -326,32 +469,48 @@ impl StreamManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn kept_lock(&self) -> std::sync::MutexGuard<'_, Vec<serde_json::Value>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn status(&self, e: &Entry) -> StreamStatus {
+        let default = self.service.config().default_threshold;
+        let v = e.shared.view();
+        StreamStatus {
+            name: e.spec.name.clone(),
+            url: super::spec::redacted(&e.spec.url),
+            queries: e.spec.queries.clone(),
+            query_set: e.spec.query_set.clone(),
+            threshold: shortest(e.spec.threshold.unwrap_or(default)),
+            nms: e.spec.nms.map(shortest),
+            max_fps: e.spec.max_fps,
+            origin: e.origin,
+            state: v.state,
+            decoder: v.decoder,
+            frames: v.frames,
+            dropped: v.dropped,
+            fps: v.fps,
+            last_error: v.last_error,
+            followers: e.shared.hub.followers(),
+        }
+    }
+
     /// Every stream's status, by name.
     pub fn list(&self) -> Vec<StreamStatus> {
-        let default = self.service.config().default_threshold;
-        self.lock()
-            .values()
-            .map(|e| {
-                let v = e.shared.view();
-                StreamStatus {
-                    name: e.spec.name.clone(),
-                    url: super::spec::redacted(&e.spec.url),
-                    queries: e.spec.queries.clone(),
-                    query_set: e.spec.query_set.clone(),
-                    threshold: shortest(e.spec.threshold.unwrap_or(default)),
-                    nms: e.spec.nms.map(shortest),
-                    max_fps: e.spec.max_fps,
-                    origin: e.origin,
-                    state: v.state,
-                    decoder: v.decoder,
-                    frames: v.frames,
-                    dropped: v.dropped,
-                    fps: v.fps,
-                    last_error: v.last_error,
-                    followers: e.shared.hub.followers(),
-                }
-            })
-            .collect()
+        self.lock().values().map(|e| self.status(e)).collect()
+    }
+
+    /// One stream's status.
+    pub fn status_of(&self, name: &str) -> Option<StreamStatus> {
+        self.lock().get(name).map(|e| self.status(e))
     }
 
     /// One stream's shared part.
@@ -410,6 +569,22 @@ impl StreamManager {
                 let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", get(v));
             }
         }
+        let name = "iv_stream_pipelines_abandoned_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Stream pipelines whose teardown did not end within stream_stop_timeout_ms.",
+        );
+        let _ = writeln!(out, "{name} {}", super::source::abandoned_pipelines());
+        let name = "iv_stream_pipelines_stopping";
+        header(
+            out,
+            name,
+            "gauge",
+            "Stream pipelines being torn down now (abandoned ones until GStreamer lets go).",
+        );
+        let _ = writeln!(out, "{name} {}", super::source::stopping_pipelines());
         let histograms: [(&str, &str, RenderLatency); 2] = [
             (
                 "iv_stream_decode_latency_seconds",
@@ -437,7 +612,7 @@ impl StreamManager {
             let mut map = self.lock();
             std::mem::take(&mut *map)
                 .into_values()
-                .map(|e| e.task)
+                .filter_map(|e| e.run.map(|(_, task)| task))
                 .collect()
         };
         let all = async {
@@ -462,15 +637,23 @@ type RenderLatency = fn(&StreamShared, &mut String, &str);
 /// Reads a counter or gauge off a stream's view.
 type ViewCount = fn(&super::stream::RunView) -> u64;
 
-/// The API's streams of `map`, to save.
-fn api_specs(map: &BTreeMap<String, Entry>) -> Vec<StreamSpec> {
-    map.values()
-        .filter(|e| e.origin == Origin::Api)
-        .map(|e| e.spec.clone())
-        .collect()
-}
-
-/// Whether `path` is the state file of `dir` (for `config check`'s report).
-pub fn state_file(dir: &Path) -> PathBuf {
-    dir.join(STATE_FILE)
+/// A definition for the status of a saved one that does not parse: its name, and its URL and
+/// queries when they are there.
+fn lenient_spec(name: &str, raw: &serde_json::Value) -> StreamSpec {
+    StreamSpec {
+        name: name.to_string(),
+        url: raw["url"].as_str().unwrap_or_default().to_string(),
+        queries: raw["queries"]
+            .as_array()
+            .map(|q| {
+                q.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        query_set: raw["query_set"].as_str().map(str::to_string),
+        threshold: None,
+        nms: None,
+        max_fps: 0.0,
+    }
 }

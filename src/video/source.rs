@@ -178,22 +178,27 @@ enum FrameSink {
 /// A running attempt: `next` gives its frames until it ends; `finish` stops it (if it still runs)
 /// and says how it ended.
 pub struct Attempt {
-    frames: Frames,
+    /// `None` once `finish` let go of it.
+    frames: Option<Frames>,
     stats: Arc<SourceStats>,
     stop: Arc<AtomicBool>,
+    /// How it ended: sent by the bus thread before the teardown.
     outcome: oneshot::Receiver<Outcome>,
+    /// Closed once the pipeline has reached the NULL state (the bus thread ends).
+    stopped: oneshot::Receiver<()>,
     ended: Option<Outcome>,
 }
 
 impl Attempt {
     /// The next frame; `None` once the pipeline has stopped and every frame it gave was taken.
     pub async fn next(&mut self) -> Option<Frame> {
+        let frames = self.frames.as_mut()?;
         if self.ended.is_some() {
-            return self.frames.try_next();
+            return frames.try_next();
         }
         tokio::select! {
             biased;
-            f = self.frames.next() => match f {
+            f = frames.next() => match f {
                 Some(f) => Some(f),
                 None => {
                     self.ended = Some(recv_outcome(&mut self.outcome).await);
@@ -202,7 +207,7 @@ impl Attempt {
             },
             o = &mut self.outcome => {
                 self.ended = Some(o.unwrap_or_else(|_| lost_thread()));
-                self.frames.try_next()
+                frames.try_next()
             }
         }
     }
@@ -210,28 +215,102 @@ impl Attempt {
     /// `f`, or a newer frame that arrived meanwhile (live sources; `f` then counts as dropped).
     pub fn newest(&mut self, f: Frame) -> Frame {
         match &self.frames {
-            Frames::Latest(slot) => match slot.frame.lock().ok().and_then(|mut s| s.take()) {
+            Some(Frames::Latest(slot)) => match slot.frame.lock().ok().and_then(|mut s| s.take()) {
                 Some(newer) => {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     newer
                 }
                 None => f,
             },
-            Frames::Ordered(_) => f,
+            _ => f,
         }
     }
 
-    /// Stops the pipeline if it still runs and waits until it has stopped.
-    pub async fn finish(mut self) -> Outcome {
-        if let Some(o) = self.ended.take() {
-            return o;
-        }
+    /// Stops the pipeline if it still runs and waits until it has stopped, at most `limit`: a
+    /// pipeline whose teardown hangs (a GStreamer deadlock, a server that trickles its answer) is
+    /// left to its bus thread, counted in [`abandoned_pipelines`], and handed back as
+    /// [`Stopping`] so that the caller can wait for it before starting another.
+    pub async fn finish(mut self, limit: Duration) -> (Outcome, Option<Stopping>) {
         self.stop.store(true, Ordering::SeqCst);
         // Unblocks a streaming thread waiting to hand over a file's frame.
-        drop(self.frames);
-        recv_outcome(&mut self.outcome).await
+        self.frames = None;
+        let deadline = tokio::time::Instant::now() + limit;
+        let outcome = match self.ended.take() {
+            Some(o) => o,
+            None => tokio::time::timeout_at(deadline, recv_outcome(&mut self.outcome))
+                .await
+                .unwrap_or(Outcome::Stopped),
+        };
+        let (_, stopped) = oneshot::channel();
+        let mut stopped = std::mem::replace(&mut self.stopped, stopped);
+        if tokio::time::timeout_at(deadline, &mut stopped)
+            .await
+            .is_ok()
+        {
+            return (outcome, None);
+        }
+        ABANDONED.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            limit_s = limit.as_secs_f64(),
+            "a stream pipeline did not stop in time; it is left to its own thread"
+        );
+        (outcome, Some(Stopping(stopped)))
     }
 }
+
+/// A pipeline still being torn down by its thread.
+pub struct Stopping(oneshot::Receiver<()>);
+
+impl Stopping {
+    /// Waits until the pipeline has stopped.
+    pub async fn wait(self) {
+        let _ = self.0.await;
+    }
+}
+
+impl Drop for Attempt {
+    /// An attempt dropped without `finish` (its run cancelled, a start that came too late) stops
+    /// its pipeline all the same.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Pipelines whose teardown did not end within its limit, since the process started.
+static ABANDONED: AtomicU64 = AtomicU64::new(0);
+
+/// Pipelines abandoned because their teardown hung.
+pub fn abandoned_pipelines() -> u64 {
+    ABANDONED.load(Ordering::Relaxed)
+}
+
+/// Pipelines being torn down right now (a bus thread between the attempt's end and NULL).
+static STOPPING: AtomicU64 = AtomicU64::new(0);
+
+/// Pipelines being torn down right now.
+pub fn stopping_pipelines() -> u64 {
+    STOPPING.load(Ordering::Relaxed)
+}
+
+/// Counts a pipeline as stopping while it lives.
+struct StoppingMark;
+
+impl StoppingMark {
+    fn new() -> Self {
+        STOPPING.fetch_add(1, Ordering::Relaxed);
+        StoppingMark
+    }
+}
+
+impl Drop for StoppingMark {
+    fn drop(&mut self) {
+        STOPPING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Pipelines that may be stopping at once, daemon-wide: beyond it no attempt starts (each one
+/// stuck in its teardown holds threads and sockets until its server lets go).
+pub const MAX_STOPPING: u64 = 32;
 
 fn lost_thread() -> Outcome {
     Outcome::Error("the stream's bus thread ended without a word".into())
@@ -241,16 +320,84 @@ async fn recv_outcome(rx: &mut oneshot::Receiver<Outcome>) -> Outcome {
     rx.await.unwrap_or_else(|_| lost_thread())
 }
 
+/// How long a pipeline stopped by its caller may take to finish a state change in progress before
+/// it is torn down.
+const SETTLE_MS: u64 = 2000;
+
 /// Pipeline timestamps of buffers entering the decoder, to measure decode latency.
 type Arrivals = Arc<Mutex<VecDeque<(gst::ClockTime, Instant)>>>;
 
-/// Builds the pipeline for `source`, starts it, and returns the running attempt.
+/// Starts an attempt on a thread of its own, never on the async workers: opening a source can
+/// block (a FIFO's `open`, a server that answers a byte a second). No answer within `limit` fails
+/// the attempt; the thread, if it ever gets its pipeline started, stops it again at once.
+pub async fn start_within(
+    source: &Source,
+    opts: SourceOptions,
+    stats: Arc<SourceStats>,
+    limit: Duration,
+) -> Result<Attempt, SourceError> {
+    let stopping = stopping_pipelines();
+    if stopping >= MAX_STOPPING {
+        return Err(SourceError::Start(format!(
+            "{stopping} stream pipelines are still stopping (their servers do not let go); no new one starts until fewer are"
+        )));
+    }
+    let (tx, rx) = oneshot::channel();
+    let source = source.clone();
+    std::thread::Builder::new()
+        .name("iv-stream-start".into())
+        .spawn(move || {
+            // A late attempt is dropped here (the receiver is gone), which stops it.
+            let _ = tx.send(start(&source, opts, stats));
+        })
+        .map_err(|e| SourceError::Start(format!("cannot start a thread: {e}")))?;
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(SourceError::Start(
+            "the start thread ended without a word".into(),
+        )),
+        Err(_) => Err(SourceError::Start(format!(
+            "the source did not start within {} s",
+            limit.as_secs_f64()
+        ))),
+    }
+}
+
+/// Checks what a local source is before GStreamer opens it: a file stream must be a regular file
+/// (a FIFO or a device would block the opening thread, a folder fails obscurely), a V4L2 source
+/// a character device.
+pub fn check_local(source: &Source) -> Result<(), SourceError> {
+    use std::os::unix::fs::FileTypeExt;
+    let (path, want_file) = match source {
+        Source::File(p) => (p, true),
+        Source::V4l2(p) => (p, false),
+        _ => return Ok(()),
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| SourceError::Start(format!("{}: {e}", path.display())))?;
+    let ft = meta.file_type();
+    match (want_file, ft.is_file(), ft.is_char_device()) {
+        (true, true, _) | (false, _, true) => Ok(()),
+        (true, ..) => Err(SourceError::Start(format!(
+            "{} is not a regular file",
+            path.display()
+        ))),
+        (false, ..) => Err(SourceError::Start(format!(
+            "{} is not a video device",
+            path.display()
+        ))),
+    }
+}
+
+/// Builds the pipeline for `source`, starts it, and returns the running attempt. Blocking: use
+/// [`start_within`] from async code.
 pub fn start(
     source: &Source,
     opts: SourceOptions,
     stats: Arc<SourceStats>,
 ) -> Result<Attempt, SourceError> {
     init()?;
+    check_local(source)?;
     let pipeline = gst::Pipeline::new();
     let arrivals: Arrivals = Arc::new(Mutex::new(VecDeque::new()));
     watch_decoder(&pipeline, &stats, &arrivals);
@@ -281,20 +428,36 @@ pub fn start(
     let stop2 = stop.clone();
     let stall = source.is_live().then_some(opts.stall_timeout);
     let (tx, outcome) = oneshot::channel();
-    std::thread::Builder::new()
+    let (stopped_tx, stopped) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
         .name("iv-stream-bus".into())
         .spawn(move || {
             let o = watch_bus(&pipeline, &stop2, stall, &last_frame);
+            let _mark = StoppingMark::new();
+            let stopped_early = o == Outcome::Stopped;
+            // Told before the teardown, which can take long (a server that does not answer).
+            let _ = tx.send(o);
+            if stopped_early {
+                // GStreamer 1.22 can deadlock when a pipeline is set to NULL while decodebin3 is
+                // still typefinding (gst_pad_stop_task against a lock the typefind thread waits
+                // for): let a starting pipeline finish its state change first, within a bound.
+                let _ = pipeline.state(gst::ClockTime::from_mseconds(SETTLE_MS));
+            }
             let _ = pipeline.set_state(gst::State::Null);
             drop(pipeline);
-            let _ = tx.send(o);
-        })
-        .map_err(|e| SourceError::Start(format!("cannot start the bus thread: {e}")))?;
+            drop(stopped_tx);
+        });
+    if let Err(e) = spawned {
+        return Err(SourceError::Start(format!(
+            "cannot start the bus thread: {e}"
+        )));
+    }
     Ok(Attempt {
-        frames,
+        frames: Some(frames),
         stats,
         stop,
         outcome,
+        stopped,
         ended: None,
     })
 }

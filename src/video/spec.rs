@@ -2,7 +2,7 @@
 //! body and the persisted state file hold, and their validation (name, URL scheme, queries,
 //! numbers). Knows nothing about GStreamer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,9 +110,42 @@ fn file_uri(p: &std::path::Path) -> String {
     s
 }
 
-/// `url` with the password of its user information hidden (`rtsp://admin:***@cam/…`), for logs
-/// and status documents; other URLs unchanged.
+/// Query-string keys whose values are credentials (compared without case; cameras use all of
+/// them: `?user=admin&pwd=…`, `?token=…`).
+const SECRET_KEYS: [&str; 14] = [
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "psw",
+    "secret",
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "key",
+    "apikey",
+    "api_key",
+    "signature",
+];
+
+/// `url` with its secrets hidden, for logs and status documents: the password of its user
+/// information (`rtsp://admin:***@cam/…`) and the values of credential keys in its query string
+/// (`?user=admin&pwd=***`); other URLs unchanged.
 pub fn redacted(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redacted_userinfo(base);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&redacted_query(q));
+    }
+    out
+}
+
+fn redacted_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -126,6 +159,112 @@ pub fn redacted(url: &str) -> String {
         }
         None => url.to_string(),
     }
+}
+
+/// A query string with the values of [`SECRET_KEYS`] replaced by `***` (`&` and `;` separate).
+fn redacted_query(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    let mut rest = q;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let (pair, tail) = rest.split_at(end);
+        match pair.split_once('=') {
+            Some((k, _)) if is_secret_key(k) => {
+                out.push_str(k);
+                out.push_str("=***");
+            }
+            _ => out.push_str(pair),
+        }
+        let Some(sep) = tail.chars().next() else {
+            return out;
+        };
+        out.push(sep);
+        rest = &tail[1..];
+    }
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
+    SECRET_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s))
+}
+
+/// Where the local sources (files, V4L2 devices) of a stream definition may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalPolicy {
+    /// The config file's streams (the file is root's): any path.
+    Any,
+    /// Streams added through the API: files inside these folders (`stream_file_roots`; none by
+    /// default), V4L2 devices `/dev/videoN` and `/dev/v4l/…` only.
+    Roots(Vec<PathBuf>),
+}
+
+/// Checks `source` against `policy` on the file system as it is now, and returns it with its path
+/// resolved (links followed), which is what the pipeline then opens. A refused path's error does
+/// not tell whether it exists or what it is.
+pub fn check_local_access(source: &Source, policy: &LocalPolicy) -> Result<Source, SpecError> {
+    let LocalPolicy::Roots(roots) = policy else {
+        return Ok(source.clone());
+    };
+    match source {
+        Source::File(p) => {
+            let refused = || {
+                SpecError::Url(format!(
+                    "{} is not inside a folder of stream_file_roots ({}): streams added through the API may read local files only there",
+                    p.display(),
+                    if roots.is_empty() {
+                        "none configured".to_string()
+                    } else {
+                        roots
+                            .iter()
+                            .map(|r| r.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ))
+            };
+            if !roots.iter().any(|r| p.starts_with(r)) {
+                return Err(refused());
+            }
+            // Inside a root as written: what is there may be told; a link out of it may not.
+            let real = std::fs::canonicalize(p)
+                .map_err(|e| SpecError::Url(format!("{}: {e}", p.display())))?;
+            let inside = roots
+                .iter()
+                .any(|r| std::fs::canonicalize(r).is_ok_and(|r| real.starts_with(&r) && real != r));
+            if inside {
+                Ok(Source::File(real))
+            } else {
+                Err(refused())
+            }
+        }
+        Source::V4l2(p) => {
+            let refused = || {
+                SpecError::Url(format!(
+                    "{} is not a video device: streams added through the API may use /dev/videoN and /dev/v4l/… only",
+                    p.display()
+                ))
+            };
+            let real = std::fs::canonicalize(p).map_err(|_| refused())?;
+            if is_video_device_path(&real) {
+                Ok(Source::V4l2(real))
+            } else {
+                Err(refused())
+            }
+        }
+        _ => Ok(source.clone()),
+    }
+}
+
+/// `/dev/videoN` or a path under `/dev/v4l/`.
+fn is_video_device_path(p: &Path) -> bool {
+    if p.starts_with("/dev/v4l") {
+        return true;
+    }
+    p.parent() == Some(Path::new("/dev"))
+        && p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("video"))
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Why a stream definition is refused.
@@ -180,7 +319,7 @@ pub fn parse_url(url: &str) -> Result<Source, SpecError> {
     }
     if lower.starts_with("v4l2://") {
         let dev = rest("v4l2://");
-        if !dev.starts_with("/dev/") || dev.len() <= 5 {
+        if !dev.starts_with("/dev/") || dev.len() <= 5 || has_dot_dot(dev) {
             return bad(format!("url {url:?}: a V4L2 camera is v4l2:///dev/videoN"));
         }
         return Ok(Source::V4l2(PathBuf::from(dev)));
@@ -194,11 +333,16 @@ pub fn parse_url(url: &str) -> Result<Source, SpecError> {
         }
         let decoded = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
         use std::os::unix::ffi::OsStringExt;
-        return Ok(Source::File(PathBuf::from(std::ffi::OsString::from_vec(
-            decoded,
-        ))));
+        let p = PathBuf::from(std::ffi::OsString::from_vec(decoded));
+        if has_dot_dot(&p.to_string_lossy()) {
+            return bad(format!("url {url:?}: a path may not contain '..'"));
+        }
+        return Ok(Source::File(p));
     }
     if url.starts_with('/') {
+        if has_dot_dot(url) {
+            return bad(format!("url {url:?}: a path may not contain '..'"));
+        }
         return Ok(Source::File(PathBuf::from(url)));
     }
     if let Some((scheme, _)) = url.split_once("://") {
@@ -209,6 +353,11 @@ pub fn parse_url(url: &str) -> Result<Source, SpecError> {
     bad(format!(
         "url {url:?} is neither a supported URL (rtsp, rtsps, http, https, file, v4l2) nor an absolute path"
     ))
+}
+
+/// Whether a path has a `..` component.
+fn has_dot_dot(p: &str) -> bool {
+    p.split('/').any(|c| c == "..")
 }
 
 impl StreamSpec {
@@ -320,6 +469,73 @@ mod tests {
         assert_eq!(redacted("rtsp://cam/a@b"), "rtsp://cam/a@b");
         assert_eq!(redacted("/srv/v.mp4"), "/srv/v.mp4");
         assert_eq!(redacted("http://a:b:c@h"), "http://a:***@h");
+    }
+
+    #[test]
+    fn credentials_in_query_strings_are_redacted() {
+        assert_eq!(
+            redacted("http://cam/snap.cgi?user=admin&pwd=s3cr3t&chn=1"),
+            "http://cam/snap.cgi?user=admin&pwd=***&chn=1"
+        );
+        assert_eq!(
+            redacted("rtsp://a:b@cam/x?Password=p;token=t&keep=1&=&x"),
+            "rtsp://a:***@cam/x?Password=***;token=***&keep=1&=&x"
+        );
+        assert_eq!(redacted("http://h/?%70wd=x"), "http://h/?%70wd=***");
+        assert_eq!(redacted("http://h/a?b"), "http://h/a?b");
+    }
+
+    #[test]
+    fn dot_dot_paths_are_refused() {
+        for bad in [
+            "v4l2:///dev/../etc/shadow",
+            "/srv/../etc/shadow",
+            "file:///srv/%2E%2E/etc/shadow",
+        ] {
+            assert!(matches!(parse_url(bad), Err(SpecError::Url(_))), "{bad}");
+        }
+        assert!(parse_url("/srv/a..b/c.mp4").is_ok());
+    }
+
+    #[test]
+    fn api_streams_read_files_inside_their_roots_only() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("videos");
+        let outside = tmp.path().join("secret");
+        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(root.join("sub/a.mp4"), b"x").expect("write");
+        std::fs::write(outside.join("s.png"), b"x").expect("write");
+        std::os::unix::fs::symlink(outside.join("s.png"), root.join("link.png")).expect("link");
+        let api = LocalPolicy::Roots(vec![root.clone()]);
+        let file = |p: &Path| Source::File(p.to_path_buf());
+        assert_eq!(
+            check_local_access(&file(&root.join("sub/a.mp4")), &api),
+            Ok(file(
+                &std::fs::canonicalize(root.join("sub/a.mp4")).expect("real")
+            ))
+        );
+        // Outside, through a link, or anything at all without roots: one message, whatever is
+        // there.
+        let msg = |p: &Path, policy: &LocalPolicy| match check_local_access(&file(p), policy) {
+            Err(SpecError::Url(m)) => m.replace(&p.display().to_string(), "P"),
+            other => panic!("{other:?}"),
+        };
+        let none = LocalPolicy::Roots(Vec::new());
+        let m = msg(&outside.join("s.png"), &api);
+        assert!(m.contains("stream_file_roots"), "{m}");
+        assert_eq!(msg(&outside.join("missing.png"), &api), m);
+        assert_eq!(msg(&outside, &api), m);
+        assert_eq!(msg(&root.join("link.png"), &api), m);
+        assert!(msg(&root.join("sub/a.mp4"), &none).contains("none configured"));
+        // The config file may name any path.
+        assert!(check_local_access(&file(&outside.join("s.png")), &LocalPolicy::Any).is_ok());
+        // Devices: /dev/videoN and /dev/v4l/ only, resolved.
+        assert!(check_local_access(&Source::V4l2("/dev/null".into()), &none).is_err());
+        assert!(is_video_device_path(Path::new("/dev/video12")));
+        assert!(is_video_device_path(Path::new("/dev/v4l/by-id/usb-cam")));
+        assert!(!is_video_device_path(Path::new("/dev/videox")));
+        assert!(!is_video_device_path(Path::new("/dev/shm/video0")));
     }
 
     #[test]

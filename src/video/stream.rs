@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::draw::Annotation;
 use super::events::{self, EventHub, FrameEvent, StateEvent, TrackedDetection};
 use super::source::{self, Frame, Outcome, SourceOptions, SourceStats};
-use super::spec::{Source, StreamSpec};
+use super::spec::{check_local_access, LocalPolicy, Source, StreamSpec};
 use super::track::{TrackInput, Tracker, TrackerConfig};
 use crate::preprocess::Rgb;
 use crate::service::metrics::{Histogram, LATENCY_BUCKETS_S};
@@ -54,11 +54,17 @@ pub struct Snapshot {
 /// Daemon-wide settings of stream runs.
 #[derive(Debug, Clone, Copy)]
 pub struct RunSettings {
+    /// A live source without a frame for this long is reconnected; an attempt whose pipeline does
+    /// not start within it fails (files too).
     pub stall_timeout: Duration,
+    /// How long a pipeline's teardown may take before it is abandoned.
+    pub stop_timeout: Duration,
     pub rtsp_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub lost_track_ms: u64,
+    /// Detections a frame event reports at most (the highest scores).
+    pub max_detections: usize,
 }
 
 /// Detections down to this fraction of the threshold feed the tracker's second stage (they
@@ -106,10 +112,10 @@ pub struct RunView {
 }
 
 impl StreamShared {
-    pub fn new(name: &str, ring: usize, follower_lag: usize) -> Self {
+    pub fn new(name: &str, ring: usize, ring_bytes: usize, follower_lag: usize) -> Self {
         StreamShared {
             name: name.to_string(),
-            hub: EventHub::new(ring, follower_lag),
+            hub: EventHub::new(ring, ring_bytes, follower_lag),
             stats: Arc::new(SourceStats::default()),
             processed: AtomicU64::new(0),
             status: Mutex::new(Status {
@@ -125,7 +131,8 @@ impl StreamShared {
         }
     }
 
-    /// Sets the state (and the last error, for failures) and tells the followers.
+    /// Sets the state (and the last error, for failures) and tells the followers; a finished or
+    /// failed stream ends their bodies.
     pub fn set_state(&self, state: State, message: &str) {
         if let Ok(mut s) = self.status.lock() {
             s.state = state;
@@ -134,11 +141,14 @@ impl StreamShared {
             }
         }
         tracing::info!(stream = %self.name, state = state.name(), message, "stream state");
-        self.hub.publish_state(events::line(&StateEvent {
-            stream: &self.name,
-            state: state.name(),
-            message,
-        }));
+        self.hub.publish_state(
+            events::line(&StateEvent {
+                stream: &self.name,
+                state: state.name(),
+                message,
+            }),
+            matches!(state, State::Finished | State::Failed),
+        );
     }
 
     /// Records a frame's error; logs it when it is new or `ERROR_LOG_INTERVAL` has passed.
@@ -231,6 +241,9 @@ pub struct Run {
     pub shared: Arc<StreamShared>,
     pub spec: StreamSpec,
     pub source: Source,
+    /// Where its local source may be, checked again before every attempt (a link may have
+    /// changed since the definition was accepted).
+    pub local: LocalPolicy,
     pub service: DetectService,
     /// Where the spec's `query_set` is looked up, at every frame.
     pub query_sets: Arc<crate::service::QuerySets>,
@@ -271,13 +284,40 @@ impl Run {
         };
         let mut backoff = self.settings.reconnect_min;
         self.shared.set_state(State::Starting, "");
+        let mut stopping: Option<source::Stopping> = None;
         loop {
             tracker.reset();
-            let (outcome, had_frames) =
-                match source::start(&self.source, opts, self.shared.stats.clone()) {
-                    Ok(attempt) => self.frames(attempt, &rules, &mut tracker, &cancel).await,
-                    Err(e) => (Outcome::Error(e.to_string()), false),
-                };
+            // One pipeline per stream at most: the previous one must have stopped first.
+            if let Some(s) = stopping.take() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = s.wait() => {}
+                }
+            }
+            let started = match check_local_access(&self.source, &self.local) {
+                Ok(source) => {
+                    let start = source::start_within(
+                        &source,
+                        opts,
+                        self.shared.stats.clone(),
+                        self.settings.stall_timeout,
+                    );
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = start => r,
+                    }
+                }
+                Err(e) => Err(source::SourceError::Start(e.to_string())),
+            };
+            let (outcome, had_frames) = match started {
+                Ok(attempt) => {
+                    let (outcome, had_frames, left) =
+                        self.frames(attempt, &rules, &mut tracker, &cancel).await;
+                    stopping = left;
+                    (outcome, had_frames)
+                }
+                Err(e) => (Outcome::Error(e.to_string()), false),
+            };
             if cancel.is_cancelled() {
                 return;
             }
@@ -308,15 +348,15 @@ impl Run {
         }
     }
 
-    /// Processes an attempt's frames until it ends or `cancel`; says how it ended and whether it
-    /// gave any frame.
+    /// Processes an attempt's frames until it ends or `cancel`; says how it ended, whether it
+    /// gave any frame, and its pipeline if that is still stopping.
     async fn frames(
         &self,
         mut attempt: source::Attempt,
         rules: &FrameRules,
         tracker: &mut Tracker,
         cancel: &CancellationToken,
-    ) -> (Outcome, bool) {
+    ) -> (Outcome, bool, Option<source::Stopping>) {
         let mut had_frames = false;
         let interval = (self.source.is_live() && self.spec.max_fps > 0.0)
             .then(|| Duration::from_secs_f64(1.0 / self.spec.max_fps));
@@ -353,7 +393,8 @@ impl Run {
                 _ = self.process(frame, last_t, rules, tracker) => {}
             }
         }
-        (attempt.finish().await, had_frames)
+        let (outcome, stopping) = attempt.finish(self.settings.stop_timeout).await;
+        (outcome, had_frames, stopping)
     }
 
     /// Detects, tracks, publishes and keeps the snapshot of one frame.
@@ -383,7 +424,7 @@ impl Run {
             })
             .collect();
         let ids = tracker.update(t_ms, &inputs);
-        let tracked: Vec<TrackedDetection> = out
+        let mut tracked: Vec<TrackedDetection> = out
             .detections
             .into_iter()
             .zip(ids)
@@ -393,6 +434,10 @@ impl Run {
                 track_id,
             })
             .collect();
+        if tracked.len() > self.settings.max_detections {
+            tracked.sort_by(|a, b| b.detection.score.total_cmp(&a.detection.score));
+            tracked.truncate(self.settings.max_detections);
+        }
         let line = events::line(&FrameEvent {
             stream: &self.shared.name,
             frame: seq,
@@ -489,7 +534,7 @@ mod tests {
 
     #[test]
     fn repeated_frame_errors_are_logged_once_per_interval() {
-        let s = StreamShared::new("cam", 4, 4);
+        let s = StreamShared::new("cam", 4, 1 << 20, 4);
         s.note_error("frame too large".into());
         assert_eq!(unlogged(&s), 0);
         for _ in 0..5 {

@@ -22,4 +22,5 @@ mod parity;
 mod query_sets;
 mod runtime;
 mod streams;
+mod streams_hostile;
 mod tokenizer;

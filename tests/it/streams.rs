@@ -15,11 +15,11 @@ use crate::support::daemon::{detect_target, free_port, Daemon};
 use crate::support::{fixtures, metrics, wait};
 
 /// Frames of the test clips: 320x240 crops of a fixture photo, shifted 3 px per frame.
-const FRAMES: usize = 8;
+pub(crate) const FRAMES: usize = 8;
 const QUERIES: [&str; 2] = ["a photo of a cat", "a dog"];
 const THRESHOLD: f32 = 0.85;
 
-fn ffmpeg(args: &[&str]) {
+pub(crate) fn ffmpeg(args: &[&str]) {
     let out = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y"])
         .args(args)
@@ -33,7 +33,7 @@ fn ffmpeg(args: &[&str]) {
 }
 
 /// Writes `f_000.png…` (moving unless `still`) into `dir`; returns their paths.
-fn frames(dir: &Path, still: bool) -> Vec<PathBuf> {
+pub(crate) fn frames(dir: &Path, still: bool) -> Vec<PathBuf> {
     let photo = fixtures::image_path("photo.jpg");
     (0..FRAMES)
         .map(|i| {
@@ -54,7 +54,7 @@ fn frames(dir: &Path, still: bool) -> Vec<PathBuf> {
 }
 
 /// Encodes `dir/f_%03d.png` at 10 fps into `dir/name` with the given codec arguments.
-fn encode(dir: &Path, name: &str, codec: &[&str]) -> PathBuf {
+pub(crate) fn encode(dir: &Path, name: &str, codec: &[&str]) -> PathBuf {
     let out = dir.join(name);
     let pattern = dir.join("f_%03d.png");
     let mut args = vec!["-framerate", "10", "-i", pattern.to_str().expect("utf8")];
@@ -65,18 +65,23 @@ fn encode(dir: &Path, name: &str, codec: &[&str]) -> PathBuf {
 }
 
 /// A lossless clip (FFV1, RGB): decoded frames equal the PNGs bit for bit.
-fn lossless(dir: &Path) -> PathBuf {
+pub(crate) fn lossless(dir: &Path) -> PathBuf {
     encode(dir, "clip.mkv", &["-c:v", "ffv1", "-pix_fmt", "bgr0"])
 }
 
-fn status(d: &Daemon, name: &str) -> Value {
+pub(crate) fn status(d: &Daemon, name: &str) -> Value {
     let r = d.request("GET", &format!("/v1/streams/{name}"), None, b"");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()
 }
 
 /// Waits until the stream's status satisfies `pred`; panics with the last status otherwise.
-fn wait_status(d: &Daemon, name: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_status(
+    d: &Daemon,
+    name: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let mut last = Value::Null;
     let found = wait::until(timeout, || {
         last = status(d, name);
@@ -85,7 +90,7 @@ fn wait_status(d: &Daemon, name: &str, timeout: Duration, pred: impl Fn(&Value) 
     found.unwrap_or_else(|| panic!("stream {name} never got there: {last}\n{}", d.stderr()))
 }
 
-fn put(d: &Daemon, name: &str, body: &Value) -> crate::support::daemon::Response {
+pub(crate) fn put(d: &Daemon, name: &str, body: &Value) -> crate::support::daemon::Response {
     d.request(
         "PUT",
         &format!("/v1/streams/{name}"),
@@ -96,12 +101,12 @@ fn put(d: &Daemon, name: &str, body: &Value) -> crate::support::daemon::Response
 
 /// Follows `target` (an NDJSON events URL) and returns its lines as they come, decoding the
 /// chunked transfer encoding.
-struct Follower {
+pub(crate) struct Follower {
     reader: BufReader<UnixStream>,
 }
 
 impl Follower {
-    fn open(d: &Daemon, target: &str) -> Follower {
+    pub(crate) fn open(d: &Daemon, target: &str) -> Follower {
         let mut s = UnixStream::connect(&d.socket).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
@@ -127,8 +132,13 @@ impl Follower {
         Follower { reader }
     }
 
+    /// A follower over a connection whose response head was read already.
+    pub(crate) fn open_reader(reader: BufReader<UnixStream>) -> Follower {
+        Follower { reader }
+    }
+
     /// The next chunk's bytes; `None` at the end of the body or when the daemon closes.
-    fn chunk(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn chunk(&mut self) -> Option<Vec<u8>> {
         let mut size = String::new();
         if self.reader.read_line(&mut size).ok()? == 0 {
             return None;
@@ -144,7 +154,7 @@ impl Follower {
     }
 
     /// The next `n` JSON lines (panics if the body ends first).
-    fn lines(&mut self, n: usize) -> Vec<Value> {
+    pub(crate) fn lines(&mut self, n: usize) -> Vec<Value> {
         let mut pending = Vec::new();
         let mut out = Vec::new();
         while out.len() < n {
@@ -160,7 +170,7 @@ impl Follower {
 }
 
 /// Only frame lines (state lines have a `state` key).
-fn frame_lines(lines: Vec<Value>) -> Vec<Value> {
+pub(crate) fn frame_lines(lines: Vec<Value>) -> Vec<Value> {
     lines
         .into_iter()
         .filter(|l| l.get("frame").is_some())
@@ -321,11 +331,15 @@ fn api_validates_persists_and_restores_streams() {
     let config = write_config(tmp.path(), &[("fixed", &h264)]);
     let state = tmp.path().join("state");
     let state_s = state.to_str().expect("utf8").to_string();
+    let file_roots = format!("[{:?}]", tmp.path().display().to_string());
     let start = || {
         let mut d = Daemon::launch(
             fixtures::model_dir("tiny-a").to_str().expect("utf8"),
             &["--config", config.to_str().expect("utf8")],
-            &[("IV_STATE_DIR", &state_s)],
+            &[
+                ("IV_STATE_DIR", &state_s),
+                ("IV_STREAM_FILE_ROOTS", &file_roots),
+            ],
         );
         d.wait_ready();
         d
@@ -513,7 +527,7 @@ fn api_validates_persists_and_restores_streams() {
 
 /// Adds a live stream of `url` and waits until it runs and has processed a few frames; returns
 /// its status.
-fn start_live(d: &Daemon, name: &str, url: &str) -> Value {
+pub(crate) fn start_live(d: &Daemon, name: &str, url: &str) -> Value {
     let r = put(d, name, &json!({"url": url, "queries": ["a ball"]}));
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     wait_status(d, name, Duration::from_secs(30), |s| {
@@ -723,7 +737,8 @@ fn a_stream_looks_for_its_query_set() {
     let tmp = tempfile::tempdir().expect("tmp");
     let pngs = frames(tmp.path(), false);
     let clip = lossless(tmp.path());
-    let mut d = Daemon::start(&[]);
+    let file_roots = format!("[{:?}]", tmp.path().display().to_string());
+    let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &file_roots)]);
     d.wait_ready();
     let url = clip.to_str().expect("utf8");
     let body = json!({"url": url, "query_set": "looks", "threshold": 0.5});
