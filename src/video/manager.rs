@@ -359,7 +359,7 @@ impl StreamManager {
     pub fn put(&self, spec: StreamSpec) -> Result<(Put, StreamStatus), ManagerError> {
         let source = spec.validate(&self.cfg.queries)?;
         let source = check_local_access(&source, &self.cfg.api_local)?;
-        super::source::check_local(&source).map_err(|e| SpecError::Url(e.to_string()))?;
+        super::attempt::check_local(&source).map_err(|e| SpecError::Url(e.to_string()))?;
         if let Some(name) = &spec.query_set {
             let Some(set) = self.query_sets.get(name) else {
                 return Err(ManagerError::Invalid(SpecError::QuerySet(format!(
@@ -576,7 +576,7 @@ impl StreamManager {
             "counter",
             "Stream pipelines whose teardown did not end within stream_stop_timeout_ms.",
         );
-        let _ = writeln!(out, "{name} {}", super::source::abandoned_pipelines());
+        let _ = writeln!(out, "{name} {}", super::attempt::abandoned_pipelines());
         let name = "iv_stream_pipelines_stopping";
         header(
             out,
@@ -584,7 +584,7 @@ impl StreamManager {
             "gauge",
             "Stream pipelines being torn down now (abandoned ones until GStreamer lets go).",
         );
-        let _ = writeln!(out, "{name} {}", super::source::stopping_pipelines());
+        let _ = writeln!(out, "{name} {}", super::attempt::stopping_pipelines());
         let histograms: [(&str, &str, RenderLatency); 2] = [
             (
                 "iv_stream_decode_latency_seconds",

@@ -1,4 +1,4 @@
-//! One stream's life: attempts of its source (`source::start`), each frame through the detection
+//! One stream's life: attempts of its source (`source::start_within`), each frame through the detection
 //! service (the same admission, batcher and worker as `/v1/detect`), the tracker, the event hub and
 //! the snapshot; reconnection with capped exponential backoff for live sources; `finished` or
 //! `failed` for files. Its shared part (`StreamShared`: state, counters, events, snapshot) outlives
@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::attempt::{Attempt, Frame, Outcome, SourceError, SourceOptions, SourceStats, Stopping};
 use super::draw::Annotation;
 use super::events::{self, EventHub, FrameEvent, StateEvent, TrackedDetection};
-use super::source::{self, Frame, Outcome, SourceOptions, SourceStats};
+use super::source;
 use super::spec::{check_local_access, LocalPolicy, Source, StreamSpec};
 use super::track::{TrackInput, Tracker, TrackerConfig};
 use crate::preprocess::Rgb;
@@ -284,7 +285,7 @@ impl Run {
         };
         let mut backoff = self.settings.reconnect_min;
         self.shared.set_state(State::Starting, "");
-        let mut stopping: Option<source::Stopping> = None;
+        let mut stopping: Option<Stopping> = None;
         loop {
             tracker.reset();
             // One pipeline per stream at most: the previous one must have stopped first.
@@ -307,7 +308,7 @@ impl Run {
                         r = start => r,
                     }
                 }
-                Err(e) => Err(source::SourceError::Start(e.to_string())),
+                Err(e) => Err(SourceError::Start(e.to_string())),
             };
             let (outcome, had_frames) = match started {
                 Ok(attempt) => {
@@ -352,11 +353,11 @@ impl Run {
     /// gave any frame, and its pipeline if that is still stopping.
     async fn frames(
         &self,
-        mut attempt: source::Attempt,
+        mut attempt: Attempt,
         rules: &FrameRules,
         tracker: &mut Tracker,
         cancel: &CancellationToken,
-    ) -> (Outcome, bool, Option<source::Stopping>) {
+    ) -> (Outcome, bool, Option<Stopping>) {
         let mut had_frames = false;
         let interval = (self.source.is_live() && self.spec.max_fps > 0.0)
             .then(|| Duration::from_secs_f64(1.0 / self.spec.max_fps));
