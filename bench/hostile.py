@@ -8,8 +8,9 @@ Scenarios (each on a fresh daemon with the tiny-a model):
               8 followers of a quiet live stream with max_connections=8; is a detection answered?
   replace     100 x (PUT cam short clip, at once PUT cam long clip), then DELETE
   race        4 clients x 100 random PUT/DELETE of one name: PUTs answered 404, leftovers
-  trickle     an RTSP server that answers one byte a second: how long until the stream shows an
-              error, 30 PUT/DELETE cycles, then the time SIGTERM takes
+  trickle     an RTSP server that answers one byte a second (and closes each connection after
+              40 s): how long until the stream shows an error, 30 PUT/DELETE cycles, counts then
+              and once the server has closed, and the time SIGTERM takes
   churn       400 x (PUT a stream, DELETE it): RSS before and after
   events      4 streams at threshold 0 with two 1000-byte labels, rings full: RSS
 
@@ -241,6 +242,10 @@ def scenario_race(args, tmp, short, _long):
     return out
 
 
+# The trickling server closes each connection after this long.
+HOLD_S = 40
+
+
 def trickler():
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -250,9 +255,11 @@ def trickler():
 
     def serve(c):
         try:
-            for i in range(600):
+            for i in range(HOLD_S):
                 c.send(answer[i % len(answer):i % len(answer) + 1])
                 time.sleep(1)
+            c.shutdown(socket.SHUT_RDWR)
+            c.close()
         except OSError:
             pass
 
@@ -284,6 +291,8 @@ def scenario_trickle(args, tmp, _short, _long):
     out["after_30_cycles"] = d.counts()
     out["health"] = d.health()
     out["detect"] = d.detect_status()
+    time.sleep(HOLD_S + 5)
+    out["after_the_server_closed"] = d.counts()
     out["sigterm"] = d.stop()
     return out
 

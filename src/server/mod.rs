@@ -8,11 +8,14 @@
 
 pub mod body;
 mod conn;
+mod detect;
 pub mod error;
+mod health;
 pub mod http;
 pub mod listen;
 mod parse_errors;
 mod query_sets;
+mod request;
 pub mod state;
 mod streams;
 

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::body::Body;
 use super::error::ApiError;
-use super::http::{
+use super::request::{
     blocking, error_response, json_response, read_body, ready_service, require_json, JsonExemplar,
     Resp,
 };

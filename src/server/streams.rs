@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, Guard};
 use super::error::ApiError;
-use super::http::{
+use super::request::{
     blocking, error_response, json_response, parse_number, query_pairs, read_body, ready_service,
     require_json, Resp,
 };

@@ -9,17 +9,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::spec::{check_local_access, check_name, LocalPolicy, SpecError, StreamSpec};
+use super::saved::{self, Saved, StateFileContent};
+use super::spec::{check_local_access, LocalPolicy, SpecError, StreamSpec};
 use super::stream::{Run, RunSettings, State, StreamShared};
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
 use crate::service::metrics::header;
 use crate::service::{DetectService, QuerySets};
-use crate::state_file::{Loaded, StateFile};
+use crate::state_file::StateFile;
 
 /// Name of the state file in `state_dir`.
 pub const STATE_FILE: &str = "streams.json";
@@ -58,14 +59,6 @@ pub enum ManagerError {
 pub enum Put {
     Created,
     Replaced,
-}
-
-/// The state file's content, each definition read on its own: one that does not parse is kept,
-/// as it was, until it is deleted.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateFileContent {
-    streams: Vec<serde_json::Value>,
 }
 
 /// A stream's status line of `GET /v1/streams`.
@@ -178,13 +171,6 @@ pub struct Summary {
     pub failed: usize,
 }
 
-/// One saved definition as read.
-enum Saved {
-    Spec(StreamSpec, serde_json::Value),
-    /// Does not parse: its name when it has a valid one, the JSON, the parse error.
-    Unreadable(Option<String>, serde_json::Value, String),
-}
-
 impl StreamManager {
     /// Starts the config file's streams and the saved ones. Every saved definition stays on disk
     /// until it is deleted: one that cannot start (its name is a configured stream's, more than
@@ -256,7 +242,7 @@ impl StreamManager {
                 tracing::warn!(stream = %name, reason = %reason, "saved stream not started; it stays saved");
                 let (spec, raw) = match saved {
                     Saved::Spec(spec, _) => (spec, None),
-                    Saved::Unreadable(_, raw, _) => (lenient_spec(&name, &raw), Some(raw)),
+                    Saved::Unreadable(_, raw, _) => (saved::lenient_spec(&name, &raw), Some(raw)),
                 };
                 let shared = self.new_shared(&name);
                 shared.set_state(State::Failed, &reason);
@@ -274,34 +260,9 @@ impl StreamManager {
         }
     }
 
-    /// The saved definitions; none (with an error logged) when the file is unreadable, which is
-    /// then set aside so that no change overwrites it.
+    /// The saved definitions (see `saved::read`).
     fn load_saved(&self) -> Vec<Saved> {
-        let content = match self.state.load_json::<StateFileContent>() {
-            Loaded::Read(c) => c,
-            Loaded::Missing => return Vec::new(),
-            Loaded::SetAside { error, aside } => {
-                let kept_as = aside.map(|a| a.display().to_string()).unwrap_or_default();
-                tracing::error!(path = %self.state.path().display(), error = %error, kept_as = %kept_as, "stream state file is not valid; it is set aside and its streams are not started");
-                return Vec::new();
-            }
-        };
-        content
-            .streams
-            .into_iter()
-            .map(
-                |raw| match serde_json::from_value::<StreamSpec>(raw.clone()) {
-                    Ok(spec) => Saved::Spec(spec, raw),
-                    Err(e) => {
-                        let name = raw["name"]
-                            .as_str()
-                            .filter(|n| check_name(n).is_ok())
-                            .map(str::to_string);
-                        Saved::Unreadable(name, raw, e.to_string())
-                    }
-                },
-            )
-            .collect()
+        saved::read(&self.state)
     }
 
     fn new_shared(&self, name: &str) -> Arc<StreamShared> {
@@ -636,24 +597,3 @@ type RenderLatency = fn(&StreamShared, &mut String, &str);
 
 /// Reads a counter or gauge off a stream's view.
 type ViewCount = fn(&super::stream::RunView) -> u64;
-
-/// A definition for the status of a saved one that does not parse: its name, and its URL and
-/// queries when they are there.
-fn lenient_spec(name: &str, raw: &serde_json::Value) -> StreamSpec {
-    StreamSpec {
-        name: name.to_string(),
-        url: raw["url"].as_str().unwrap_or_default().to_string(),
-        queries: raw["queries"]
-            .as_array()
-            .map(|q| {
-                q.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        query_set: raw["query_set"].as_str().map(str::to_string),
-        threshold: None,
-        nms: None,
-        max_fps: 0.0,
-    }
-}

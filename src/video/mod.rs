@@ -8,6 +8,7 @@ pub mod attempt;
 pub mod draw;
 pub mod events;
 pub mod manager;
+mod saved;
 pub mod source;
 pub mod spec;
 pub mod stream;
