@@ -76,9 +76,10 @@ pub fn chain(cfg: &Config) -> Vec<Provider> {
             .enable_optimization
             .then(|| cfg.cache_dir.join("tensorrt-timing")),
     };
+    let (cuda_graphs, exhaustive_conv) = cuda_options(cfg);
     let cuda = Provider::Cuda {
-        cuda_graphs: cfg.torch_compile_mode == TorchCompileMode::ReduceOverhead,
-        exhaustive_conv: cfg.torch_compile_mode == TorchCompileMode::MaxAutotune,
+        cuda_graphs,
+        exhaustive_conv,
     };
     match cfg.optimization_backend {
         BackendPreference::Auto => vec![trt, cuda, Provider::Cpu],
@@ -86,6 +87,15 @@ pub fn chain(cfg: &Config) -> Vec<Provider> {
         BackendPreference::Cuda | BackendPreference::TorchCompile => vec![cuda, Provider::Cpu],
         BackendPreference::Cpu | BackendPreference::Eager => vec![Provider::Cpu],
     }
+}
+
+/// What the Python service's `torch_compile_mode` turns on here, for the CUDA provider: CUDA
+/// graphs (`reduce-overhead`) and cuDNN's exhaustive convolution search (`max-autotune`).
+pub fn cuda_options(cfg: &Config) -> (bool, bool) {
+    (
+        cfg.torch_compile_mode == TorchCompileMode::ReduceOverhead,
+        cfg.torch_compile_mode == TorchCompileMode::MaxAutotune,
+    )
 }
 
 /// Logs the one-line notice for the Python service's backend names.

@@ -68,6 +68,7 @@ pub(super) fn health(st: &AppState) -> Resp {
 pub(super) fn optimization(st: &AppState) -> Resp {
     let e = st.engine();
     let c = &st.config;
+    let (cuda_graphs, exhaustive_conv) = crate::engine::cuda_options(c);
     let body = json!({
         "model_name": e.model_name,
         "model_dir": e.model_dir,
@@ -84,7 +85,10 @@ pub(super) fn optimization(st: &AppState) -> Resp {
             "enable_optimization": c.enable_optimization,
             "backend_preference": c.optimization_backend,
             "tensorrt_precision": c.tensorrt_precision,
+            // The Python service's key, kept for its users; what it turns on here follows.
             "torch_compile_mode": c.torch_compile_mode,
+            "cuda_graphs": cuda_graphs,
+            "cudnn_exhaustive_search": exhaustive_conv,
         },
         "onnxruntime_version": e.onnxruntime_version,
         "onnxruntime_path": e.onnxruntime_path,

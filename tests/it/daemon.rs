@@ -82,6 +82,9 @@ fn ready_after_warmup_serves_detect_equal_to_cli_and_drains_on_sigterm() {
     ] {
         assert!(oj["settings"].get(k).is_some(), "settings.{k} missing");
     }
+    // What the PyTorch-named setting turns on here (default: neither).
+    assert_eq!(oj["settings"]["cuda_graphs"], false, "{oj}");
+    assert_eq!(oj["settings"]["cudnn_exhaustive_search"], false, "{oj}");
     assert_eq!(oj["settings"]["backend_preference"], "auto");
     // auto tried TensorRT and CUDA first; each failure is listed with its reason.
     let fb = oj["optimization"]["fallbacks"]
