@@ -157,7 +157,17 @@ fn bad_sources_and_names_are_refused_and_leave_nothing() {
     let broken = tmp.path().join("broken");
     std::fs::create_dir(&broken).expect("mkdir");
     std::fs::write(broken.join("libonnxruntime.so.1.31.1"), b"not an ELF").expect("write");
-    let cases: [(&[&str], &str); 6] = [
+    // A provider "library" that is a link to a file outside the folder (/etc/shadow, say).
+    let leaky = tmp.path().join("leaky");
+    std::fs::create_dir(&leaky).expect("mkdir");
+    std::fs::write(leaky.join("libonnxruntime.so.1.31.1"), b"not an ELF").expect("write");
+    std::fs::write(tmp.path().join("secret"), b"root:x").expect("write");
+    std::os::unix::fs::symlink(
+        tmp.path().join("secret"),
+        leaky.join("libonnxruntime_providers_x.so"),
+    )
+    .expect("link");
+    let cases: [(&[&str], &str); 7] = [
         (
             &["install", "/nonexistent/ort.whl"],
             "no such file or folder",
@@ -169,6 +179,10 @@ fn bad_sources_and_names_are_refused_and_leave_nothing() {
         (
             &["install", broken.to_str().expect("utf8")],
             "does not load",
+        ),
+        (
+            &["install", leaky.to_str().expect("utf8")],
+            "libonnxruntime_providers_x.so is a symbolic link to",
         ),
         (
             &["install", "--name", "../x", broken.to_str().expect("utf8")],
@@ -187,6 +201,54 @@ fn bad_sources_and_names_are_refused_and_leave_nothing() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The mode bits of a path (permissions, setuid/setgid and sticky), in octal.
+fn mode(p: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    format!(
+        "{:o}",
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+    )
+}
+
+/// The CPU library the Makefile extracts (`make ort`).
+fn cpu_library() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnxruntime/libonnxruntime.so.1.31.1")
+}
+
+#[test]
+fn installed_files_get_fixed_modes_whatever_the_source_and_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).expect("mkdir");
+    let lib = src.join("libonnxruntime.so.1.31.1");
+    std::fs::copy(cpu_library(), &lib).expect("copy the library");
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let state = tmp.path().join("state");
+    // `sh` sets a tight umask and runs the binary with the test environment.
+    let inner = bin::command();
+    let mut c = std::process::Command::new("sh");
+    c.env_clear();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    let out = c
+        .args(["-c", "umask 077 && exec \"$0\" \"$@\"", bin::PATH])
+        .args(["runtime", "install", "--name", "modes", "--state-dir"])
+        .arg(&state)
+        .arg(&src)
+        .output()
+        .expect("install runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = state.join("runtimes/modes");
+    assert_eq!(mode(&dir.join("libonnxruntime.so.1.31.1")), "644");
+    assert_eq!(mode(&dir.join("runtime.json")), "644");
+    assert_eq!(mode(&dir), "755");
+    assert_eq!(mode(&state.join("runtimes")), "755");
 }
 
 /// The real `onnxruntime-gpu` wheel (CUDA 13, TensorRT 10 provider), when `TEST_ONNXRUNTIME_GPU_WHEEL`
