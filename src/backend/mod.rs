@@ -1,10 +1,12 @@
 //! Inference backends: the synchronous interface the pipeline drives (`Backend`), its outputs and
 //! errors, the execution providers, and the plan a backend is created from (`SessionPlan`: where
 //! each graph comes from and how its session is set up). `ort.rs` is the ONNX Runtime
-//! implementation and the only module that imports `ort`. Which provider, which files and which
+//! implementation and the only module that imports `ort`; `library_trust` decides whether a process
+//! running as root may load a given library. Which provider, which files and which
 //! graph forms to use is the engine's decision, not the backend's.
 
 pub mod library_guard;
+pub(crate) mod library_trust;
 pub mod options;
 pub mod ort;
 

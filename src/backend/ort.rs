@@ -1,6 +1,7 @@
 //! ONNX Runtime backend (the only module that imports `ort`): finding and loading the shared
-//! library (`load-dynamic`), creating sessions for the natively built graphs with their weights
-//! as external data in the checkpoint folder, and running them.
+//! library (`load-dynamic`; as root, only a library no other user can replace, see
+//! `library_trust`), creating sessions for the natively built graphs with their weights as
+//! external data in the checkpoint folder, and running them.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -81,7 +82,21 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, BackendError> {
     )))
 }
 
-/// Loads ONNX Runtime once per process; later calls return the first result.
+/// The path to load `path` from: as root, its links resolved, once `library_trust::check` has
+/// found that no other user can replace it; otherwise `path` itself.
+fn loadable_by_this_process(
+    path: &Path,
+) -> Result<PathBuf, super::library_trust::UntrustedLibrary> {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        super::library_trust::check(path, euid.as_raw())
+    } else {
+        Ok(path.to_path_buf())
+    }
+}
+
+/// Loads ONNX Runtime once per process; later calls return the first result. As root, a library
+/// another user could replace is refused (`library_trust`).
 pub fn runtime(
     explicit: Option<&Path>,
 ) -> Result<(ort::environment::Environment, PathBuf), BackendError> {
@@ -90,6 +105,7 @@ pub fn runtime(
     RUNTIME
         .get_or_init(|| {
             let path = find_library(explicit.as_deref()).map_err(|e| e.to_string())?;
+            let path = loadable_by_this_process(&path).map_err(|e| e.to_string())?;
             let builder = ort::init_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let env = builder
                 .with_name("intelligent-video")

@@ -184,8 +184,8 @@ fn install(
     let staging = runtimes::staging_dir(state)?;
     let result = (|| {
         let files = runtimes::extract(source, &staging)?;
-        let probe =
-            probe(&staging).with_context(|| format!("{} does not load", source.display()))?;
+        let probe = probe(state, &staging)
+            .with_context(|| format!("{} does not load", source.display()))?;
         let info = RuntimeInfo {
             name: name.clone(),
             version: probe.version,
@@ -228,15 +228,28 @@ fn install(
 }
 
 /// Loads the build in a child process (`runtime probe`): a process loads ONNX Runtime only once,
-/// and a broken library must not take this one down.
-fn probe(folder: &Path) -> anyhow::Result<Probe> {
+/// and a broken library must not take this one down. Run as root, the child runs as the state
+/// folder's owner when that is another user (the service user, in the packaged layout): root does
+/// not load code from a folder another user can change (`backend::library_trust`), and that user
+/// is the one the daemon loads the build as.
+fn probe(state: &Path, folder: &Path) -> anyhow::Result<Probe> {
+    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let out = Command::new(exe)
-        .args(["runtime", "probe"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["runtime", "probe"])
         .arg(folder)
-        .env_remove(ort_backend::LIBRARY_ENV)
-        .output()
-        .context("cannot start the probe")?;
+        .env_remove(ort_backend::LIBRARY_ENV);
+    let owner = probe_user(state)?;
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd.output().with_context(|| match owner {
+        Some((uid, _)) => format!(
+            "cannot start the probe as uid {uid}, the owner of {}",
+            state.display()
+        ),
+        None => "cannot start the probe".to_string(),
+    })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         bail!(
@@ -246,6 +259,17 @@ fn probe(folder: &Path) -> anyhow::Result<Probe> {
         );
     }
     serde_json::from_slice(&out.stdout).context("unreadable probe answer")
+}
+
+/// The user and group the probe runs as: the state folder's owner when this process is root and
+/// the folder is another user's; `None`: this process's own.
+fn probe_user(state: &Path) -> anyhow::Result<Option<(u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(state).with_context(|| format!("{}", state.display()))?;
+    Ok((meta.uid() != 0).then_some((meta.uid(), meta.gid())))
 }
 
 /// Each execution-provider library of the build (other than the shared helper) with "ok" when

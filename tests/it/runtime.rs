@@ -1,7 +1,9 @@
 //! `runtime install|list|use|rm`: a build installed from PyPI's CPU wheel is the one the daemon
 //! and `doctor` load; the real `onnxruntime-gpu` wheel installs, lists CUDA and TensorRT, names
 //! the libraries its providers miss here, and the daemon falls back to the CPU with the reasons;
-//! bad sources and names are refused clearly.
+//! bad sources and names (and a folder's link out of it) are refused clearly; installed files get
+//! fixed modes whatever the source's and the umask; as root, a build another user could replace is
+//! not loaded, and a root install into the service user's state folder is probed as that user.
 
 use std::path::{Path, PathBuf};
 
@@ -249,6 +251,75 @@ fn installed_files_get_fixed_modes_whatever_the_source_and_umask() {
     assert_eq!(mode(&dir.join("runtime.json")), "644");
     assert_eq!(mode(&dir), "755");
     assert_eq!(mode(&state.join("runtimes")), "755");
+}
+
+/// Run as root (as the tests are here): a library that another user could replace is not loaded,
+/// naming the path and why; a root install into a state folder the service user owns probes the
+/// build as that user, and the service user loads it.
+#[test]
+fn root_does_not_load_a_runtime_other_users_can_write() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    // A folder anyone can write to.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::copy(cpu_library(), open.join("libonnxruntime.so.1.31.1")).expect("copy");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = bin::command()
+        .args(["runtime", "probe"])
+        .arg(&open)
+        .output()
+        .expect("probe runs");
+    assert!(!out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "{} is writable by other users (mode 0777)",
+            open.display()
+        )),
+        "{t}"
+    );
+
+    // The packaged layout: the state folder belongs to the service user (65534 here).
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    chown(&state, Some(65534), Some(65534)).expect("chown");
+    let out = runtime(&state, &["install", cpu_wheel().to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let doctor = |uid: u32| {
+        let out = bin::command()
+            .args(["doctor", "--json"])
+            .env("IV_STATE_DIR", &state)
+            .env("IV_CACHE_DIR", tmp.path().join("cache"))
+            .env("IV_SOCKET_PATH", tmp.path().join("run/d.sock"))
+            .env("IV_MODEL", fixtures::model_dir("tiny-a"))
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .expect("doctor runs");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+        report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "onnxruntime"))
+            .expect("onnxruntime check")
+            .clone()
+    };
+    let as_root = doctor(0);
+    assert_eq!(as_root["status"], "fail", "{as_root}");
+    let detail = as_root["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains(&format!("{} is owned by uid 65534", state.display())),
+        "{detail}"
+    );
+    let as_service = doctor(65534);
+    assert_eq!(as_service["status"], "ok", "{as_service}");
 }
 
 /// The real `onnxruntime-gpu` wheel (CUDA 13, TensorRT 10 provider), when `TEST_ONNXRUNTIME_GPU_WHEEL`
