@@ -32,29 +32,13 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ivclient import UnixConnection, free_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models/fixtures/tiny-a")
 PHOTO = os.path.join(ROOT, "models/fixtures/images/photo.jpg")
 PNG = os.path.join(ROOT, "models/fixtures/images/small_pad.png")
-
-
-class Unix(http.client.HTTPConnection):
-    def __init__(self, path, timeout=30):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Daemon:
@@ -88,7 +72,7 @@ class Daemon:
         return r.status
 
     def req(self, method, target, body=None, ctype="application/json", timeout=30):
-        c = Unix(self.sock, timeout)
+        c = UnixConnection(self.sock, timeout)
         c.request(method, target, body=body, headers={"content-type": ctype} if body else {})
         r = c.getresponse()
         return r.status, r.read()
@@ -321,7 +305,7 @@ def scenario_events(args, tmp, _short, long):
         d.wait_state(f"s{i}", lambda s: s.get("frames", 0) >= 1100 or s.get("state") in ("finished", "failed"),
                      timeout=600)
     out["frames"] = [d.status(f"s{i}").get("frames") for i in range(4)]
-    c = Unix(d.sock)
+    c = UnixConnection(d.sock)
     c.request("GET", "/v1/streams/s0/events?since=0")
     r = c.getresponse()
     line = r.readline()

@@ -105,29 +105,44 @@ pub(crate) struct Follower {
     reader: BufReader<UnixStream>,
 }
 
+/// Sends `GET target` on the socket and reads the response head: the status code, the header
+/// lines (lower-case), and the connection, positioned at the body.
+pub(crate) fn open_events(d: &Daemon, target: &str) -> (u16, Vec<String>, BufReader<UnixStream>) {
+    let mut s = UnixStream::connect(&d.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(s, "GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        headers.push(h.to_ascii_lowercase());
+    }
+    (code, headers, reader)
+}
+
 impl Follower {
     pub(crate) fn open(d: &Daemon, target: &str) -> Follower {
-        let mut s = UnixStream::connect(&d.socket).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        write!(s, "GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
-        let mut reader = BufReader::new(s);
-        let mut status = String::new();
-        reader.read_line(&mut status).expect("status line");
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        let mut chunked = false;
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).expect("header");
-            let l = h.to_ascii_lowercase();
-            if l.starts_with("content-type:") {
-                assert!(l.contains("application/x-ndjson"), "{h}");
-            }
-            chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
-            if h == "\r\n" {
-                break;
+        let (code, headers, reader) = open_events(d, target);
+        assert_eq!(code, 200, "{headers:?}");
+        for h in &headers {
+            if h.starts_with("content-type:") {
+                assert!(h.contains("application/x-ndjson"), "{h}");
             }
         }
+        let chunked = headers
+            .iter()
+            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
         assert!(chunked, "events come chunked");
         Follower { reader }
     }

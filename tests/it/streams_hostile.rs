@@ -2,7 +2,7 @@
 //! that never read or leave without a word, local files outside the allowed folders, state files
 //! that do not parse, racing replacements and teardowns. Each test bounds its time.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::streams::{encode, frames, lossless, put, status, wait_status, Follower, FRAMES};
+use crate::streams::{
+    encode, frames, lossless, open_events, put, status, wait_status, Follower, FRAMES,
+};
 use crate::support::daemon::{free_port, Daemon};
 use crate::support::{bin, fixtures, wait};
 
@@ -63,28 +65,10 @@ fn warm_up_streams(d: &Daemon) {
     assert!(idle, "the warm-up stream's pipeline stops");
 }
 
-/// Opens `GET target` on the socket and reads the status line and headers; the stream stays open
-/// for the body.
+/// Opens `GET target` on the socket: its status code and the connection, at the body.
 fn open_follower(d: &Daemon, target: &str) -> (u16, BufReader<UnixStream>) {
-    let mut s = UnixStream::connect(&d.socket).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(s, "GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).expect("status line");
-    let code = line
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
-        }
-    }
-    (code, r)
+    let (code, _, reader) = open_events(d, target);
+    (code, reader)
 }
 
 /// A saved stream whose file is a FIFO (what an earlier version accepted): the daemon starts, the
