@@ -184,6 +184,16 @@ impl Follower {
     }
 }
 
+/// The `name`s of a `{"streams": [...]}` document (the API's list or the state file).
+pub(crate) fn stream_names(doc: &Value) -> Vec<String> {
+    doc["streams"]
+        .as_array()
+        .expect("a streams list")
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Only frame lines (state lines have a `state` key).
 pub(crate) fn frame_lines(lines: Vec<Value>) -> Vec<Value> {
     lines
@@ -522,13 +532,7 @@ fn api_validates_persists_and_restores_streams() {
     assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0));
     let d = start();
     let list = d.request("GET", "/v1/streams", None, b"").json();
-    let names: Vec<&str> = list["streams"]
-        .as_array()
-        .expect("streams")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
-    assert_eq!(names, vec!["extra", "fixed"]);
+    assert_eq!(stream_names(&list), vec!["extra", "fixed"]);
     assert_eq!(status(&d, "extra")["origin"], "api");
     assert_eq!(status(&d, "extra")["threshold"], 0.5);
     assert_eq!(

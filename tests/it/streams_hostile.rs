@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::streams::{
-    encode, frames, lossless, open_events, put, status, wait_status, Follower, FRAMES,
+    encode, frames, lossless, open_events, put, status, stream_names, wait_status, Follower, FRAMES,
 };
 use crate::support::daemon::{free_port, Daemon};
 use crate::support::{bin, fixtures, wait};
@@ -356,13 +356,7 @@ fn saved_streams_are_never_lost() {
     assert_eq!((r.status, r.kind().as_str()), (409, "too_many_streams"));
     assert_eq!(d.request("DELETE", "/v1/streams/a", None, b"").status, 204);
     let saved: Value = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
-    let names: Vec<&str> = saved["streams"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
-    assert_eq!(names, vec!["bad", "c"]);
+    assert_eq!(stream_names(&saved), vec!["bad", "c"]);
     assert_eq!(saved["streams"][0]["fps"], 3, "kept as it was: {saved}");
     let mode = std::fs::metadata(&file).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
