@@ -154,7 +154,8 @@ pub struct Config {
     pub header_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
-    /// Where streams added through the API are kept (`streams.json`); default: systemd's
+    /// The daemon's state: streams added through the API (`streams.json`), saved query sets
+    /// (`query-sets.json`), installed ONNX Runtime builds (`runtimes/`); default: systemd's
     /// `STATE_DIRECTORY`, else `/var/lib/intelligent-video`.
     pub state_dir: PathBuf,
     /// Streams of the config file (`[[streams]]` tables; read-only through the API).

@@ -1,5 +1,6 @@
 //! `intelligent-video serve` and `intelligent-video config check`: configuration loading, logging
-//! setup, signals, and the CPU model loader handed to `server::run`.
+//! setup, signals, malloc's arena cap, and the engine loader (the TensorRT → CUDA → CPU chain)
+//! handed to `server::run`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! The detection service: the one entry point for a detection, shaped like text-embeddings-inference's
-//! `Infer`. `DetectService` is a `Clone` handle used by the HTTP API, the warmup and the coming stream
-//! ingestion alike. It owns, in this order: validation (thresholds, query rules: once), admission
+//! `Infer`. `DetectService` is a `Clone` handle used by the HTTP API, the warmup and the video
+//! streams' runs alike. It owns, in this order: validation (thresholds, query rules: once), admission
 //! (a semaphore of `max_queue` slots, failing fast with `queue_full`), decoding and preprocessing
 //! on the blocking pool, and the batcher with its worker thread (`batcher`). It returns a typed
 //! `DetectError` and knows nothing about HTTP, listeners or the daemon's lifecycle.

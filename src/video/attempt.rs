@@ -202,23 +202,26 @@ impl Attempt {
         }
     }
 
-    /// Stops the pipeline if it still runs and waits until it has stopped, at most `limit`: a
-    /// pipeline whose teardown hangs (a GStreamer deadlock, a server that trickles its answer) is
-    /// left to its bus thread, counted in [`abandoned_pipelines`], and handed back as
-    /// [`Stopping`] so that the caller can wait for it before starting another.
+    /// Stops the pipeline if it still runs and says how the attempt ended, with the pipeline if
+    /// it is still being torn down ([`Stopping`]: the caller waits for it before starting another).
+    /// An attempt that ended by itself answers at once (its teardown goes on meanwhile); one
+    /// stopped here waits for its teardown at most `limit`: a pipeline whose teardown hangs (a
+    /// GStreamer deadlock, a server that trickles its answer) is left to its bus thread and counted
+    /// in [`abandoned_pipelines`].
     pub async fn finish(mut self, limit: Duration) -> (Outcome, Option<Stopping>) {
         self.stop.store(true, Ordering::SeqCst);
         // Unblocks a streaming thread waiting to hand over a file's frame.
         self.frames = None;
-        let deadline = tokio::time::Instant::now() + limit;
-        let outcome = match self.ended.take() {
-            Some(o) => o,
-            None => tokio::time::timeout_at(deadline, recv_outcome(&mut self.outcome))
-                .await
-                .unwrap_or(Outcome::Stopped),
-        };
         let (_, stopped) = oneshot::channel();
         let mut stopped = std::mem::replace(&mut self.stopped, stopped);
+        if let Some(o) = self.ended.take() {
+            let down = !matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            return (o, (!down).then_some(Stopping(stopped)));
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        let outcome = tokio::time::timeout_at(deadline, recv_outcome(&mut self.outcome))
+            .await
+            .unwrap_or(Outcome::Stopped);
         if tokio::time::timeout_at(deadline, &mut stopped)
             .await
             .is_ok()
