@@ -261,6 +261,7 @@ async fn lifecycle(
         ManagerConfig::from_config(&st.config),
         service.clone(),
         st.query_sets.clone(),
+        Arc::new(crate::video::source::Gstreamer),
         &st.config.streams,
     );
     let _ = st.streams.set(streams.clone());

@@ -7,6 +7,8 @@
 
 mod batcher;
 pub mod error;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod metrics;
 pub mod query_sets;
 

@@ -237,6 +237,23 @@ impl Attempt {
     }
 }
 
+/// A future that starts an attempt.
+pub type Starting<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Attempt, SourceError>> + Send + 'a>>;
+
+/// Where a stream's attempts come from: GStreamer pipelines in the daemon
+/// (`source::Gstreamer`), scripted frames in the in-process tests.
+pub trait FrameSource: Send + Sync {
+    /// Starts an attempt of `source`; no attempt within `limit` is an error.
+    fn start<'a>(
+        &'a self,
+        source: &'a Source,
+        opts: SourceOptions,
+        stats: Arc<SourceStats>,
+        limit: Duration,
+    ) -> Starting<'a>;
+}
+
 /// A pipeline still being torn down by its thread.
 pub struct Stopping(oneshot::Receiver<()>);
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::attempt::FrameSource;
 use super::saved::{self, Saved, StateFileContent};
 use super::spec::{check_local_access, LocalPolicy, SpecError, StreamSpec};
 use super::stream::{Run, RunSettings, State, StreamShared};
@@ -148,6 +149,8 @@ pub struct StreamManager {
     cfg: ManagerConfig,
     service: DetectService,
     query_sets: Arc<QuerySets>,
+    /// Starts the runs' attempts.
+    frames_from: Arc<dyn FrameSource>,
     state: StateFile,
     /// Where runs are spawned (changes are made on the blocking pool).
     runtime: tokio::runtime::Handle,
@@ -180,9 +183,11 @@ impl StreamManager {
         cfg: ManagerConfig,
         service: DetectService,
         query_sets: Arc<QuerySets>,
+        frames_from: Arc<dyn FrameSource>,
         configured: &[StreamSpec],
     ) -> Arc<Self> {
         let m = Arc::new(StreamManager {
+            frames_from,
             state: StateFile::new(cfg.state_file.clone()),
             cfg,
             service,
@@ -293,6 +298,7 @@ impl StreamManager {
             shared: shared.clone(),
             spec: spec.clone(),
             source,
+            frames_from: self.frames_from.clone(),
             local: match origin {
                 Origin::Config => LocalPolicy::Any,
                 Origin::Api => self.cfg.api_local.clone(),

@@ -13,3 +13,6 @@ pub mod source;
 pub mod spec;
 pub mod stream;
 pub mod track;
+
+#[cfg(test)]
+mod tests;

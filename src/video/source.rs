@@ -17,8 +17,8 @@ use gstreamer_video::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
 use super::attempt::{
-    check_local, stopping_pipelines, Attempt, Frame, FrameSink, Frames, LatestSlot, Outcome,
-    SourceError, SourceOptions, SourceStats, StoppingMark, MAX_STOPPING,
+    check_local, stopping_pipelines, Attempt, Frame, FrameSink, FrameSource, Frames, LatestSlot,
+    Outcome, SourceError, SourceOptions, SourceStats, Starting, StoppingMark, MAX_STOPPING,
 };
 use super::spec::Source;
 use crate::preprocess::Rgb;
@@ -66,6 +66,21 @@ const SETTLE_MS: u64 = 2000;
 
 /// Pipeline timestamps of buffers entering the decoder, to measure decode latency.
 type Arrivals = Arc<Mutex<VecDeque<(gst::ClockTime, Instant)>>>;
+
+/// The daemon's frame source: a GStreamer pipeline per attempt ([`start_within`]).
+pub struct Gstreamer;
+
+impl FrameSource for Gstreamer {
+    fn start<'a>(
+        &'a self,
+        source: &'a Source,
+        opts: SourceOptions,
+        stats: Arc<SourceStats>,
+        limit: Duration,
+    ) -> Starting<'a> {
+        Box::pin(start_within(source, opts, stats, limit))
+    }
+}
 
 /// Starts an attempt on a thread of its own, never on the async workers: opening a source can
 /// block (a FIFO's `open`, a server that answers a byte a second). No answer within `limit` fails

@@ -1,4 +1,4 @@
-//! One stream's life: attempts of its source (`source::start_within`), each frame through the detection
+//! One stream's life: attempts of its source (a `FrameSource`: GStreamer in the daemon), each frame through the detection
 //! service (the same admission, batcher and worker as `/v1/detect`), the tracker, the event hub and
 //! the snapshot; reconnection with capped exponential backoff for live sources; `finished` or
 //! `failed` for files. Its shared part (`StreamShared`: state, counters, events, snapshot) outlives
@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::attempt::{Attempt, Frame, Outcome, SourceError, SourceOptions, SourceStats, Stopping};
+use super::attempt::{
+    Attempt, Frame, FrameSource, Outcome, SourceError, SourceOptions, SourceStats, Stopping,
+};
 use super::draw::Annotation;
 use super::events::{self, EventHub, FrameEvent, StateEvent, TrackedDetection};
-use super::source;
 use super::spec::{check_local_access, LocalPolicy, Source, StreamSpec};
 use super::track::{TrackInput, Tracker, TrackerConfig};
 use crate::preprocess::Rgb;
@@ -242,6 +243,8 @@ pub struct Run {
     pub shared: Arc<StreamShared>,
     pub spec: StreamSpec,
     pub source: Source,
+    /// Starts its attempts (GStreamer in the daemon).
+    pub frames_from: Arc<dyn FrameSource>,
     /// Where its local source may be, checked again before every attempt (a link may have
     /// changed since the definition was accepted).
     pub local: LocalPolicy,
@@ -297,7 +300,7 @@ impl Run {
             }
             let started = match check_local_access(&self.source, &self.local) {
                 Ok(source) => {
-                    let start = source::start_within(
+                    let start = self.frames_from.start(
                         &source,
                         opts,
                         self.shared.stats.clone(),
