@@ -62,6 +62,10 @@ fn a_runtime_library_rewritten_in_place_ends_the_daemon_and_a_rename_does_not() 
     std::thread::sleep(Duration::from_millis(500));
     assert!(d.running(), "exited after a rename: {}", d.stderr());
     d.assert_detects();
+    // The guard wins its race against ONNX Runtime's own threads when the daemon is idle (its
+    // module docs): let the inference threads that just answered park before the rewrite, which
+    // otherwise can fault on the truncated file first (seen 1 run in 16 on a loaded machine).
+    std::thread::sleep(Duration::from_millis(500));
 
     // Rewritten in place, as `cp` onto it does: truncate, then write the same bytes.
     let mut f = std::fs::OpenOptions::new()
