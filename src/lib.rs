@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod gpu;
 pub mod model;
 pub mod onnx;
+pub mod pacing;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;

@@ -279,40 +279,6 @@ impl EmbeddingCache {
     }
 }
 
-/// Lets a repeated warning through once per `every`, counting the ones held back: a client
-/// sending many different over-long queries cannot flood the log.
-#[derive(Debug)]
-struct WarnLimiter {
-    every: std::time::Duration,
-    last: Option<std::time::Instant>,
-    held_back: u64,
-}
-
-impl WarnLimiter {
-    fn new(every: std::time::Duration) -> Self {
-        WarnLimiter {
-            every,
-            last: None,
-            held_back: 0,
-        }
-    }
-
-    /// `Some(n)`: log now, mentioning `n` warnings held back since the last one; `None`: hold
-    /// this one back.
-    fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.saturating_duration_since(t) < self.every => {
-                self.held_back += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.held_back))
-            }
-        }
-    }
-}
-
 /// A loaded OWLv2 detector.
 pub struct Detector {
     pub config: OwlConfig,
@@ -321,7 +287,7 @@ pub struct Detector {
     backend: Box<dyn Backend>,
     cache: EmbeddingCache,
     stats: CacheStats,
-    truncation_warnings: std::sync::Mutex<WarnLimiter>,
+    truncation_warnings: std::sync::Mutex<crate::pacing::LogLimiter>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -352,7 +318,7 @@ impl Detector {
             backend,
             cache: EmbeddingCache::new(query_cache),
             stats: CacheStats::default(),
-            truncation_warnings: std::sync::Mutex::new(WarnLimiter::new(
+            truncation_warnings: std::sync::Mutex::new(crate::pacing::LogLimiter::new(
                 std::time::Duration::from_secs(10),
             )),
         }
@@ -396,7 +362,7 @@ impl Detector {
             let admitted = self
                 .truncation_warnings
                 .lock()
-                .map_or(Some(0), |mut w| w.admit(std::time::Instant::now()));
+                .map_or(Some(0), |mut w| w.admit(std::time::Instant::now(), false));
             if let Some(held_back) = admitted {
                 tracing::warn!(query = ?text, held_back, "query is longer than {} tokens and was truncated (at most one such warning per 10 s; held_back: since the last one)", self.tokenizer.len() - 2);
             }
@@ -572,7 +538,7 @@ impl Detector {
 
 #[cfg(test)]
 mod tests {
-    use super::{plan_exemplars, ExemplarRole, ExemplarSpec, QueryPlan, WarnLimiter};
+    use super::{plan_exemplars, ExemplarRole, ExemplarSpec, QueryPlan};
     use std::sync::Arc;
 
     fn spec(label: Option<&str>, negative: bool) -> ExemplarSpec<'_> {
@@ -633,19 +599,5 @@ mod tests {
         let targets: Vec<Option<usize>> = plan.negatives.iter().map(|n| n.1).collect();
         assert_eq!(targets, vec![Some(0), Some(2)]);
         assert_eq!(plan.labels, text);
-    }
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn repeated_warnings_pass_once_per_period_with_the_count_held_back() {
-        let mut w = WarnLimiter::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(w.admit(t0), Some(0));
-        for i in 1..=5 {
-            assert_eq!(w.admit(t0 + Duration::from_secs(i)), None);
-        }
-        assert_eq!(w.admit(t0 + Duration::from_secs(10)), Some(5));
-        assert_eq!(w.admit(t0 + Duration::from_secs(11)), None);
-        assert_eq!(w.admit(t0 + Duration::from_secs(25)), Some(1));
     }
 }

@@ -20,31 +20,15 @@ use super::error::ApiError;
 use super::http::{self, Peer};
 use super::parse_errors::JsonParseErrors;
 use super::state::AppState;
+use crate::pacing::Backoff;
 
 /// First and longest pause after a failed accept.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Doubles the pause after each failed accept, up to `BACKOFF_MAX`; a success resets it.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(BACKOFF_MIN)
-    }
-    fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
-    }
-    /// The pause to take now; the next one is twice as long (up to the bound).
-    fn next(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
-        now
-    }
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.next()).await;
-    }
+/// The pause after failed accepts: doubling from `BACKOFF_MIN` to `BACKOFF_MAX`.
+fn accept_backoff() -> Backoff {
+    Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
 }
 
 /// What a refused connection may still send (its request) before it is closed, and for how long.
@@ -206,7 +190,7 @@ impl<'a> Acceptor<'a> {
         http: TcpListener,
         stop: CancellationToken,
     ) {
-        let (mut detect_backoff, mut http_backoff) = (Backoff::new(), Backoff::new());
+        let (mut detect_backoff, mut http_backoff) = (accept_backoff(), accept_backoff());
         let health_timeout = self.header_timeout.min(HEALTH_HEADER_TIMEOUT);
         loop {
             tokio::select! {
@@ -220,7 +204,7 @@ impl<'a> Acceptor<'a> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept on the detection socket failed");
-                        detect_backoff.wait().await;
+                        tokio::time::sleep(detect_backoff.advance()).await;
                     }
                 },
                 r = http.accept() => match r {
@@ -230,7 +214,7 @@ impl<'a> Acceptor<'a> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept on the http socket failed");
-                        http_backoff.wait().await;
+                        tokio::time::sleep(http_backoff.advance()).await;
                     }
                 },
             }
@@ -282,23 +266,5 @@ impl<'a> Acceptor<'a> {
             slots.remove(conn.id);
             drop(permit);
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_bound_and_resets() {
-        let mut b = Backoff::new();
-        let seen: Vec<Duration> = (0..9).map(|_| b.next()).collect();
-        assert_eq!(seen[0], Duration::from_millis(10));
-        assert_eq!(seen[1], Duration::from_millis(20));
-        assert_eq!(seen[6], Duration::from_millis(640));
-        assert_eq!(seen[7], BACKOFF_MAX);
-        assert_eq!(seen[8], BACKOFF_MAX);
-        b.reset();
-        assert_eq!(b.next(), BACKOFF_MIN);
     }
 }

@@ -32,7 +32,7 @@ fn replacement(head: &[u8]) -> Option<Vec<u8>> {
     if !contains(b"content-length: 0\r\n") || contains(b"content-type:") {
         return None;
     }
-    let body = serde_json::json!({"error": {"kind": kind, "message": message}}).to_string();
+    let body = super::error::ApiError::new(status, kind, message).body();
     Some(
         format!(
             "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

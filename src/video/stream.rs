@@ -19,6 +19,7 @@ use super::draw::Annotation;
 use super::events::{self, EventHub, FrameEvent, StateEvent, TrackedDetection};
 use super::spec::{check_local_access, LocalPolicy, Source, StreamSpec};
 use super::track::{TrackInput, Tracker, TrackerConfig};
+use crate::pacing::{Backoff, LogLimiter};
 use crate::preprocess::Rgb;
 use crate::service::metrics::{Histogram, LATENCY_BUCKETS_S};
 use crate::service::{DetectError, DetectRequest, DetectService, ImageInput};
@@ -80,9 +81,8 @@ struct Status {
     state: State,
     last_error: Option<String>,
     processed_at: VecDeque<Instant>,
-    /// When a frame error was last logged, and how many were not logged since.
-    error_logged: Option<Instant>,
-    errors_unlogged: u64,
+    /// Repeated frame errors are logged once per `ERROR_LOG_INTERVAL`.
+    error_log: LogLimiter,
 }
 
 /// A stream logs a repeated frame error at most this often (a camera whose every frame fails
@@ -124,8 +124,7 @@ impl StreamShared {
                 state: State::Starting,
                 last_error: None,
                 processed_at: VecDeque::with_capacity(FPS_WINDOW),
-                error_logged: None,
-                errors_unlogged: 0,
+                error_log: LogLimiter::new(ERROR_LOG_INTERVAL),
             }),
             snapshot: Mutex::new(None),
             decode_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
@@ -159,15 +158,8 @@ impl StreamShared {
             return;
         };
         let new = s.last_error.as_deref() != Some(message.as_str());
-        let due = s
-            .error_logged
-            .is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL);
-        if new || due {
-            tracing::warn!(stream = %self.name, error = %message, repeated_unlogged = s.errors_unlogged, "stream frame not processed");
-            s.error_logged = Some(Instant::now());
-            s.errors_unlogged = 0;
-        } else {
-            s.errors_unlogged += 1;
+        if let Some(held_back) = s.error_log.admit(Instant::now(), new) {
+            tracing::warn!(stream = %self.name, error = %message, repeated_unlogged = held_back, "stream frame not processed");
         }
         s.last_error = Some(message);
     }
@@ -286,7 +278,7 @@ impl Run {
             stall_timeout: self.settings.stall_timeout,
             rtsp_timeout: self.settings.rtsp_timeout,
         };
-        let mut backoff = self.settings.reconnect_min;
+        let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
         self.shared.set_state(State::Starting, "");
         let mut stopping: Option<Stopping> = None;
         loop {
@@ -338,17 +330,19 @@ impl Run {
                 return;
             }
             if had_frames {
-                backoff = self.settings.reconnect_min;
+                backoff.reset();
             }
             self.shared.set_state(
                 State::Reconnecting,
-                &format!("{message}; reconnecting in {:.1} s", backoff.as_secs_f64()),
+                &format!(
+                    "{message}; reconnecting in {:.1} s",
+                    backoff.peek().as_secs_f64()
+                ),
             );
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.advance()) => {}
             }
-            backoff = (backoff * 2).min(self.settings.reconnect_max);
         }
     }
 
@@ -532,7 +526,7 @@ mod tests {
     fn unlogged(s: &StreamShared) -> u64 {
         s.status
             .lock()
-            .map(|s| s.errors_unlogged)
+            .map(|s| s.error_log.held_back())
             .unwrap_or(u64::MAX)
     }
 
