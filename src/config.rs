@@ -531,6 +531,11 @@ impl Config {
         Ok(())
     }
 
+    /// Events followers at once: `max_followers`, never more than half of `max_connections`.
+    pub fn follower_limit(&self) -> usize {
+        self.max_followers.min(self.max_connections / 2)
+    }
+
     /// Query limits of the detection API.
     pub fn query_rules(&self) -> QueryRules {
         QueryRules {

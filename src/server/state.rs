@@ -71,7 +71,7 @@ impl AppState {
                 budget_bytes: config.query_sets_budget_mb << 20,
             },
         ));
-        let followers = config.max_followers.min(config.max_connections / 2);
+        let followers = config.follower_limit();
         Arc::new(AppState {
             query_sets,
             followers: Arc::new(tokio::sync::Semaphore::new(followers)),

@@ -192,7 +192,7 @@ fn follow(
             "too_many_followers",
             format!(
                 "{} events followers are connected already (max_followers, at most half of max_connections)",
-                st.config.max_followers.min(st.config.max_connections / 2)
+                st.config.follower_limit()
             ),
         )
     })?;

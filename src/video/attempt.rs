@@ -91,7 +91,7 @@ impl Frames {
     /// A frame already waiting, if any.
     fn try_next(&mut self) -> Option<Frame> {
         match self {
-            Frames::Latest(slot) => slot.frame.lock().ok().and_then(|mut s| s.take()),
+            Frames::Latest(slot) => slot.try_take(),
             Frames::Ordered(rx) => rx.try_recv().ok(),
         }
     }
@@ -115,10 +115,15 @@ impl LatestSlot {
         replaced
     }
 
+    /// The frame waiting, if any.
+    fn try_take(&self) -> Option<Frame> {
+        self.frame.lock().ok().and_then(|mut s| s.take())
+    }
+
     async fn take(&self) -> Frame {
         loop {
             let notified = self.notify.notified();
-            if let Some(f) = self.frame.lock().ok().and_then(|mut s| s.take()) {
+            if let Some(f) = self.try_take() {
                 return f;
             }
             notified.await;
@@ -191,7 +196,7 @@ impl Attempt {
     /// `f`, or a newer frame that arrived meanwhile (live sources; `f` then counts as dropped).
     pub fn newest(&mut self, f: Frame) -> Frame {
         match &self.frames {
-            Some(Frames::Latest(slot)) => match slot.frame.lock().ok().and_then(|mut s| s.take()) {
+            Some(Frames::Latest(slot)) => match slot.try_take() {
                 Some(newer) => {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     newer

@@ -54,16 +54,14 @@ struct Ring {
     /// Bytes of the kept events at most (the newest event is kept whatever its size).
     capacity_bytes: usize,
     bytes: usize,
-    /// The stream ended (finished, failed, deleted): followers get what was published, then
-    /// their body ends.
-    ended: bool,
 }
 
 /// The fan-out of one stream.
 pub struct EventHub {
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Bytes>,
-    /// Tells followers when the stream ends (or starts again).
+    /// Whether the stream has ended (finished, failed, deleted: followers get what was published,
+    /// then their body ends), told to followers as it changes.
     ended_tx: watch::Sender<bool>,
 }
 
@@ -86,7 +84,6 @@ impl EventHub {
                 capacity: ring,
                 capacity_bytes: ring_bytes,
                 bytes: 0,
-                ended: false,
             }),
             tx,
             ended_tx: watch::channel(false).0,
@@ -115,9 +112,9 @@ impl EventHub {
     /// Publishes a state line (not replayed); `ends`: the stream has ended with it (followers'
     /// bodies end after it), else it runs (again).
     pub fn publish_state(&self, line: Bytes, ends: bool) {
-        if let Ok(mut r) = self.ring.lock() {
+        // Under the ring's lock, like frames: a new subscription sees the line or the end, in order.
+        if let Ok(_r) = self.ring.lock() {
             let _ = self.tx.send(line);
-            r.ended = ends;
             self.ended_tx.send_replace(ends);
         }
     }
@@ -143,7 +140,7 @@ impl EventHub {
 
     /// Whether the stream has ended (its last state line was a final one).
     pub fn ended(&self) -> bool {
-        self.ring.lock().map(|r| r.ended).unwrap_or(true)
+        *self.ended_tx.borrow()
     }
 
     /// Followers now.

@@ -184,6 +184,15 @@ impl Follower {
     }
 }
 
+/// `IV_STREAM_FILE_ROOTS` naming `dirs` (folders API streams may read files from).
+pub(crate) fn file_roots(dirs: &[&Path]) -> String {
+    let list: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
+    format!("[{}]", list.join(", "))
+}
+
 /// The `name`s of a `{"streams": [...]}` document (the API's list or the state file).
 pub(crate) fn stream_names(doc: &Value) -> Vec<String> {
     doc["streams"]
@@ -356,7 +365,7 @@ fn api_validates_persists_and_restores_streams() {
     let config = write_config(tmp.path(), &[("fixed", &h264)]);
     let state = tmp.path().join("state");
     let state_s = state.to_str().expect("utf8").to_string();
-    let file_roots = format!("[{:?}]", tmp.path().display().to_string());
+    let file_roots = file_roots(&[tmp.path()]);
     let start = || {
         let mut d = Daemon::launch(
             fixtures::model_dir("tiny-a").to_str().expect("utf8"),
@@ -756,7 +765,7 @@ fn a_stream_looks_for_its_query_set() {
     let tmp = tempfile::tempdir().expect("tmp");
     let pngs = frames(tmp.path(), false);
     let clip = lossless(tmp.path());
-    let file_roots = format!("[{:?}]", tmp.path().display().to_string());
+    let file_roots = file_roots(&[tmp.path()]);
     let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &file_roots)]);
     d.wait_ready();
     let url = clip.to_str().expect("utf8");

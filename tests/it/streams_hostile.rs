@@ -11,19 +11,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::streams::{
-    encode, frames, lossless, open_events, put, status, stream_names, wait_status, Follower, FRAMES,
+    encode, file_roots, frames, lossless, open_events, put, status, stream_names, wait_status,
+    Follower, FRAMES,
 };
 use crate::support::daemon::{free_port, Daemon};
 use crate::support::{bin, fixtures, wait};
-
-/// `IV_STREAM_FILE_ROOTS` naming `dirs`.
-fn roots(dirs: &[&Path]) -> String {
-    let list: Vec<String> = dirs
-        .iter()
-        .map(|d| format!("{:?}", d.display().to_string()))
-        .collect();
-    format!("[{}]", list.join(", "))
-}
 
 fn write_state(state: &Path, streams: &[Value]) -> PathBuf {
     std::fs::create_dir_all(state).expect("state dir");
@@ -95,7 +87,7 @@ fn fifo_streams_neither_freeze_the_daemon_nor_come_back() {
     write_state(&state, &saved);
     let mut d = Daemon::start(&[
         ("IV_STATE_DIR", state.to_str().expect("utf8")),
-        ("IV_STREAM_FILE_ROOTS", &roots(&[&videos])),
+        ("IV_STREAM_FILE_ROOTS", &file_roots(&[&videos])),
     ]);
     d.wait_ready();
     for f in ["f0", "f1"] {
@@ -143,7 +135,7 @@ fn followers_of_a_finished_stream_leave_nothing_open() {
     let clip = lossless(tmp.path());
     let mut d = Daemon::start(&[
         ("IV_MAX_CONNECTIONS", "8"),
-        ("IV_STREAM_FILE_ROOTS", &roots(&[tmp.path()])),
+        ("IV_STREAM_FILE_ROOTS", &file_roots(&[tmp.path()])),
     ]);
     d.wait_ready();
     let r = put(&d, "clip", &json!({"url": clip, "queries": ["a cat"]}));
@@ -251,7 +243,7 @@ fn api_streams_read_local_files_only_inside_their_roots() {
     );
     drop(none);
 
-    let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &roots(&[&videos]))]);
+    let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &file_roots(&[&videos]))]);
     d.wait_ready();
     let refused = |url: &Path| -> String {
         let r = put(&d, "x", &json!({"url": url, "queries": ["a cat"]}));
@@ -318,11 +310,11 @@ fn saved_streams_are_never_lost() {
     );
     let stale = state.join(".streams.json.tmp-4194305");
     std::fs::write(&stale, "half").expect("tmp");
-    let file_roots = roots(&[tmp.path()]);
+    let roots = file_roots(&[tmp.path()]);
     let start = |max: &str| {
         let mut d = Daemon::start(&[
             ("IV_STATE_DIR", state.to_str().expect("utf8")),
-            ("IV_STREAM_FILE_ROOTS", &file_roots),
+            ("IV_STREAM_FILE_ROOTS", &roots),
             ("IV_MAX_STREAMS", max),
         ]);
         d.wait_ready();
@@ -403,7 +395,7 @@ fn racing_puts_and_deletes_answer_what_they_did() {
     let tmp = tempfile::tempdir().expect("tmp");
     frames(tmp.path(), false);
     let clip = lossless(tmp.path());
-    let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &roots(&[tmp.path()]))]);
+    let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &file_roots(&[tmp.path()]))]);
     d.wait_ready();
     let body = json!({"url": clip, "queries": ["a cat"]}).to_string();
     let socket = d.socket.clone();
@@ -469,7 +461,7 @@ fn replaced_and_deleted_streams_leave_no_pipeline_behind() {
             "loop=loop=60:size=8",
         ],
     );
-    let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &roots(&[tmp.path()]))]);
+    let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &file_roots(&[tmp.path()]))]);
     d.wait_ready();
     d.assert_detects();
     warm_up_streams(&d);
