@@ -238,6 +238,56 @@ pub struct OrtBackend {
     profiling: bool,
 }
 
+/// The session's configuration entries (`SessionOptions::AddConfigEntry`) for a graph built
+/// or loaded from `source` under `plan`.
+fn config_entries(
+    source: GraphSource<'_>,
+    plan: &SessionPlan<'_>,
+    trt: bool,
+) -> Vec<(&'static str, String)> {
+    let mut entries = Vec::new();
+    if !matches!(source, GraphSource::Load(_)) {
+        entries.push((
+            "session.model_external_initializers_file_folder_path",
+            plan.weights_dir.to_string_lossy().into_owned(),
+        ));
+    }
+    // ONNX Runtime's optimised-model saving (CPU); TensorRT saves through its EP-context options.
+    if let (GraphSource::BuildAndSave { weights, .. }, false) = (source, trt) {
+        entries.extend([
+            (
+                "session.optimized_model_external_initializers_file_name",
+                weights.to_string(),
+            ),
+            (
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                "1024".to_string(),
+            ),
+            // Prepacked GEMM weights go into the weights file too, so a warm start maps them
+            // instead of packing every matrix again.
+            (
+                "session.save_external_prepacked_constant_initializers",
+                "1".to_string(),
+            ),
+        ]);
+    }
+    if plan.bf16_fastmath {
+        // ONNX Runtime's bf16 fast path is in its MatMul kernel only; MatMul+Add fusion would turn
+        // every projection into a Gemm, which keeps fp32 (measured: no drift at all with it on).
+        entries.extend([
+            ("mlas.enable_gemm_fastmath_arm64_bfloat16", "1".to_string()),
+            (
+                "optimization.disable_specified_optimizers",
+                "MatMulAddFusion".to_string(),
+            ),
+        ]);
+    }
+    if let (_, Some(affinity)) = intra_op_threads(plan) {
+        entries.push(("session.intra_op_thread_affinities", affinity));
+    }
+    entries
+}
+
 fn session(
     env: &ort::environment::Environment,
     graph: Graph,
@@ -246,6 +296,7 @@ fn session(
     input: &ProfileInput,
 ) -> Result<Session, BackendError> {
     let err = |e: String| BackendError::Session { graph, message: e };
+    let ort_err = |e: ort::Error<ort::session::builder::SessionBuilder>| err(e.to_string());
     let trt = matches!(plan.provider, Provider::TensorRt { .. });
     let level = match source {
         // Already optimised (or compiled) when it was saved.
@@ -256,65 +307,22 @@ fn session(
     let mut b = Session::builder(env)
         .map_err(|e| err(e.to_string()))?
         .with_optimization_level(level)
-        .map_err(|e| err(e.to_string()))?;
-    if !matches!(source, GraphSource::Load(_)) {
-        b = b
-            .with_config_entry(
-                "session.model_external_initializers_file_folder_path",
-                plan.weights_dir.to_string_lossy(),
-            )
-            .map_err(|e| err(e.to_string()))?;
+        .map_err(ort_err)?;
+    for (key, value) in config_entries(source, plan, trt) {
+        b = b.with_config_entry(key, value).map_err(ort_err)?;
     }
-    // ONNX Runtime's optimised-model saving (CPU); TensorRT saves through its EP-context options.
-    if let (GraphSource::BuildAndSave { path, weights, .. }, false) = (source, trt) {
-        b = b
-            .with_optimized_model_path(path)
-            .map_err(|e| err(e.to_string()))?
-            .with_config_entry(
-                "session.optimized_model_external_initializers_file_name",
-                weights,
-            )
-            .map_err(|e| err(e.to_string()))?
-            .with_config_entry(
-                "session.optimized_model_external_initializers_min_size_in_bytes",
-                "1024",
-            )
-            .map_err(|e| err(e.to_string()))?
-            // Prepacked GEMM weights go into the weights file too, so a warm start maps them
-            // instead of packing every matrix again.
-            .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
-            .map_err(|e| err(e.to_string()))?;
+    if let (GraphSource::BuildAndSave { path, .. }, false) = (source, trt) {
+        b = b.with_optimized_model_path(path).map_err(ort_err)?;
     }
     // Idle intra-op threads spin for work unless told not to: faster back-to-back inferences of
     // small graphs, but cores taken from video decoding and preprocessing (README, "CPU threads").
-    b = b
-        .with_intra_op_spinning(plan.spin_wait)
-        .map_err(|e| err(e.to_string()))?;
-    if plan.bf16_fastmath {
-        // ONNX Runtime's bf16 fast path is in its MatMul kernel only; MatMul+Add fusion would turn
-        // every projection into a Gemm, which keeps fp32 (measured: no drift at all with it on).
-        b = b
-            .with_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "1")
-            .map_err(|e| err(e.to_string()))?
-            .with_config_entry(
-                "optimization.disable_specified_optimizers",
-                "MatMulAddFusion",
-            )
-            .map_err(|e| err(e.to_string()))?;
-    }
+    b = b.with_intra_op_spinning(plan.spin_wait).map_err(ort_err)?;
     if let (Graph::Image, Some(prefix)) = (graph, plan.profile) {
-        b = b.with_profiling(prefix).map_err(|e| err(e.to_string()))?;
+        b = b.with_profiling(prefix).map_err(ort_err)?;
     }
-    let (threads, affinity) = intra_op_threads(plan);
+    let (threads, _) = intra_op_threads(plan);
     if threads > 0 {
-        b = b
-            .with_intra_threads(threads)
-            .map_err(|e| err(e.to_string()))?;
-    }
-    if let Some(a) = affinity {
-        b = b
-            .with_config_entry("session.intra_op_thread_affinities", a)
-            .map_err(|e| err(e.to_string()))?;
+        b = b.with_intra_threads(threads).map_err(ort_err)?;
     }
     let eps = execution_providers(&plan.provider, graph, input, source);
     if !eps.is_empty() {

@@ -1,7 +1,7 @@
 //! `intelligent-video detect`: offline detection on image files, one JSON line per image.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::RuntimeArgs;
 use crate::engine::{load_detector, DetectorOptions};
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
-use crate::pipeline::{Exemplar, ExemplarSpec, QueryPlan};
+use crate::pipeline::{Detector, Exemplar, ExemplarSpec, QueryPlan};
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, ImageLimits};
 use crate::vocab::Precision;
@@ -116,7 +116,7 @@ fn read_image(
 
 /// The query embedding of one `--query-image` or `--negative-image`.
 fn exemplar_embedding(
-    det: &mut crate::pipeline::Detector,
+    det: &mut Detector,
     q: &QueryImage,
     limits: &ImageLimits,
 ) -> anyhow::Result<Vec<std::sync::Arc<[f32]>>> {
@@ -154,6 +154,24 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
     };
     let mut det = load_detector(&args.model, &opts)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let plan = query_plan(args, &mut det, &limits)?;
+    let mut failed = 0;
+    for path in &args.images {
+        if let Err(e) = detect_one(&mut det, &plan, &params, &limits, path) {
+            eprintln!("error: {e:#}");
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
+/// The queries of the command line (texts, then query images and negative images) planned for
+/// `det`.
+fn query_plan(
+    args: &DetectArgs,
+    det: &mut Detector,
+    limits: &ImageLimits,
+) -> anyhow::Result<QueryPlan> {
     // Any number of queries on the command line; each within the tokenizer's guard.
     let rules = QueryRules {
         max_queries: args.queries.len().max(1),
@@ -193,33 +211,31 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
     }));
     let mut embeddings = Vec::with_capacity(specs.len());
     for q in args.query_images.iter().chain(&args.negative_images) {
-        embeddings.extend(exemplar_embedding(&mut det, q, &limits)?);
+        embeddings.extend(exemplar_embedding(det, q, limits)?);
     }
-    let plan = QueryPlan::build(&args.queries, text, &specs, &embeddings)
-        .context("invalid query images")?;
-    let stdout = std::io::stdout();
-    let mut failed = 0;
-    for path in &args.images {
-        let result = (|| -> anyhow::Result<()> {
-            let (_, img) = read_image(path, &limits)?;
-            let dets = det
-                .detect_embedded(&[&img], &plan, &params)
-                .with_context(|| path.display().to_string())?;
-            let line = serde_json::to_string(&ImageResult {
-                image: path.display().to_string(),
-                width: img.width,
-                height: img.height,
-                detections: dets.first().map(Vec::as_slice).unwrap_or(&[]),
-            })?;
-            let mut out = stdout.lock();
-            writeln!(out, "{line}")?;
-            out.flush()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            eprintln!("error: {e:#}");
-            failed += 1;
-        }
-    }
-    Ok(failed)
+    QueryPlan::build(&args.queries, text, &specs, &embeddings).context("invalid query images")
+}
+
+/// Detects in one image and prints its line.
+fn detect_one(
+    det: &mut Detector,
+    plan: &QueryPlan,
+    params: &PostParams,
+    limits: &ImageLimits,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let (_, img) = read_image(path, limits)?;
+    let dets = det
+        .detect_embedded(&[&img], plan, params)
+        .with_context(|| path.display().to_string())?;
+    let line = serde_json::to_string(&ImageResult {
+        image: path.display().to_string(),
+        width: img.width,
+        height: img.height,
+        detections: dets.first().map(Vec::as_slice).unwrap_or(&[]),
+    })?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
 }

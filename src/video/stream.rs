@@ -259,20 +259,7 @@ impl Run {
     /// Runs until `cancel`, or until a file ends or fails.
     pub async fn run(self, cancel: CancellationToken) {
         let live = self.source.is_live();
-        let threshold = self
-            .spec
-            .threshold
-            .unwrap_or(self.service.config().default_threshold);
-        let rules = FrameRules {
-            threshold,
-            low: threshold * TRACK_LOW_RATIO,
-        };
-        let mut tracker = Tracker::new(TrackerConfig {
-            high: threshold.next_up(),
-            low: rules.low,
-            match_iou: 0.3,
-            lost_timeout_ms: self.settings.lost_track_ms,
-        });
+        let (rules, mut tracker) = self.rules_and_tracker();
         let opts = SourceOptions {
             max_fps: self.spec.max_fps,
             stall_timeout: self.settings.stall_timeout,
@@ -290,20 +277,8 @@ impl Run {
                     _ = s.wait() => {}
                 }
             }
-            let started = match check_local_access(&self.source, &self.local) {
-                Ok(source) => {
-                    let start = self.frames_from.start(
-                        &source,
-                        opts,
-                        self.shared.stats.clone(),
-                        self.settings.stall_timeout,
-                    );
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = start => r,
-                    }
-                }
-                Err(e) => Err(SourceError::Start(e.to_string())),
+            let Some(started) = self.start(opts, &cancel).await else {
+                return;
             };
             let (outcome, had_frames) = match started {
                 Ok(attempt) => {
@@ -343,6 +318,48 @@ impl Run {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(backoff.advance()) => {}
             }
+        }
+    }
+
+    /// The thresholds frames are processed with, and the tracker that follows them.
+    fn rules_and_tracker(&self) -> (FrameRules, Tracker) {
+        let threshold = self
+            .spec
+            .threshold
+            .unwrap_or(self.service.config().default_threshold);
+        let rules = FrameRules {
+            threshold,
+            low: threshold * TRACK_LOW_RATIO,
+        };
+        let tracker = Tracker::new(TrackerConfig {
+            high: threshold.next_up(),
+            low: rules.low,
+            match_iou: 0.3,
+            lost_timeout_ms: self.settings.lost_track_ms,
+        });
+        (rules, tracker)
+    }
+
+    /// Starts one attempt of the source (after the local access check); `None` when `cancel`
+    /// came first.
+    async fn start(
+        &self,
+        opts: SourceOptions,
+        cancel: &CancellationToken,
+    ) -> Option<Result<Attempt, SourceError>> {
+        let source = match check_local_access(&self.source, &self.local) {
+            Ok(source) => source,
+            Err(e) => return Some(Err(SourceError::Start(e.to_string()))),
+        };
+        let start = self.frames_from.start(
+            &source,
+            opts,
+            self.shared.stats.clone(),
+            self.settings.stall_timeout,
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = start => Some(r),
         }
     }
 

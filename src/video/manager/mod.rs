@@ -4,7 +4,6 @@
 //! their metrics, and stops them all at shutdown.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,9 +18,10 @@ use super::spec::{check_local_access, LocalPolicy, SpecError, StreamSpec};
 use super::stream::{Run, RunSettings, State, StreamShared};
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
-use crate::service::metrics::header;
 use crate::service::{DetectService, QuerySets};
 use crate::state_file::StateFile;
+
+mod metrics;
 
 /// Name of the state file in `state_dir`.
 pub const STATE_FILE: &str = "streams.json";
@@ -506,72 +506,6 @@ impl StreamManager {
         s
     }
 
-    /// Per-stream Prometheus metrics.
-    pub fn render_metrics(&self, out: &mut String) {
-        let map = self.lock();
-        // One view per stream (each takes the stream's locks), read by every family below.
-        let views: Vec<(&str, super::stream::RunView)> = map
-            .values()
-            .map(|e| (e.spec.name.as_str(), e.shared.view()))
-            .collect();
-        let counters: [(&str, &str, ViewCount); 3] = [
-            ("iv_stream_frames_total", "Frames processed per stream.", |v| v.frames),
-            (
-                "iv_stream_dropped_frames_total",
-                "Frames decoded but not processed per stream (newest-frame policy, max_fps, errors).",
-                |v| v.dropped,
-            ),
-            ("iv_stream_up", "1 while the stream is running, else 0.", |v| {
-                u64::from(v.state == State::Running)
-            }),
-        ];
-        for (name, help, get) in counters {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            header(out, name, kind, help);
-            for (stream, v) in &views {
-                let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", get(v));
-            }
-        }
-        let name = "iv_stream_pipelines_abandoned_total";
-        header(
-            out,
-            name,
-            "counter",
-            "Stream pipelines whose teardown did not end within stream_stop_timeout_ms.",
-        );
-        let _ = writeln!(out, "{name} {}", super::attempt::abandoned_pipelines());
-        let name = "iv_stream_pipelines_stopping";
-        header(
-            out,
-            name,
-            "gauge",
-            "Stream pipelines being torn down now (abandoned ones until GStreamer lets go).",
-        );
-        let _ = writeln!(out, "{name} {}", super::attempt::stopping_pipelines());
-        let histograms: [(&str, &str, RenderLatency); 2] = [
-            (
-                "iv_stream_decode_latency_seconds",
-                "Time from a compressed frame entering the decoder to its RGB frame.",
-                StreamShared::render_decode_latency,
-            ),
-            (
-                "iv_stream_end_to_end_latency_seconds",
-                "Time from a decoded frame to its event being published.",
-                StreamShared::render_end_to_end_latency,
-            ),
-        ];
-        for (name, help, render) in histograms {
-            header(out, name, "histogram", help);
-            for e in map.values() {
-                render(&e.shared, out, name);
-            }
-        }
-    }
-
     /// Stops every stream and waits for them (at most `grace`).
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.cancel();
@@ -597,9 +531,3 @@ impl StreamManager {
 fn shortest(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(f64::from(v))
 }
-
-/// Renders one of a stream's latency histograms.
-type RenderLatency = fn(&StreamShared, &mut String, &str);
-
-/// Reads a counter or gauge off a stream's view.
-type ViewCount = fn(&super::stream::RunView) -> u64;

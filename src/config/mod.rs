@@ -13,6 +13,9 @@ use crate::preprocess::ImageLimits;
 pub use crate::video::spec::StreamSpec;
 pub use crate::vocab::{BackendPreference, Precision};
 
+mod socket_mode;
+pub use socket_mode::SocketMode;
+
 /// Default configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/intelligent-video/config.toml";
 /// Default model (a Hugging Face id resolved in the model store).
@@ -27,60 +30,6 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
-}
-
-/// Unix permission bits of the detection socket. A TOML or JSON integer is the number it is
-/// (`0o660`, or `432`); text is octal (`"0660"`, `"660"`, `"0o660"`), and so is `IV_SOCKET_MODE`
-/// (read as text: `0660` in the environment means the octal mode, not six hundred and sixty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SocketMode(pub u32);
-
-impl SocketMode {
-    /// Parses octal text.
-    fn from_octal(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        let digits = t.strip_prefix("0o").unwrap_or(t);
-        let v = u32::from_str_radix(digits, 8)
-            .map_err(|_| format!("socket mode {text:?} is not octal"))?;
-        Self::checked(u64::from(v), text)
-    }
-
-    /// Refuses bits beyond the permission bits (no setuid, setgid or sticky bit on a socket).
-    fn checked(v: u64, shown: &str) -> Result<Self, String> {
-        if v > 0o777 {
-            return Err(format!(
-                "socket mode {shown} has bits beyond 0777 (only permission bits are allowed)"
-            ));
-        }
-        Ok(SocketMode(v as u32))
-    }
-
-    /// Whether every local user may connect (any "other" bit).
-    pub fn grants_other(self) -> bool {
-        self.0 & 0o007 != 0
-    }
-}
-
-impl Serialize for SocketMode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{:04o}", self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for SocketMode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::S(s) => Self::from_octal(&s),
-            Raw::N(n) => Self::checked(n, &format!("{n:#o}")),
-        }
-        .map_err(serde::de::Error::custom)
-    }
 }
 
 /// Log output.
@@ -402,10 +351,29 @@ impl Config {
     /// Every number within what the daemon can honour, and counts at least 1.
     fn check_numbers(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        let counts = self.counts();
+        for &(key, v, _) in &counts {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, v, max) in counts.into_iter().chain(self.bounded()) {
+            if v > max {
+                return bad(
+                    key,
+                    format!("{v} is more than the daemon can honour (at most {max})"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The counts: (key, value, the most the daemon can honour); each must also be at least 1.
+    fn counts(&self) -> Vec<(&'static str, u64, u64)> {
         // (key, value, the most the daemon can honour). Counts must also be at least 1: queue
         // and connection permits, the query cache, batch and query limits (TensorRT profiles are
         // built for them) and the request body (held in memory).
-        let counts = [
+        vec![
             ("max_batch_size", self.max_batch_size as u64, 256),
             ("max_queue", self.max_queue as u64, 1 << 20),
             ("max_body_bytes", self.max_body_bytes as u64, 1 << 30),
@@ -438,9 +406,13 @@ impl Config {
                 self.stream_max_detections as u64,
                 100_000,
             ),
-        ];
+        ]
+    }
+
+    /// The other bounded numbers: (key, value, the most the daemon can honour).
+    fn bounded(&self) -> Vec<(&'static str, u64, u64)> {
         // Timeouts above an hour are typos; tokio's timers would take them all the same.
-        let others = [
+        vec![
             ("warmup_iterations", u64::from(self.warmup_iterations), 1000),
             ("threads", self.threads as u64, 1024),
             ("max_batch_wait_ms", self.max_batch_wait_ms, 10_000),
@@ -477,21 +449,7 @@ impl Config {
             ),
             ("stream_keepalive_ms", self.stream_keepalive_ms, 3_600_000),
             ("max_followers", self.max_followers as u64, 1 << 20),
-        ];
-        for (key, v, _) in counts {
-            if v == 0 {
-                return bad(key, "must be at least 1".into());
-            }
-        }
-        for (key, v, max) in counts.into_iter().chain(others) {
-            if v > max {
-                return bad(
-                    key,
-                    format!("{v} is more than the daemon can honour (at most {max})"),
-                );
-            }
-        }
-        Ok(())
+        ]
     }
 
     /// Each `[[streams]]` table valid, names unique, within `max_streams`.
@@ -641,160 +599,4 @@ pub struct ConfigOverrides {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::result_large_err)]
-    use super::*;
-    use figment::Jail;
-
-    #[test]
-    fn precedence_defaults_file_env_flags() {
-        Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "model = \"/m/file\"\nmax_queue = 7\nsocket_mode = \"0640\"\nwarmup_iterations = 2\n")?;
-            jail.set_env("IV_MAX_QUEUE", "9");
-            jail.set_env("IV_WARMUP_ITERATIONS", "3");
-            let o = ConfigOverrides {
-                warmup_iterations: Some(1),
-                ..Default::default()
-            };
-            let c = Config::load(Some(Path::new("c.toml")), &o).map_err(|e| e.to_string())?;
-            assert_eq!(c.model, "/m/file"); // file
-            assert_eq!(c.max_queue, 9); // env over file
-            assert_eq!(c.warmup_iterations, 1); // flag over env
-            assert_eq!(c.socket_mode, SocketMode(0o640));
-            assert_eq!(c.max_batch_size, 4); // default
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn env_socket_mode_is_octal_and_unknown_keys_fail() {
-        Jail::expect_with(|jail| {
-            jail.set_env("IV_SOCKET_MODE", "0660");
-            let c = Config::load(None, &ConfigOverrides::default()).map_err(|e| e.to_string())?;
-            assert_eq!(c.socket_mode, SocketMode(0o660));
-            jail.set_env("IV_SOCKET_MODE", "660");
-            let c = Config::load(None, &ConfigOverrides::default()).map_err(|e| e.to_string())?;
-            assert_eq!(c.socket_mode, SocketMode(0o660));
-            jail.set_env("IV_SOCKET_MODE", "0999");
-            assert!(Config::load(None, &ConfigOverrides::default()).is_err());
-            jail.set_env("IV_SOCKET_MODE", "04660");
-            let e = Config::load(None, &ConfigOverrides::default()).expect_err("setuid bit");
-            assert!(e.to_string().contains("beyond 0777"), "{e}");
-            jail.set_env("IV_SOCKET_MODE", "0600");
-            jail.set_env("IV_NOT_A_SETTING", "1");
-            let e = Config::load(None, &ConfigOverrides::default()).expect_err("unknown key");
-            assert!(e.to_string().contains("not_a_setting"), "{e}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn toml_socket_modes_are_numbers_and_text_is_octal() {
-        // (TOML value, mode or None for an error)
-        let cases: [(&str, Option<u32>); 8] = [
-            ("0o660", Some(0o660)),
-            ("0o777", Some(0o777)),
-            ("0o600", Some(0o600)),
-            ("384", Some(0o600)),
-            ("\"0640\"", Some(0o640)),
-            ("\"0o640\"", Some(0o640)),
-            ("0o4660", None),
-            ("\"0680\"", None),
-        ];
-        for (value, want) in cases {
-            Jail::expect_with(|jail| {
-                jail.create_file("c.toml", &format!("socket_mode = {value}\n"))?;
-                let got = Config::load(Some(Path::new("c.toml")), &ConfigOverrides::default());
-                match (want, got) {
-                    (Some(m), Ok(c)) => assert_eq!(c.socket_mode, SocketMode(m), "{value}"),
-                    (None, Err(_)) => {}
-                    (want, got) => panic!("{value}: want {want:?}, got {got:?}"),
-                }
-                Ok(())
-            });
-        }
-    }
-
-    #[test]
-    fn numbers_beyond_what_the_daemon_honours_and_bad_log_levels_are_refused() {
-        for (key, value) in [
-            ("IV_MAX_QUEUE", "18446744073709551615"),
-            ("IV_MAX_CONNECTIONS", "18446744073709551615"),
-            ("IV_QUERY_CACHE_SIZE", "18446744073709551615"),
-            ("IV_MAX_BATCH_SIZE", "100000"),
-            ("IV_REQUEST_TIMEOUT_MS", "18446744073709551615"),
-            ("IV_MAX_QUERY_BYTES", "5000"),
-            ("IV_LOG_LEVEL", "lots=of=noise"),
-        ] {
-            Jail::expect_with(|jail| {
-                jail.set_env(key, value);
-                let e = Config::load(None, &ConfigOverrides::default()).expect_err(key);
-                let field = key.trim_start_matches("IV_").to_ascii_lowercase();
-                assert!(e.to_string().contains(&field), "{key}: {e}");
-                Ok(())
-            });
-        }
-        Jail::expect_with(|jail| {
-            jail.set_env("IV_MAX_QUEUE", "1048576");
-            jail.set_env("IV_LOG_LEVEL", "intelligent_video=debug,info");
-            Config::load(None, &ConfigOverrides::default()).map_err(|e| e.to_string())?;
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn other_access_is_allowed_with_a_warning() {
-        let mut c = Config::default();
-        assert!(c.warnings().is_empty());
-        c.socket_mode = SocketMode(0o666);
-        let w = c.warnings();
-        assert_eq!(w.len(), 1);
-        assert!(
-            w[0].contains("0666") && w[0].contains("every local user"),
-            "{w:?}"
-        );
-    }
-
-    #[test]
-    fn remote_http_needs_opt_in_and_enums_are_checked() {
-        Jail::expect_with(|jail| {
-            jail.set_env("IV_HTTP_ADDR", "0.0.0.0:8000");
-            let e = Config::load(None, &ConfigOverrides::default()).expect_err("remote");
-            assert!(e.to_string().contains("IV_HTTP_ALLOW_REMOTE"), "{e}");
-            jail.set_env("IV_HTTP_ALLOW_REMOTE", "true");
-            assert!(Config::load(None, &ConfigOverrides::default()).is_ok());
-            jail.set_env("IV_TENSORRT_PRECISION", "fp8");
-            assert!(Config::load(None, &ConfigOverrides::default()).is_err());
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn bf16_is_a_cpu_precision_of_arm64_cpus_with_bf16_only() {
-        Jail::expect_with(|jail| {
-            jail.set_env("IV_TENSORRT_PRECISION", "bf16");
-            let e = Config::load(None, &ConfigOverrides::default()).expect_err("trt bf16");
-            assert!(e.to_string().contains("not a TensorRT precision"), "{e}");
-            jail.set_env("IV_TENSORRT_PRECISION", "fp16");
-            jail.set_env("IV_CPU_PRECISION", "bf16");
-            let r = Config::load(None, &ConfigOverrides::default());
-            match crate::vocab::Precision::Bf16.cpu_support() {
-                Ok(()) => assert!(r.is_ok(), "{:?}", r.err()),
-                Err(why) => {
-                    let e = r.expect_err("bf16 without BF16").to_string();
-                    assert!(e.contains(&why), "{e}");
-                    #[cfg(not(target_arch = "aarch64"))]
-                    assert!(why.contains("arm64"), "{why}");
-                }
-            }
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn toml_round_trips() {
-        let c = Config::default();
-        let back: Config = toml::from_str(&c.to_toml()).expect("parses");
-        assert_eq!(back, c);
-    }
-}
+mod tests;
