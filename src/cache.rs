@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 const META_FILE: &str = "meta.json";
 /// Version of the entry layout; part of the key so an older layout is never read.
-pub const LAYOUT: u32 = 2;
+pub(crate) const LAYOUT: u32 = 2;
 
 /// Everything an artifact depends on.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -50,7 +50,7 @@ impl KeyParts {
 /// Fingerprint of a model directory: SHA-256 over the small files' contents and, for the weights,
 /// the safetensors header plus the file's size and modification time (hashing gigabytes at every
 /// boot would cost seconds).
-pub fn model_fingerprint(dir: &Path) -> std::io::Result<String> {
+pub(crate) fn model_fingerprint(dir: &Path) -> std::io::Result<String> {
     let mut h = Sha256::new();
     for name in ["config.json", "preprocessor_config.json"] {
         h.update(name.as_bytes());
@@ -77,7 +77,7 @@ pub fn model_fingerprint(dir: &Path) -> std::io::Result<String> {
 }
 
 /// The CPU model name (optimised CPU graphs may use instructions of the machine they were built on).
-pub fn cpu_name() -> String {
+pub(crate) fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| crate::cpu::cpuinfo_field(&s, &["model name"]))
@@ -127,7 +127,7 @@ fn list_files(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
 /// Looks an entry up. A present but invalid entry (bad meta, other key, a `required` file missing,
 /// any file missing or of another size) is removed with a warning and `None` is returned, so the
 /// caller rebuilds it.
-pub fn lookup(cache_dir: &Path, key: &str, required: &[String]) -> Option<Entry> {
+pub(crate) fn lookup(cache_dir: &Path, key: &str, required: &[String]) -> Option<Entry> {
     let dir = entry_dir(cache_dir, key);
     if !dir.exists() {
         return None;
@@ -153,7 +153,7 @@ pub fn lookup(cache_dir: &Path, key: &str, required: &[String]) -> Option<Entry>
 }
 
 /// Removes an entry (best effort).
-pub fn remove(cache_dir: &Path, key: &str) {
+pub(crate) fn remove(cache_dir: &Path, key: &str) {
     let dir = entry_dir(cache_dir, key);
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -163,7 +163,7 @@ pub fn remove(cache_dir: &Path, key: &str) {
 }
 
 /// A folder to build a new entry in; `None` when the cache directory is not writable.
-pub fn staging(cache_dir: &Path, key: &str) -> Option<PathBuf> {
+pub(crate) fn staging(cache_dir: &Path, key: &str) -> Option<PathBuf> {
     let tmp = cache_dir.join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     match std::fs::create_dir_all(&tmp) {
@@ -177,7 +177,7 @@ pub fn staging(cache_dir: &Path, key: &str) -> Option<PathBuf> {
 
 /// Records the staging folder's files in `meta.json` and renames the folder into place. Fails when
 /// a `required` file was not written.
-pub fn commit(
+pub(crate) fn commit(
     cache_dir: &Path,
     staging: &Path,
     parts: &KeyParts,
@@ -216,7 +216,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> std::io::Result<()> {
 }
 
 /// Records a measured speedup in an entry's metadata (atomic replace).
-pub fn set_speedup(entry: &mut Entry, speedup: f64) -> std::io::Result<()> {
+pub(crate) fn set_speedup(entry: &mut Entry, speedup: f64) -> std::io::Result<()> {
     entry.meta.speedup = Some(speedup);
     write_meta(&entry.dir, &entry.meta)
 }

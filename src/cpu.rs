@@ -30,7 +30,7 @@ const SIMD_FLAGS: [&str; 18] = [
 ];
 
 /// The value of the first `/proc/cpuinfo` line whose key is one of `names` (the first CPU's).
-pub fn cpuinfo_field(cpuinfo: &str, names: &[&str]) -> Option<String> {
+pub(crate) fn cpuinfo_field(cpuinfo: &str, names: &[&str]) -> Option<String> {
     cpuinfo.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         names.contains(&k.trim()).then(|| v.trim().to_string())
@@ -38,7 +38,7 @@ pub fn cpuinfo_field(cpuinfo: &str, names: &[&str]) -> Option<String> {
 }
 
 /// The CPU's model name and the SIMD flags it has, from `/proc/cpuinfo` text (the first CPU).
-pub fn describe(cpuinfo: &str) -> (Option<String>, Vec<&'static str>) {
+pub(crate) fn describe(cpuinfo: &str) -> (Option<String>, Vec<&'static str>) {
     let model = cpuinfo_field(cpuinfo, &["model name", "Model", "CPU part"]);
     let flags = cpuinfo_field(cpuinfo, &["flags", "Features"]).unwrap_or_default();
     let have: Vec<&str> = flags.split_whitespace().collect();
@@ -51,7 +51,7 @@ pub fn describe(cpuinfo: &str) -> (Option<String>, Vec<&'static str>) {
 }
 
 /// Where Linux lists the CPUs.
-pub const SYSFS_CPU: &str = "/sys/devices/system/cpu";
+pub(crate) const SYSFS_CPU: &str = "/sys/devices/system/cpu";
 
 /// CPU ids in a sysfs list such as `0-3,8,10-11`.
 fn parse_list(s: &str) -> Vec<usize> {
@@ -91,7 +91,7 @@ fn performance_of(root: &Path, cpu: usize) -> Option<u64> {
 
 /// The online CPUs of the fastest kind, when the online CPUs are not all alike (`None` on a
 /// homogeneous CPU or when sysfs does not say).
-pub fn performance_cores(root: &Path) -> Option<Vec<usize>> {
+pub(crate) fn performance_cores(root: &Path) -> Option<Vec<usize>> {
     let online = parse_list(&std::fs::read_to_string(root.join("online")).ok()?);
     let perf: Vec<(usize, u64)> = online
         .iter()
@@ -113,7 +113,7 @@ pub fn performance_cores(root: &Path) -> Option<Vec<usize>> {
 /// ONNX Runtime's `session.intra_op_thread_affinities` for one intra-op thread per core of
 /// `cores`: one entry per thread but the first (the calling thread), `;`-separated, with 1-based
 /// processor ids (ONNX Runtime's `ReadThreadAffinityConfig`). `None` for fewer than two cores.
-pub fn affinity_string(cores: &[usize]) -> Option<String> {
+pub(crate) fn affinity_string(cores: &[usize]) -> Option<String> {
     (cores.len() > 1).then(|| {
         cores[1..]
             .iter()

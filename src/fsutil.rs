@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 
 /// Replaces `dest` with `staging` (both in the same file system).
-pub fn replace_dir(staging: &Path, dest: &Path) -> io::Result<()> {
+pub(crate) fn replace_dir(staging: &Path, dest: &Path) -> io::Result<()> {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -33,12 +33,12 @@ pub fn replace_dir(staging: &Path, dest: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to `dest` atomically and durably: a temporary file in the same folder, synced,
 /// renamed over `dest`, then the folder synced.
-pub fn write_file_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_file_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     write_file_atomic_mode(dest, bytes, 0o644)
 }
 
 /// [`write_file_atomic`] with the file's permission bits set to `mode` whatever the umask.
-pub fn write_file_atomic_mode(dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_file_atomic_mode(dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = match dest.parent() {

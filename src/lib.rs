@@ -1,25 +1,29 @@
 //! Intelligent Video: on-device open-vocabulary object detection with OWLv2.
 //!
 //! See the README's Architecture section for the code map and invariants.
+//!
+//! Public here are the modules the binary and the integration tests use (`cli`, and the model,
+//! engine and pipeline layers the tests drive); the daemon's parts are `pub(crate)`, so the
+//! compiler's dead-code and `unreachable_pub` lints see them whole.
 
 pub mod backend;
-pub mod cache;
+pub(crate) mod cache;
 pub mod cli;
-pub mod config;
-pub mod cpu;
+pub(crate) mod config;
+pub(crate) mod cpu;
 pub mod engine;
-pub mod fsutil;
+pub(crate) mod fsutil;
 pub mod gpu;
 pub mod model;
-pub mod onnx;
-pub mod pacing;
+pub(crate) mod onnx;
+pub(crate) mod pacing;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
-pub mod runtimes;
-pub mod server;
-pub mod service;
-pub mod state_file;
-pub mod store;
-pub mod video;
+pub(crate) mod runtimes;
+pub(crate) mod server;
+pub(crate) mod service;
+pub(crate) mod state_file;
+pub(crate) mod store;
+pub(crate) mod video;
 pub mod vocab;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// Doubles the pause after each failure, from `min` up to `max`; a success resets it.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
@@ -14,7 +14,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// `min` is the first pause (at most `max`).
-    pub fn new(min: Duration, max: Duration) -> Self {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
         let min = min.min(max);
         Backoff {
             min,
@@ -24,17 +24,17 @@ impl Backoff {
     }
 
     /// Back to the first pause.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.min;
     }
 
     /// The pause to take now, without taking it.
-    pub fn peek(&self) -> Duration {
+    pub(crate) fn peek(&self) -> Duration {
         self.next
     }
 
     /// The pause to take now; the next one is twice as long (up to `max`).
-    pub fn advance(&mut self) -> Duration {
+    pub(crate) fn advance(&mut self) -> Duration {
         let now = self.next;
         self.next = (self.next * 2).min(self.max);
         now
@@ -43,14 +43,14 @@ impl Backoff {
 
 /// Lets a repeated warning through once per `every`, counting the ones held back.
 #[derive(Debug)]
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     every: Duration,
     last: Option<Instant>,
     held_back: u64,
 }
 
 impl LogLimiter {
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         LogLimiter {
             every,
             last: None,
@@ -60,7 +60,7 @@ impl LogLimiter {
 
     /// `Some(n)`: log now, mentioning the `n` warnings held back since the last one; `None`: hold
     /// this one back. `force` lets it through whatever the period (a new kind of warning).
-    pub fn admit(&mut self, now: Instant, force: bool) -> Option<u64> {
+    pub(crate) fn admit(&mut self, now: Instant, force: bool) -> Option<u64> {
         match self.last {
             Some(t) if !force && now.saturating_duration_since(t) < self.every => {
                 self.held_back += 1;
@@ -74,7 +74,8 @@ impl LogLimiter {
     }
 
     /// Warnings held back since the last one let through.
-    pub fn held_back(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn held_back(&self) -> u64 {
         self.held_back
     }
 }

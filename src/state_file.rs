@@ -15,13 +15,13 @@ pub(crate) const MODE: u32 = 0o600;
 
 /// One state file.
 #[derive(Debug, Clone)]
-pub struct StateFile {
+pub(crate) struct StateFile {
     path: PathBuf,
 }
 
 /// What reading a state file gave.
 #[derive(Debug)]
-pub enum Loaded<T> {
+pub(crate) enum Loaded<T> {
     /// No file yet.
     Missing,
     Read(T),
@@ -33,17 +33,17 @@ pub enum Loaded<T> {
 }
 
 impl StateFile {
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         StateFile { path }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Removes the temporary files of writers that are gone (a `kill -9` during a write), then
     /// reads the file with `parse`; a file that does not parse is set aside.
-    pub fn load<T>(&self, parse: impl FnOnce(&[u8]) -> Result<T, String>) -> Loaded<T> {
+    pub(crate) fn load<T>(&self, parse: impl FnOnce(&[u8]) -> Result<T, String>) -> Loaded<T> {
         self.remove_stale_temporaries();
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
@@ -57,7 +57,7 @@ impl StateFile {
     }
 
     /// Reads a JSON value of type `T`.
-    pub fn load_json<T: DeserializeOwned>(&self) -> Loaded<T> {
+    pub(crate) fn load_json<T: DeserializeOwned>(&self) -> Loaded<T> {
         self.load(|b| serde_json::from_slice(b).map_err(|e| e.to_string()))
     }
 
@@ -68,7 +68,7 @@ impl StateFile {
     }
 
     /// Writes `value` as JSON (a trailing newline), atomically and durably, mode 0600.
-    pub fn save<T: Serialize>(&self, value: &T, pretty: bool) -> Result<(), String> {
+    pub(crate) fn save<T: Serialize>(&self, value: &T, pretty: bool) -> Result<(), String> {
         let mut text = if pretty {
             serde_json::to_vec_pretty(value)
         } else {

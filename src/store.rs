@@ -13,13 +13,13 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 /// Default hub.
-pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+pub(crate) const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// Metadata written beside the files.
-pub const META_FILE: &str = ".iv-model.json";
+pub(crate) const META_FILE: &str = ".iv-model.json";
 
 /// Errors of the model store.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("invalid model id {0:?} (expected ORG/NAME)")]
     BadId(String),
     #[error("{url}: {message}")]
@@ -43,7 +43,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 /// Checks `ORG/NAME` (no traversal, no empty parts).
-pub fn parse_id(id: &str) -> Result<(&str, &str), StoreError> {
+pub(crate) fn parse_id(id: &str) -> Result<(&str, &str), StoreError> {
     let ok = |s: &str| {
         !s.is_empty()
             && s != "."
@@ -80,7 +80,7 @@ struct RepoInfo {
 
 /// What `pull` wrote.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Pulled {
+pub(crate) struct Pulled {
     pub id: String,
     pub revision: String,
     pub commit: Option<String>,
@@ -150,7 +150,7 @@ fn http_err(url: &str, e: ureq::Error) -> StoreError {
 }
 
 /// Downloads `id` at `revision` from `endpoint` into `<store>/<org>/<name>`; `progress(file, done, total)`.
-pub fn pull(
+pub(crate) fn pull(
     store: &Path,
     id: &str,
     revision: &str,
@@ -289,7 +289,7 @@ fn verify(
 }
 
 /// Installed models: `(id, total bytes, revision)`.
-pub fn list(store: &Path) -> Vec<(String, u64, Option<String>)> {
+pub(crate) fn list(store: &Path) -> Vec<(String, u64, Option<String>)> {
     let mut out = Vec::new();
     let Ok(orgs) = std::fs::read_dir(store) else {
         return out;
@@ -328,7 +328,7 @@ pub fn list(store: &Path) -> Vec<(String, u64, Option<String>)> {
 }
 
 /// Removes an installed model.
-pub fn remove(store: &Path, id: &str) -> Result<PathBuf, StoreError> {
+pub(crate) fn remove(store: &Path, id: &str) -> Result<PathBuf, StoreError> {
     let (org, name) = parse_id(id)?;
     let dir = store.join(org).join(name);
     if !dir.join("config.json").is_file() {

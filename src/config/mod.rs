@@ -10,16 +10,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
 use crate::preprocess::ImageLimits;
-pub use crate::video::spec::StreamSpec;
-pub use crate::vocab::{BackendPreference, Precision};
+pub(crate) use crate::video::spec::StreamSpec;
+pub(crate) use crate::vocab::{BackendPreference, Precision};
 
 mod socket_mode;
-pub use socket_mode::SocketMode;
+pub(crate) use socket_mode::SocketMode;
 
 /// Default configuration file.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/intelligent-video/config.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/intelligent-video/config.toml";
 /// Default model (a Hugging Face id resolved in the model store).
-pub const DEFAULT_MODEL: &str = "google/owlv2-base-patch16-ensemble";
+pub(crate) const DEFAULT_MODEL: &str = "google/owlv2-base-patch16-ensemble";
 
 /// Errors of configuration loading (exit code 78, EX_CONFIG).
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +215,7 @@ impl Default for Config {
 
 /// The state folder for commands that read no configuration file (`detect`): `IV_STATE_DIR`,
 /// else the default.
-pub fn state_dir_from_env() -> PathBuf {
+pub(crate) fn state_dir_from_env() -> PathBuf {
     std::env::var_os("IV_STATE_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)

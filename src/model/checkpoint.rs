@@ -55,7 +55,6 @@ pub struct Checkpoint {
     pub dir: PathBuf,
     pub file_name: String,
     tensors: HashMap<String, TensorInfo>,
-    file_len: u64,
 }
 
 #[derive(Deserialize)]
@@ -137,7 +136,6 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             file_name,
             tensors,
-            file_len,
         })
     }
 
@@ -146,10 +144,6 @@ impl Checkpoint {
         self.dir.join(&self.file_name)
     }
 
-    /// Size of the weights file in bytes.
-    pub fn file_len(&self) -> u64 {
-        self.file_len
-    }
 
     /// Looks a tensor up and checks its shape.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<&TensorInfo, ModelError> {

@@ -10,15 +10,15 @@ use super::proto::{
 };
 
 /// ONNX opset of the default domain used by every graph we build (LayerNormalization needs 17).
-pub const OPSET: i64 = 17;
+pub(crate) const OPSET: i64 = 17;
 /// IR version written into models (ONNX Runtime 1.31 reads up to 11; `docs/owlv2.md` asks ≤ 10).
-pub const IR_VERSION: i64 = 8;
+pub(crate) const IR_VERSION: i64 = 8;
 /// Microsoft contrib-op domain (fused attention).
-pub const MS_DOMAIN: &str = "com.microsoft";
+pub(crate) const MS_DOMAIN: &str = "com.microsoft";
 
 /// A node attribute.
 #[derive(Debug, Clone)]
-pub enum Attr {
+pub(crate) enum Attr {
     Int(&'static str, i64),
     Ints(&'static str, Vec<i64>),
     Float(&'static str, f32),
@@ -51,7 +51,7 @@ impl Attr {
 
 /// A graph input/output dimension.
 #[derive(Debug, Clone)]
-pub enum Dim {
+pub(crate) enum Dim {
     Fixed(usize),
     Named(&'static str),
 }
@@ -71,14 +71,14 @@ pub enum WeightData {
 
 /// Builds one ONNX graph.
 #[derive(Debug, Default)]
-pub struct GraphBuilder {
+pub(crate) struct GraphBuilder {
     graph: GraphProto,
     counter: usize,
     uses_ms_domain: bool,
 }
 
 impl GraphBuilder {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         GraphBuilder {
             graph: GraphProto {
                 name: name.into(),
@@ -94,14 +94,14 @@ impl GraphBuilder {
     }
 
     /// Adds a node in the default domain with one output; returns the output name.
-    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: &[Attr]) -> String {
+    pub(crate) fn op(&mut self, op: &str, inputs: &[&str], attrs: &[Attr]) -> String {
         let out = self.fresh(op);
         self.push(op, "", inputs, &[out.as_str()], attrs);
         out
     }
 
     /// Adds a node in the `com.microsoft` domain with one output.
-    pub fn ms_op(&mut self, op: &str, inputs: &[&str], attrs: &[Attr]) -> String {
+    pub(crate) fn ms_op(&mut self, op: &str, inputs: &[&str], attrs: &[Attr]) -> String {
         self.uses_ms_domain = true;
         let out = self.fresh(op);
         self.push(op, MS_DOMAIN, inputs, &[out.as_str()], attrs);
@@ -109,7 +109,7 @@ impl GraphBuilder {
     }
 
     /// Adds a node whose single output has a chosen name (graph outputs).
-    pub fn op_named(&mut self, op: &str, inputs: &[&str], attrs: &[Attr], out: &str) {
+    pub(crate) fn op_named(&mut self, op: &str, inputs: &[&str], attrs: &[Attr], out: &str) {
         self.push(op, "", inputs, &[out], attrs);
     }
 
@@ -127,7 +127,7 @@ impl GraphBuilder {
     }
 
     /// An int64 constant initializer.
-    pub fn const_i64(&mut self, values: &[i64]) -> String {
+    pub(crate) fn const_i64(&mut self, values: &[i64]) -> String {
         let name = self.fresh("const_i64");
         self.graph.initializer.push(TensorProto {
             dims: vec![values.len() as i64],
@@ -140,14 +140,14 @@ impl GraphBuilder {
     }
 
     /// A float constant initializer with an explicit shape.
-    pub fn const_f32(&mut self, dims: &[usize], values: &[f32]) -> String {
+    pub(crate) fn const_f32(&mut self, dims: &[usize], values: &[f32]) -> String {
         let name = self.fresh("const_f32");
         self.tensor_f32(&name, dims, values);
         name
     }
 
     /// An int8 initializer (owned data, e.g. quantized weights).
-    pub fn const_i8(&mut self, name: &str, dims: &[usize], values: &[i8]) -> String {
+    pub(crate) fn const_i8(&mut self, name: &str, dims: &[usize], values: &[i8]) -> String {
         self.graph.initializer.push(TensorProto {
             dims: dims.iter().map(|d| *d as i64).collect(),
             data_type: data_type::INT8,
@@ -159,7 +159,7 @@ impl GraphBuilder {
     }
 
     /// A scalar float constant.
-    pub fn scalar(&mut self, v: f32) -> String {
+    pub(crate) fn scalar(&mut self, v: f32) -> String {
         self.const_f32(&[], &[v])
     }
 
@@ -175,7 +175,7 @@ impl GraphBuilder {
     }
 
     /// A float weight initializer named `name`, embedded or pointing into an external file.
-    pub fn weight(&mut self, name: &str, dims: &[usize], data: WeightData) -> String {
+    pub(crate) fn weight(&mut self, name: &str, dims: &[usize], data: WeightData) -> String {
         match data {
             WeightData::Owned(v) => self.tensor_f32(name, dims, &v),
             WeightData::External {
@@ -205,17 +205,17 @@ impl GraphBuilder {
     }
 
     /// Declares a graph input.
-    pub fn input(&mut self, name: &str, elem_type: i32, dims: &[Dim]) {
+    pub(crate) fn input(&mut self, name: &str, elem_type: i32, dims: &[Dim]) {
         self.graph.input.push(value_info(name, elem_type, dims));
     }
 
     /// Declares a graph output.
-    pub fn output(&mut self, name: &str, elem_type: i32, dims: &[Dim]) {
+    pub(crate) fn output(&mut self, name: &str, elem_type: i32, dims: &[Dim]) {
         self.graph.output.push(value_info(name, elem_type, dims));
     }
 
     /// Finishes the model and serialises it.
-    pub fn finish(self, doc: &str, metadata: &[(&str, String)]) -> Vec<u8> {
+    pub(crate) fn finish(self, doc: &str, metadata: &[(&str, String)]) -> Vec<u8> {
         let mut opset_import = vec![OperatorSetIdProto {
             domain: String::new(),
             version: OPSET,

@@ -1,7 +1,7 @@
 //! Writing ONNX models from Rust: the protobuf schema subset (`proto`) and a small graph builder
 //! (`builder`). Knows nothing about OWLv2; `crate::model::graphs` uses it to build the towers.
 
-pub mod builder;
-pub mod proto;
+pub(crate) mod builder;
+pub(crate) mod proto;
 
-pub use builder::{Attr, GraphBuilder, WeightData};
+pub(crate) use builder::{Attr, GraphBuilder, WeightData};

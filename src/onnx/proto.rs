@@ -6,7 +6,7 @@
 #![allow(missing_docs)]
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ModelProto {
+pub(crate) struct ModelProto {
     #[prost(int64, tag = "1")]
     pub ir_version: i64,
     #[prost(message, repeated, tag = "8")]
@@ -28,7 +28,7 @@ pub struct ModelProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct OperatorSetIdProto {
+pub(crate) struct OperatorSetIdProto {
     #[prost(string, tag = "1")]
     pub domain: String,
     #[prost(int64, tag = "2")]
@@ -36,7 +36,7 @@ pub struct OperatorSetIdProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct StringStringEntryProto {
+pub(crate) struct StringStringEntryProto {
     #[prost(string, tag = "1")]
     pub key: String,
     #[prost(string, tag = "2")]
@@ -44,7 +44,7 @@ pub struct StringStringEntryProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct GraphProto {
+pub(crate) struct GraphProto {
     #[prost(message, repeated, tag = "1")]
     pub node: Vec<NodeProto>,
     #[prost(string, tag = "2")]
@@ -62,7 +62,7 @@ pub struct GraphProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct NodeProto {
+pub(crate) struct NodeProto {
     #[prost(string, repeated, tag = "1")]
     pub input: Vec<String>,
     #[prost(string, repeated, tag = "2")]
@@ -80,17 +80,14 @@ pub struct NodeProto {
 }
 
 /// `AttributeProto.AttributeType` values.
-pub mod attribute_type {
-    pub const FLOAT: i32 = 1;
-    pub const INT: i32 = 2;
-    pub const STRING: i32 = 3;
-    pub const TENSOR: i32 = 4;
-    pub const FLOATS: i32 = 6;
-    pub const INTS: i32 = 7;
+pub(crate) mod attribute_type {
+    pub(crate) const FLOAT: i32 = 1;
+    pub(crate) const INT: i32 = 2;
+    pub(crate) const INTS: i32 = 7;
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct AttributeProto {
+pub(crate) struct AttributeProto {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(int32, tag = "20")]
@@ -110,19 +107,17 @@ pub struct AttributeProto {
 }
 
 /// `TensorProto.DataType` values.
-pub mod data_type {
-    pub const FLOAT: i32 = 1;
-    pub const INT8: i32 = 3;
-    pub const UINT8: i32 = 2;
-    pub const INT32: i32 = 6;
-    pub const INT64: i32 = 7;
+pub(crate) mod data_type {
+    pub(crate) const FLOAT: i32 = 1;
+    pub(crate) const INT8: i32 = 3;
+    pub(crate) const INT64: i32 = 7;
 }
 
 /// `TensorProto.DataLocation::EXTERNAL`.
-pub const DATA_LOCATION_EXTERNAL: i32 = 1;
+pub(crate) const DATA_LOCATION_EXTERNAL: i32 = 1;
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorProto {
+pub(crate) struct TensorProto {
     #[prost(int64, repeated, tag = "1")]
     pub dims: Vec<i64>,
     #[prost(int32, tag = "2")]
@@ -142,7 +137,7 @@ pub struct TensorProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ValueInfoProto {
+pub(crate) struct ValueInfoProto {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(message, optional, tag = "2")]
@@ -150,13 +145,13 @@ pub struct ValueInfoProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeProto {
+pub(crate) struct TypeProto {
     #[prost(message, optional, tag = "1")]
     pub tensor_type: Option<TypeProtoTensor>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeProtoTensor {
+pub(crate) struct TypeProtoTensor {
     #[prost(int32, tag = "1")]
     pub elem_type: i32,
     #[prost(message, optional, tag = "2")]
@@ -164,19 +159,19 @@ pub struct TypeProtoTensor {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorShapeProto {
+pub(crate) struct TensorShapeProto {
     #[prost(message, repeated, tag = "1")]
     pub dim: Vec<Dimension>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Dimension {
+pub(crate) struct Dimension {
     #[prost(oneof = "DimValue", tags = "1, 2")]
     pub value: Option<DimValue>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
-pub enum DimValue {
+pub(crate) enum DimValue {
     #[prost(int64, tag = "1")]
     DimValue(i64),
     #[prost(string, tag = "2")]

@@ -46,7 +46,7 @@ fn source_kind(source: &Path) -> Result<SourceKind, RuntimeError> {
 
 /// Copies ONNX Runtime's library files from `source` (wheel, tarball or folder) into `staging`.
 /// Returns the file names; fails when there is no `libonnxruntime.so*` among them.
-pub fn extract(source: &Path, staging: &Path) -> Result<Vec<String>, RuntimeError> {
+pub(crate) fn extract(source: &Path, staging: &Path) -> Result<Vec<String>, RuntimeError> {
     extract_with(source, staging, Limits::DEFAULT)
 }
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Folder of the installed builds under the state folder.
-pub const RUNTIMES_DIR: &str = "runtimes";
+pub(crate) const RUNTIMES_DIR: &str = "runtimes";
 /// File naming the active build.
 const ACTIVE_FILE: &str = "active";
 /// Description of a build, next to its libraries.
@@ -54,7 +54,7 @@ impl Limits {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub(crate) enum RuntimeError {
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
     #[error("{0}")]
@@ -82,7 +82,7 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RuntimeErr
 
 /// What `runtime.json` records of a build.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RuntimeInfo {
+pub(crate) struct RuntimeInfo {
     pub name: String,
     /// ONNX Runtime's version, as the library reports it.
     pub version: String,
@@ -100,7 +100,7 @@ pub struct RuntimeInfo {
 
 /// One installed build, as `runtime list` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Installed {
+pub(crate) struct Installed {
     #[serde(flatten)]
     pub info: RuntimeInfo,
     pub path: PathBuf,
@@ -108,12 +108,12 @@ pub struct Installed {
 }
 
 /// `<state_dir>/runtimes`.
-pub fn root(state_dir: &Path) -> PathBuf {
+pub(crate) fn root(state_dir: &Path) -> PathBuf {
     state_dir.join(RUNTIMES_DIR)
 }
 
 /// Checks a build name: a single path component of safe characters.
-pub fn check_name(name: &str) -> Result<(), RuntimeError> {
+pub(crate) fn check_name(name: &str) -> Result<(), RuntimeError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
@@ -129,7 +129,7 @@ pub fn check_name(name: &str) -> Result<(), RuntimeError> {
 }
 
 /// The folder of the active build, when one is set and still installed.
-pub fn active(state_dir: &Path) -> Option<PathBuf> {
+pub(crate) fn active(state_dir: &Path) -> Option<PathBuf> {
     let name = active_name(state_dir)?;
     let dir = root(state_dir).join(name);
     dir.join(INFO_FILE).is_file().then_some(dir)
@@ -142,7 +142,7 @@ fn active_name(state_dir: &Path) -> Option<String> {
 }
 
 /// Makes `name` the active build (`None`: the packaged library again).
-pub fn set_active(state_dir: &Path, name: Option<&str>) -> Result<(), RuntimeError> {
+pub(crate) fn set_active(state_dir: &Path, name: Option<&str>) -> Result<(), RuntimeError> {
     let root = root(state_dir);
     let marker = root.join(ACTIVE_FILE);
     match name {
@@ -164,7 +164,7 @@ pub fn set_active(state_dir: &Path, name: Option<&str>) -> Result<(), RuntimeErr
 }
 
 /// The installed builds, by name.
-pub fn list(state_dir: &Path) -> Result<Vec<Installed>, RuntimeError> {
+pub(crate) fn list(state_dir: &Path) -> Result<Vec<Installed>, RuntimeError> {
     let root = root(state_dir);
     let active = active_name(state_dir);
     let entries = match std::fs::read_dir(&root) {
@@ -194,7 +194,7 @@ pub fn list(state_dir: &Path) -> Result<Vec<Installed>, RuntimeError> {
 
 /// Removes an installed build; when it was the active one, the packaged library is used again.
 /// Returns whether it was active. A daemon that has it loaded keeps its mapped files.
-pub fn remove(state_dir: &Path, name: &str) -> Result<bool, RuntimeError> {
+pub(crate) fn remove(state_dir: &Path, name: &str) -> Result<bool, RuntimeError> {
     check_name(name)?;
     let dir = root(state_dir).join(name);
     if !dir.join(INFO_FILE).is_file() {
@@ -210,7 +210,7 @@ pub fn remove(state_dir: &Path, name: &str) -> Result<bool, RuntimeError> {
 
 /// A staging folder under the runtimes folder (same file system as the destination), mode
 /// [`DIR_MODE`]; the runtimes folder gets that mode too when this creates it.
-pub fn staging_dir(state_dir: &Path) -> Result<PathBuf, RuntimeError> {
+pub(crate) fn staging_dir(state_dir: &Path) -> Result<PathBuf, RuntimeError> {
     let root = root(state_dir);
     if !root.is_dir() {
         std::fs::create_dir_all(&root).map_err(io(root.display()))?;
@@ -232,7 +232,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), RuntimeError> {
 
 /// Moves a probed staging folder into place as `info.name` (replacing an older copy when
 /// `replace`), with its `runtime.json`.
-pub fn commit(
+pub(crate) fn commit(
     state_dir: &Path,
     staging: &Path,
     info: &RuntimeInfo,
@@ -259,7 +259,7 @@ pub fn commit(
 /// A name for a build from its source's file name: `onnxruntime_gpu-1.31.1-cp311-…whl` →
 /// `onnxruntime-gpu-1.31.1`, `onnxruntime-linux-aarch64-gpu-1.23.0.tgz` → the same without the
 /// extension, a folder → its name.
-pub fn default_name(source: &Path) -> String {
+pub(crate) fn default_name(source: &Path) -> String {
     let file = source
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -300,7 +300,7 @@ pub fn default_name(source: &Path) -> String {
 /// Loads a provider library with the system loader, resolving every dependency now, and keeps it
 /// loaded (this runs in the short-lived `runtime probe` process). `Err` holds the loader's
 /// message, e.g. "libcublasLt.so.13: cannot open shared object file".
-pub fn check_loadable(path: &Path) -> Result<(), String> {
+pub(crate) fn check_loadable(path: &Path) -> Result<(), String> {
     use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_LOCAL, RTLD_NOW};
     // ONNX Runtime loads its providers' shared helper first, globally; do the same.
     let shared = path.with_file_name("libonnxruntime_providers_shared.so");
@@ -328,7 +328,7 @@ fn loader_message(e: &libloading::Error) -> String {
 
 /// Whether a file name is one of ONNX Runtime's libraries (`libonnxruntime.so*`,
 /// `libonnxruntime_providers_*.so`).
-pub fn is_runtime_library(name: &str) -> bool {
+pub(crate) fn is_runtime_library(name: &str) -> bool {
     name.starts_with("libonnxruntime") && (name.ends_with(".so") || name.contains(".so."))
 }
 
@@ -336,6 +336,6 @@ mod extract;
 #[cfg(test)]
 mod tests;
 
-pub use extract::extract;
+pub(crate) use extract::extract;
 #[cfg(test)]
 use extract::extract_with;

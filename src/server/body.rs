@@ -14,7 +14,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
 /// A response body.
-pub enum Body {
+pub(crate) enum Body {
     Full(Full<Bytes>),
     Stream {
         rx: mpsc::Receiver<Bytes>,
@@ -24,22 +24,22 @@ pub enum Body {
 }
 
 /// A slot for a connection's in-flight mark, shared by a streamed body and its feeder.
-pub type Guard = Arc<Mutex<Option<Box<dyn Send + Sync>>>>;
+pub(crate) type Guard = Arc<Mutex<Option<Box<dyn Send + Sync>>>>;
 
 impl Body {
-    pub fn full(b: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(b: impl Into<Bytes>) -> Self {
         Body::Full(Full::new(b.into()))
     }
 
     /// A body that yields what `rx` receives, and ends when every sender is gone; `guard` will
     /// hold the connection's in-flight mark.
-    pub fn stream(rx: mpsc::Receiver<Bytes>, guard: Guard) -> Self {
+    pub(crate) fn stream(rx: mpsc::Receiver<Bytes>, guard: Guard) -> Self {
         Body::Stream { rx, guard }
     }
 
     /// Keeps `g` as long as a streamed body (or until its feeder lets go); a whole body drops it
     /// at once.
-    pub fn hold(&mut self, g: impl Send + Sync + 'static) {
+    pub(crate) fn hold(&mut self, g: impl Send + Sync + 'static) {
         if let Body::Stream { guard, .. } = self {
             if let Ok(mut slot) = guard.lock() {
                 *slot = Some(Box::new(g));

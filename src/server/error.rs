@@ -6,7 +6,7 @@ use crate::service::DetectError;
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: u16,
     pub kind: &'static str,
     pub message: String,
@@ -14,7 +14,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             kind,
@@ -23,19 +23,19 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
         Self::new(400, kind, message)
     }
 
     /// 503 with `Retry-After`.
-    pub fn unavailable(kind: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
+    pub(crate) fn unavailable(kind: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
         ApiError {
             retry_after: Some(retry_after),
             ..Self::new(503, kind, message)
         }
     }
 
-    pub fn body(&self) -> String {
+    pub(crate) fn body(&self) -> String {
         json!({"error": {"kind": self.kind, "message": self.message}}).to_string()
     }
 }

@@ -20,7 +20,7 @@ use super::{detect, health};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
-pub enum Peer {
+pub(crate) enum Peer {
     /// Unix-socket client with its credentials (SO_PEERCRED).
     Unix { uid: Option<u32>, pid: Option<i32> },
     /// Loopback TCP client.
@@ -28,7 +28,7 @@ pub enum Peer {
 }
 
 /// Entry point for every request on either listener.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     st: Arc<AppState>,
     peer: Peer,

@@ -16,7 +16,7 @@ use crate::config::Config;
 
 /// Errors while setting up the listeners.
 #[derive(Debug, thiserror::Error)]
-pub enum ListenError {
+pub(crate) enum ListenError {
     #[error("{path}: {message}")]
     Socket { path: PathBuf, message: String },
     #[error("cannot listen on {addr}: {source}")]
@@ -30,7 +30,7 @@ pub enum ListenError {
 
 /// The two listeners.
 #[derive(Debug)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     pub detect: UnixListener,
     pub http: TcpListener,
     /// The socket file we created (removed on exit while it is still ours); `None` when systemd
@@ -48,7 +48,7 @@ fn sock_err(path: &Path, message: impl Into<String>) -> ListenError {
 /// The socket file this daemon created: removed on exit only while the path still is that socket
 /// (same device and inode), so a file someone else put there later is never deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketFile {
+pub(crate) struct SocketFile {
     pub path: PathBuf,
     dev: u64,
     ino: u64,
@@ -72,7 +72,7 @@ impl SocketFile {
     }
 
     /// Removes the socket file if it is still ours; says why not otherwise.
-    pub fn remove_if_ours(&self) {
+    pub(crate) fn remove_if_ours(&self) {
         if !self.is_ours() {
             tracing::warn!(path = %self.path.display(), "the socket path no longer is our socket; leaving it");
             return;
@@ -141,7 +141,7 @@ fn set_group(path: &Path, group: &str) -> Result<(), ListenError> {
 
 /// Binds the Unix socket at `path` with `mode` and optional `group`; returns the listener and the
 /// socket file it created.
-pub fn bind_unix(
+pub(crate) fn bind_unix(
     path: &Path,
     mode: u32,
     group: Option<&str>,
@@ -225,7 +225,7 @@ async fn bind_http(cfg: &Config, passed: Option<TcpListener>) -> Result<TcpListe
 
 impl Listeners {
     /// Takes the sockets systemd passed, binding whatever it did not pass.
-    pub async fn from_config(cfg: &Config) -> Result<Self, ListenError> {
+    pub(crate) async fn from_config(cfg: &Config) -> Result<Self, ListenError> {
         let passed: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
             .map_err(|e| ListenError::Activation(e.to_string()))?
             .collect();

@@ -6,17 +6,17 @@
 //! `run` takes its listeners, a model loader and a cancellation token; only `main` exits the
 //! process (and `backend::library_guard`, when a loaded runtime library is rewritten under it).
 
-pub mod body;
+pub(crate) mod body;
 mod conn;
 mod detect;
-pub mod error;
+pub(crate) mod error;
 mod health;
-pub mod http;
-pub mod listen;
+pub(crate) mod http;
+pub(crate) mod listen;
 mod parse_errors;
 mod query_sets;
 mod request;
-pub mod state;
+pub(crate) mod state;
 mod streams;
 
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-pub use listen::Listeners;
+pub(crate) use listen::Listeners;
 use state::{AppState, EngineInfo, Phase};
 
 use crate::config::Config;
@@ -36,14 +36,14 @@ use crate::service::{DetectRequest, DetectService, ImageInput, ServiceConfig};
 use crate::video::manager::{ManagerConfig, StreamManager};
 
 /// Reports a startup phase (systemd `STATUS=` and the health document).
-pub type StatusFn = Arc<dyn Fn(&str) + Send + Sync>;
+pub(crate) type StatusFn = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Loads the model on a blocking thread: returns the detector and the engine facts.
-pub type Loader = Box<dyn FnOnce(StatusFn) -> Result<(Detector, EngineInfo), String> + Send>;
+pub(crate) type Loader = Box<dyn FnOnce(StatusFn) -> Result<(Detector, EngineInfo), String> + Send>;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     #[error("cannot load the model: {0}")]
     Load(String),
     #[error("warmup failed: {0}")]
@@ -53,7 +53,7 @@ pub enum ServeError {
 }
 
 /// Sends a systemd notification (a no-op without `NOTIFY_SOCKET`).
-pub fn notify(states: &[NotifyState<'_>]) {
+pub(crate) fn notify(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "systemd notification failed");
     }
@@ -148,7 +148,7 @@ async fn drain(graceful: GracefulShutdown, grace_ms: u64) {
 }
 
 /// Runs the daemon until `shutdown` is cancelled (or loading fails).
-pub async fn run(
+pub(crate) async fn run(
     cfg: Config,
     listeners: Listeners,
     loader: Loader,

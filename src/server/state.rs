@@ -13,14 +13,14 @@ use crate::video::manager::StreamManager;
 /// Lifecycle phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Phase {
+pub(crate) enum Phase {
     Starting = 0,
     Ready = 1,
     Stopping = 2,
     Failed = 3,
 }
 
-pub use crate::engine::Fallback;
+pub(crate) use crate::engine::Fallback;
 
 /// Facts about the loaded engine, shown by `/api/health` and `/api/optimization`.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -43,7 +43,7 @@ pub struct EngineInfo {
 }
 
 /// Everything the handlers share.
-pub struct AppState {
+pub(crate) struct AppState {
     pub config: Config,
     phase: AtomicU8,
     pub status_line: Mutex<String>,
@@ -61,7 +61,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub(crate) fn new(config: Config) -> Arc<Self> {
         let query_sets = Arc::new(QuerySets::load(
             config
                 .state_dir
@@ -85,7 +85,7 @@ impl AppState {
         })
     }
 
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::SeqCst) {
             0 => Phase::Starting,
             1 => Phase::Ready,
@@ -94,25 +94,25 @@ impl AppState {
         }
     }
 
-    pub fn set_phase(&self, p: Phase) {
+    pub(crate) fn set_phase(&self, p: Phase) {
         self.phase.store(p as u8, Ordering::SeqCst);
     }
 
     /// Milliseconds since the inference worker's last loop turn (0 before it runs).
-    pub fn heartbeat_age_ms(&self) -> u64 {
+    pub(crate) fn heartbeat_age_ms(&self) -> u64 {
         self.service.get().map_or(0, |s| s.heartbeat().age_ms())
     }
 
     /// Requests admitted and not yet answered.
-    pub fn queue_depth(&self) -> usize {
+    pub(crate) fn queue_depth(&self) -> usize {
         self.service.get().map_or(0, DetectService::queue_depth)
     }
 
-    pub fn engine(&self) -> EngineInfo {
+    pub(crate) fn engine(&self) -> EngineInfo {
         self.engine.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
-    pub fn set_status(&self, s: &str) {
+    pub(crate) fn set_status(&self, s: &str) {
         if let Ok(mut l) = self.status_line.lock() {
             *l = s.to_string();
         }

@@ -78,7 +78,7 @@ pub(crate) struct BatchConfig {
 
 /// When the worker last turned its loop (read by the watchdog: a stuck inference stops it).
 #[derive(Debug)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     origin: Instant,
     last_ms: AtomicU64,
 }
@@ -100,20 +100,23 @@ impl Heartbeat {
     }
 
     /// Milliseconds since the worker's last loop turn.
-    pub fn age_ms(&self) -> u64 {
+    pub(crate) fn age_ms(&self) -> u64 {
         self.now_ms()
             .saturating_sub(self.last_ms.load(Ordering::Relaxed))
     }
 }
 
 /// The running worker thread; it stops once every sender is dropped and the queue is empty.
-pub struct Worker {
+pub(crate) struct Worker {
+    /// Read by [`Worker::join`], which tests call; the daemon detaches the worker.
+    #[cfg_attr(not(test), allow(dead_code))]
     join: JoinHandle<()>,
 }
 
 impl Worker {
     /// Waits until the worker has answered every queued job and stopped.
-    pub fn join(self) {
+    #[cfg(test)]
+    pub(crate) fn join(self) {
         if self.join.join().is_err() {
             tracing::error!("the inference worker panicked");
         }

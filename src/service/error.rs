@@ -8,7 +8,7 @@ use crate::preprocess::ImageError;
 
 /// Why a detection failed. Cloned to every request of a batch that fails as a whole.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum DetectError {
+pub(crate) enum DetectError {
     /// The query list breaks a rule, or a query cannot be tokenized.
     #[error(transparent)]
     Query(#[from] QueryError),
@@ -47,7 +47,7 @@ impl From<PipelineError> for DetectError {
 
 impl DetectError {
     /// Stable snake_case name for APIs and metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             DetectError::Query(e) => e.kind(),
             DetectError::InvalidParameter(_) => "invalid_parameter",

@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Latency buckets in seconds (Prometheus base units).
-pub const LATENCY_BUCKETS_S: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS_S: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// A Prometheus histogram (cumulative buckets, sum, count).
 #[derive(Debug)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     bounds: &'static [f64],
     counts: Vec<u64>,
     sum: f64,
@@ -24,7 +24,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             counts: vec![0; bounds.len()],
@@ -32,7 +32,7 @@ impl Histogram {
             count: 0,
         }
     }
-    pub fn observe(&mut self, v: f64) {
+    pub(crate) fn observe(&mut self, v: f64) {
         for (i, b) in self.bounds.iter().enumerate() {
             if v <= *b {
                 self.counts[i] += 1;
@@ -47,7 +47,7 @@ impl Histogram {
     }
 
     /// The samples of one series; `labels` are `k="v"` pairs joined by commas (or empty).
-    pub fn render_samples(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn render_samples(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
@@ -70,14 +70,14 @@ impl Histogram {
 }
 
 /// The `# HELP` and `# TYPE` lines of a metric family.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// All daemon metrics.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     outcomes: Mutex<BTreeMap<String, u64>>,
     queue_s: Mutex<Histogram>,
     inference_s: Mutex<Histogram>,
@@ -109,42 +109,34 @@ fn observe(h: &Mutex<Histogram>, v: f64) {
 
 impl Metrics {
     /// Counts one finished detection request by outcome (`ok` or an error kind).
-    pub fn request(&self, outcome: &str) {
+    pub(crate) fn request(&self, outcome: &str) {
         if let Ok(mut m) = self.outcomes.lock() {
             *m.entry(outcome.to_string()).or_insert(0) += 1;
         }
     }
     /// Records a queue wait in milliseconds (exposed in seconds).
-    pub fn observe_queue(&self, ms: f64) {
+    pub(crate) fn observe_queue(&self, ms: f64) {
         observe(&self.queue_s, ms / 1e3);
     }
     /// Records one batch's image-graph time in milliseconds (exposed in seconds).
-    pub fn observe_inference(&self, ms: f64) {
+    pub(crate) fn observe_inference(&self, ms: f64) {
         observe(&self.inference_s, ms / 1e3);
     }
     /// Records a whole request's time in milliseconds (exposed in seconds).
-    pub fn observe_total(&self, ms: f64) {
+    pub(crate) fn observe_total(&self, ms: f64) {
         observe(&self.total_s, ms / 1e3);
     }
-    pub fn observe_batch(&self, n: usize) {
+    pub(crate) fn observe_batch(&self, n: usize) {
         observe(&self.batch_size, n as f64);
     }
     /// Counts query embeddings served from the cache (`hits`) and computed (`misses`).
-    pub fn observe_query_cache(&self, hits: u64, misses: u64) {
+    pub(crate) fn observe_query_cache(&self, hits: u64, misses: u64) {
         self.cache_hits.fetch_add(hits, Ordering::Relaxed);
         self.cache_misses.fetch_add(misses, Ordering::Relaxed);
     }
 
-    /// Requests counted for `outcome` so far.
-    pub fn count(&self, outcome: &str) -> u64 {
-        self.outcomes
-            .lock()
-            .map(|m| m.get(outcome).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
     /// Prometheus text exposition; `queue_depth` = requests admitted and not yet answered.
-    pub fn render(&self, queue_depth: u64) -> String {
+    pub(crate) fn render(&self, queue_depth: u64) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,

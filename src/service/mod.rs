@@ -6,11 +6,11 @@
 //! `DetectError` and knows nothing about HTTP, listeners or the daemon's lifecycle.
 
 mod batcher;
-pub mod error;
+pub(crate) mod error;
 #[cfg(test)]
 pub(crate) mod fake;
-pub mod metrics;
-pub mod query_sets;
+pub(crate) mod metrics;
+pub(crate) mod query_sets;
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -20,10 +20,10 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use batcher::ms;
-pub use batcher::{Heartbeat, Worker};
-pub use error::DetectError;
-pub use metrics::Metrics;
-pub use query_sets::{QuerySet, QuerySets};
+pub(crate) use batcher::{Heartbeat, Worker};
+pub(crate) use error::DetectError;
+pub(crate) use metrics::Metrics;
+pub(crate) use query_sets::{QuerySet, QuerySets};
 
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
@@ -33,7 +33,7 @@ use crate::preprocess::{self, Header, ImageError, ImageLimits, PreprocessConfig,
 
 /// The service's limits and defaults (from the daemon's `Config`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ServiceConfig {
+pub(crate) struct ServiceConfig {
     /// Requests admitted at once (between admission and answer).
     pub max_queue: usize,
     pub max_batch: usize,
@@ -51,7 +51,7 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
-    pub fn from_config(c: &Config) -> Self {
+    pub(crate) fn from_config(c: &Config) -> Self {
         ServiceConfig {
             max_queue: c.max_queue,
             max_batch: c.max_batch_size,
@@ -71,7 +71,7 @@ impl ServiceConfig {
 
 /// The image of a request.
 #[derive(Debug, Clone)]
-pub enum ImageInput {
+pub(crate) enum ImageInput {
     /// Encoded bytes (JPEG, PNG, WebP, BMP), decoded with the limits.
     Encoded(Bytes),
     /// Packed RGB24 rows.
@@ -89,7 +89,7 @@ pub enum ImageInput {
 
 /// An example image used as a query (query by example), as a client sends it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExemplarInput {
+pub(crate) struct ExemplarInput {
     /// The encoded image (JPEG, PNG, WebP, BMP).
     pub image: Bytes,
     /// `[x0, y0, x1, y1]` in the exemplar's pixels: the object there is the query; `None`: the
@@ -106,7 +106,7 @@ pub struct ExemplarInput {
 
 /// One detection request.
 #[derive(Debug, Clone)]
-pub struct DetectRequest {
+pub(crate) struct DetectRequest {
     pub image: ImageInput,
     pub queries: Vec<String>,
     /// Exemplar queries, after the text queries (their `query_index` follows the text ones).
@@ -124,7 +124,7 @@ pub struct DetectRequest {
 
 impl DetectRequest {
     /// A request received now, with the default threshold and no NMS.
-    pub fn new(image: ImageInput, queries: Vec<String>) -> Self {
+    pub(crate) fn new(image: ImageInput, queries: Vec<String>) -> Self {
         DetectRequest {
             image,
             queries,
@@ -139,7 +139,7 @@ impl DetectRequest {
 
 /// Milliseconds spent in each stage of one request.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Timing {
+pub(crate) struct Timing {
     pub queue: f64,
     pub preprocess: f64,
     pub inference: f64,
@@ -149,7 +149,7 @@ pub struct Timing {
 
 /// The answer to one request.
 #[derive(Debug, Clone)]
-pub struct DetectOutput {
+pub(crate) struct DetectOutput {
     pub width: u32,
     pub height: u32,
     pub detections: Vec<Detection>,
@@ -173,13 +173,13 @@ struct Inner {
 /// A handle on the running detection service. Cheap to clone; the worker stops once every handle
 /// is dropped and the queued requests are answered (`Worker::join` waits for that).
 #[derive(Clone)]
-pub struct DetectService {
+pub(crate) struct DetectService {
     inner: Arc<Inner>,
 }
 
 impl DetectService {
     /// Starts the worker thread around `det`.
-    pub fn start(
+    pub(crate) fn start(
         det: Detector,
         cfg: ServiceConfig,
         metrics: Arc<Metrics>,
@@ -209,12 +209,12 @@ impl DetectService {
     }
 
     /// The limits this service runs under.
-    pub fn config(&self) -> &ServiceConfig {
+    pub(crate) fn config(&self) -> &ServiceConfig {
         &self.inner.cfg
     }
 
     /// Requests admitted and not yet answered.
-    pub fn queue_depth(&self) -> usize {
+    pub(crate) fn queue_depth(&self) -> usize {
         self.inner
             .cfg
             .max_queue
@@ -222,13 +222,13 @@ impl DetectService {
     }
 
     /// The worker's heartbeat.
-    pub fn heartbeat(&self) -> &Heartbeat {
+    pub(crate) fn heartbeat(&self) -> &Heartbeat {
         &self.inner.heartbeat
     }
 
     /// Detects the request's queries in its image, within its deadline
     /// (`received + request_timeout`).
-    pub async fn detect(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
+    pub(crate) async fn detect(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
         let timeout = self.inner.cfg.request_timeout;
         let deadline = tokio::time::Instant::from_std(req.received + timeout);
         match tokio::time::timeout_at(deadline, self.run(req)).await {
@@ -238,7 +238,7 @@ impl DetectService {
     }
 
     /// `detect` without the deadline (the daemon's warmup, bounded by systemd's start timeout).
-    pub async fn detect_untimed(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
+    pub(crate) async fn detect_untimed(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
         self.run(req).await
     }
 
@@ -345,14 +345,14 @@ impl DetectService {
     }
 
     /// Checks queries that will be used with a query set (a stream's), as a request's would be.
-    pub fn check_with_set(&self, set: &QuerySet, queries: &[String]) -> Result<(), DetectError> {
+    pub(crate) fn check_with_set(&self, set: &QuerySet, queries: &[String]) -> Result<(), DetectError> {
         self.check_queries(&[set.queries(), queries].concat(), set.exemplars())
     }
 
     /// Checks a query set before it is saved: its queries as a request's, and every exemplar
     /// decoded within the limits with its box inside the image, so that a saved set cannot fail
     /// later for its content.
-    pub async fn check_query_set(&self, set: &QuerySet) -> Result<(), DetectError> {
+    pub(crate) async fn check_query_set(&self, set: &QuerySet) -> Result<(), DetectError> {
         if set.queries().is_empty() && set.exemplars().is_empty() {
             return Err(DetectError::InvalidParameter(
                 "a query set needs queries or query_images".into(),

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use super::ExemplarInput;
 
 /// The state file's name in the state folder.
-pub const STATE_FILE: &str = "query-sets.json";
+pub(crate) const STATE_FILE: &str = "query-sets.json";
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
-pub enum QuerySetError {
+pub(crate) enum QuerySetError {
     #[error("invalid query set name {0:?} (1-64 characters of a-z, 0-9, '_' and '-')")]
     Name(String),
     #[error("{0} query sets are saved, the limit (max_query_sets)")]
@@ -32,7 +32,7 @@ pub enum QuerySetError {
 
 impl QuerySetError {
     /// Stable snake_case name for APIs.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             QuerySetError::Name(_) => "invalid_name",
             QuerySetError::Full(_) => "too_many_query_sets",
@@ -46,7 +46,7 @@ impl QuerySetError {
 /// embedding cache is keyed by it, so a set in use costs no hashing, no decoding and no
 /// image-tower pass).
 #[derive(Debug, Clone, PartialEq)]
-pub struct QuerySet {
+pub(crate) struct QuerySet {
     queries: Vec<String>,
     exemplars: Vec<ExemplarInput>,
     /// `Exemplar::content_key` of each exemplar's bytes (private: always the exemplars' own).
@@ -55,7 +55,7 @@ pub struct QuerySet {
 
 /// A set as the API lists it (no image bytes).
 #[derive(Debug, Clone, Serialize)]
-pub struct QuerySetSummary {
+pub(crate) struct QuerySetSummary {
     pub name: String,
     pub queries: Vec<String>,
     pub query_images: Vec<ExemplarSummary>,
@@ -63,7 +63,7 @@ pub struct QuerySetSummary {
 
 /// An exemplar as the API lists it.
 #[derive(Debug, Clone, Serialize)]
-pub struct ExemplarSummary {
+pub(crate) struct ExemplarSummary {
     pub label: Option<String>,
     #[serde(rename = "box")]
     pub bbox: Option<[f32; 4]>,
@@ -74,7 +74,7 @@ pub struct ExemplarSummary {
 
 impl QuerySet {
     /// A set of these queries and exemplars (hashing each exemplar once).
-    pub fn new(queries: Vec<String>, exemplars: Vec<ExemplarInput>) -> Self {
+    pub(crate) fn new(queries: Vec<String>, exemplars: Vec<ExemplarInput>) -> Self {
         let content_keys = exemplars
             .iter()
             .map(|e| crate::pipeline::Exemplar::content_key(&e.image))
@@ -87,27 +87,27 @@ impl QuerySet {
     }
 
     /// Its text queries.
-    pub fn queries(&self) -> &[String] {
+    pub(crate) fn queries(&self) -> &[String] {
         &self.queries
     }
 
     /// Its exemplars.
-    pub fn exemplars(&self) -> &[ExemplarInput] {
+    pub(crate) fn exemplars(&self) -> &[ExemplarInput] {
         &self.exemplars
     }
 
     /// `Exemplar::content_key` of each exemplar, in order.
-    pub fn content_keys(&self) -> &[String] {
+    pub(crate) fn content_keys(&self) -> &[String] {
         &self.content_keys
     }
 
     /// Encoded bytes of its exemplar images.
-    pub fn image_bytes(&self) -> u64 {
+    pub(crate) fn image_bytes(&self) -> u64 {
         self.exemplars.iter().map(|e| e.image.len() as u64).sum()
     }
 
     /// The set as the API lists it (no image bytes).
-    pub fn summary(&self, name: &str) -> QuerySetSummary {
+    pub(crate) fn summary(&self, name: &str) -> QuerySetSummary {
         QuerySetSummary {
             name: name.to_string(),
             queries: self.queries.clone(),
@@ -193,7 +193,7 @@ impl TryFrom<StoredSet> for QuerySet {
 
 /// Whether `name` is a valid name for a saved resource (query sets, streams): 1 to 64 of `a-z`,
 /// `0-9`, `_` and `-`.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -201,7 +201,7 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 /// Checks a set name (the rule of stream names).
-pub fn check_name(name: &str) -> Result<(), QuerySetError> {
+pub(crate) fn check_name(name: &str) -> Result<(), QuerySetError> {
     if is_valid_name(name) {
         Ok(())
     } else {
@@ -211,7 +211,7 @@ pub fn check_name(name: &str) -> Result<(), QuerySetError> {
 
 /// The registry's limits (from `Config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_sets: usize,
     /// Encoded exemplar bytes of all sets together.
     pub budget_bytes: u64,
@@ -221,7 +221,7 @@ pub struct Limits {
 /// lock only to clone an `Arc`; a change is written to the file under a separate writer lock and
 /// swapped in afterwards, so a slow write never holds detections up.
 #[derive(Debug)]
-pub struct QuerySets {
+pub(crate) struct QuerySets {
     /// `None`: kept in memory only (tests).
     file: Option<PathBuf>,
     limits: Limits,
@@ -232,7 +232,8 @@ pub struct QuerySets {
 
 impl QuerySets {
     /// An empty registry kept in memory only.
-    pub fn in_memory(limits: Limits) -> Self {
+    #[cfg(test)]
+    pub(crate) fn in_memory(limits: Limits) -> Self {
         QuerySets {
             file: None,
             limits,
@@ -244,7 +245,7 @@ impl QuerySets {
     /// The registry saved in `file`, with the sets it holds. An unreadable file is renamed aside
     /// (`<file>.bad-<unix seconds>`, with an error logged) and the daemon starts without its sets:
     /// the next change cannot overwrite what was there.
-    pub fn load(file: PathBuf, limits: Limits) -> Self {
+    pub(crate) fn load(file: PathBuf, limits: Limits) -> Self {
         let state = crate::state_file::StateFile::new(file.clone());
         let sets = match state.load(parse_state) {
             crate::state_file::Loaded::Read(s) => s,
@@ -270,17 +271,17 @@ impl QuerySets {
     }
 
     /// The set named `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<QuerySet>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<QuerySet>> {
         self.lock().get(name).cloned()
     }
 
     /// Every set, by name, without image bytes.
-    pub fn list(&self) -> Vec<QuerySetSummary> {
+    pub(crate) fn list(&self) -> Vec<QuerySetSummary> {
         self.lock().iter().map(|(n, s)| s.summary(n)).collect()
     }
 
     /// One set without image bytes.
-    pub fn summary(&self, name: &str) -> Option<QuerySetSummary> {
+    pub(crate) fn summary(&self, name: &str) -> Option<QuerySetSummary> {
         self.lock().get(name).map(|s| s.summary(name))
     }
 
@@ -293,7 +294,7 @@ impl QuerySets {
     /// Saves `set` as `name` (already checked by the service); `true` when it is new. The state
     /// file is written first: a set that could not be saved is not used either. Blocking (a file
     /// write): call it off the async threads.
-    pub fn put(&self, name: &str, set: QuerySet) -> Result<bool, QuerySetError> {
+    pub(crate) fn put(&self, name: &str, set: QuerySet) -> Result<bool, QuerySetError> {
         check_name(name)?;
         let _writer = self.write_lock();
         let mut next = self.lock().clone();
@@ -315,7 +316,7 @@ impl QuerySets {
     }
 
     /// Deletes the set `name`; `false` when there was none. Blocking, like `put`.
-    pub fn delete(&self, name: &str) -> Result<bool, QuerySetError> {
+    pub(crate) fn delete(&self, name: &str) -> Result<bool, QuerySetError> {
         let _writer = self.write_lock();
         let mut next = self.lock().clone();
         if next.remove(name).is_none() {

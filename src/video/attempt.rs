@@ -16,7 +16,7 @@ use crate::preprocess::Rgb;
 
 /// One decoded frame.
 #[derive(Debug)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// The stream's frame number: frames decoded before it, over every attempt.
     pub seq: u64,
     pub rgb: Rgb,
@@ -30,7 +30,7 @@ pub struct Frame {
 
 /// Settings of one attempt.
 #[derive(Debug, Clone, Copy)]
-pub struct SourceOptions {
+pub(crate) struct SourceOptions {
     /// Files only: keep one frame per `1/max_fps` of stream time (0: every frame).
     pub max_fps: f64,
     /// Live sources: no frame for this long ends the attempt with an error.
@@ -41,7 +41,7 @@ pub struct SourceOptions {
 
 /// Counters of one stream, shared by its attempts.
 #[derive(Debug, Default)]
-pub struct SourceStats {
+pub(crate) struct SourceStats {
     /// Frames decoded and handed over or dropped.
     pub decoded: AtomicU64,
     /// Frames decoded but not processed (overwritten in the live slot, or sampled out).
@@ -52,7 +52,7 @@ pub struct SourceStats {
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The source ended (end of a file; a live source that hung up).
     Eos,
     Error(String),
@@ -62,7 +62,7 @@ pub enum Outcome {
 
 /// Why a pipeline could not be built or started.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error("GStreamer is not usable: {0}")]
     Init(String),
     #[error("cannot build the pipeline: {0}")]
@@ -139,7 +139,7 @@ pub(super) enum FrameSink {
 
 /// A running attempt: `next` gives its frames until it ends; `finish` stops it (if it still runs)
 /// and says how it ended.
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// `None` once `finish` let go of it.
     frames: Option<Frames>,
     stats: Arc<SourceStats>,
@@ -172,7 +172,7 @@ impl Attempt {
     }
 
     /// The next frame; `None` once the pipeline has stopped and every frame it gave was taken.
-    pub async fn next(&mut self) -> Option<Frame> {
+    pub(crate) async fn next(&mut self) -> Option<Frame> {
         let frames = self.frames.as_mut()?;
         if self.ended.is_some() {
             return frames.try_next();
@@ -194,7 +194,7 @@ impl Attempt {
     }
 
     /// `f`, or a newer frame that arrived meanwhile (live sources; `f` then counts as dropped).
-    pub fn newest(&mut self, f: Frame) -> Frame {
+    pub(crate) fn newest(&mut self, f: Frame) -> Frame {
         match &self.frames {
             Some(Frames::Latest(slot)) => match slot.try_take() {
                 Some(newer) => {
@@ -213,7 +213,7 @@ impl Attempt {
     /// stopped here waits for its teardown at most `limit`: a pipeline whose teardown hangs (a
     /// GStreamer deadlock, a server that trickles its answer) is left to its bus thread and counted
     /// in [`abandoned_pipelines`].
-    pub async fn finish(mut self, limit: Duration) -> (Outcome, Option<Stopping>) {
+    pub(crate) async fn finish(mut self, limit: Duration) -> (Outcome, Option<Stopping>) {
         self.stop.store(true, Ordering::SeqCst);
         // Unblocks a streaming thread waiting to hand over a file's frame.
         self.frames = None;
@@ -243,12 +243,12 @@ impl Attempt {
 }
 
 /// A future that starts an attempt.
-pub type Starting<'a> =
+pub(crate) type Starting<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Attempt, SourceError>> + Send + 'a>>;
 
 /// Where a stream's attempts come from: GStreamer pipelines in the daemon
 /// (`source::Gstreamer`), scripted frames in the in-process tests.
-pub trait FrameSource: Send + Sync {
+pub(crate) trait FrameSource: Send + Sync {
     /// Starts an attempt of `source`; no attempt within `limit` is an error.
     fn start<'a>(
         &'a self,
@@ -260,11 +260,11 @@ pub trait FrameSource: Send + Sync {
 }
 
 /// A pipeline still being torn down by its thread.
-pub struct Stopping(oneshot::Receiver<()>);
+pub(crate) struct Stopping(oneshot::Receiver<()>);
 
 impl Stopping {
     /// Waits until the pipeline has stopped.
-    pub async fn wait(self) {
+    pub(crate) async fn wait(self) {
         let _ = self.0.await;
     }
 }
@@ -281,7 +281,7 @@ impl Drop for Attempt {
 static ABANDONED: AtomicU64 = AtomicU64::new(0);
 
 /// Pipelines abandoned because their teardown hung.
-pub fn abandoned_pipelines() -> u64 {
+pub(crate) fn abandoned_pipelines() -> u64 {
     ABANDONED.load(Ordering::Relaxed)
 }
 
@@ -289,7 +289,7 @@ pub fn abandoned_pipelines() -> u64 {
 static STOPPING: AtomicU64 = AtomicU64::new(0);
 
 /// Pipelines being torn down right now.
-pub fn stopping_pipelines() -> u64 {
+pub(crate) fn stopping_pipelines() -> u64 {
     STOPPING.load(Ordering::Relaxed)
 }
 
@@ -311,7 +311,7 @@ impl Drop for StoppingMark {
 
 /// Pipelines that may be stopping at once, daemon-wide: beyond it no attempt starts (each one
 /// stuck in its teardown holds threads and sockets until its server lets go).
-pub const MAX_STOPPING: u64 = 32;
+pub(crate) const MAX_STOPPING: u64 = 32;
 
 fn lost_thread() -> Outcome {
     Outcome::Error("the stream's bus thread ended without a word".into())
@@ -324,7 +324,7 @@ async fn recv_outcome(rx: &mut oneshot::Receiver<Outcome>) -> Outcome {
 /// Checks what a local source is before GStreamer opens it: a file stream must be a regular file
 /// (a FIFO or a device would block the opening thread, a folder fails obscurely), a V4L2 source
 /// a character device.
-pub fn check_local(source: &Source) -> Result<(), SourceError> {
+pub(crate) fn check_local(source: &Source) -> Result<(), SourceError> {
     use std::os::unix::fs::FileTypeExt;
     let (path, want_file) = match source {
         Source::File(p) => (p, true),

@@ -7,7 +7,7 @@ use image::codecs::jpeg::JpegEncoder;
 
 /// One box to draw.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Annotation {
+pub(crate) struct Annotation {
     /// `x0, y0, x1, y1` in image pixels; may lie partly or wholly outside the image, may be NaN.
     pub bbox: [f32; 4],
     /// Text shown in the caption.
@@ -22,7 +22,7 @@ pub struct Annotation {
 
 /// Why a frame cannot be drawn on or encoded.
 #[derive(Debug, thiserror::Error)]
-pub enum DrawError {
+pub(crate) enum DrawError {
     /// The buffer length is not `width * height * 3`.
     #[error("frame buffer of {got} bytes does not hold {width}x{height} RGB")]
     Size { width: u32, height: u32, got: usize },
@@ -130,7 +130,7 @@ fn pixel_box(bbox: [f32; 4], w: i64, h: i64) -> Option<(i64, i64, i64, i64)> {
 /// Draws each annotation onto packed RGB24 rows (`data.len() == width * height * 3`): a 2-px
 /// outline clipped to the image in the class colour, and a caption bar `"{label} {score:.2}"`
 /// (plus `" #{track_id}"`) above the box, or just below its top edge when there is no room above.
-pub fn annotate(
+pub(crate) fn annotate(
     width: u32,
     height: u32,
     data: &mut [u8],
@@ -174,7 +174,7 @@ pub fn annotate(
 }
 
 /// Encodes packed RGB24 as baseline JPEG at `quality` (clamped to 1..=100).
-pub fn encode_jpeg(
+pub(crate) fn encode_jpeg(
     width: u32,
     height: u32,
     data: &[u8],

@@ -14,7 +14,7 @@ use crate::postprocess::Detection;
 
 /// One detection of a frame event: `/v1/detect`'s fields plus the track id.
 #[derive(Debug, Clone, Serialize)]
-pub struct TrackedDetection {
+pub(crate) struct TrackedDetection {
     #[serde(flatten)]
     pub detection: Detection,
     pub track_id: Option<u64>,
@@ -22,7 +22,7 @@ pub struct TrackedDetection {
 
 /// A processed frame.
 #[derive(Debug, Serialize)]
-pub struct FrameEvent<'a> {
+pub(crate) struct FrameEvent<'a> {
     pub stream: &'a str,
     pub frame: u64,
     pub pts_ms: u64,
@@ -33,14 +33,14 @@ pub struct FrameEvent<'a> {
 
 /// A state change.
 #[derive(Debug, Serialize)]
-pub struct StateEvent<'a> {
+pub(crate) struct StateEvent<'a> {
     pub stream: &'a str,
     pub state: &'a str,
     pub message: &'a str,
 }
 
 /// One NDJSON line (with its newline) of a serialisable event.
-pub fn line<T: Serialize>(event: &T) -> Bytes {
+pub(crate) fn line<T: Serialize>(event: &T) -> Bytes {
     let mut v = serde_json::to_vec(event)
         .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode an event: {e}\"}}").into_bytes());
     v.push(b'\n');
@@ -57,7 +57,7 @@ struct Ring {
 }
 
 /// The fan-out of one stream.
-pub struct EventHub {
+pub(crate) struct EventHub {
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Bytes>,
     /// Whether the stream has ended (finished, failed, deleted: followers get what was published,
@@ -66,7 +66,7 @@ pub struct EventHub {
 }
 
 /// What a new follower gets: the replayed frame events, then the live feed.
-pub struct Subscription {
+pub(crate) struct Subscription {
     pub replay: Vec<Bytes>,
     pub live: broadcast::Receiver<Bytes>,
     /// True once the stream has ended; every line published before it is in `live`.
@@ -76,7 +76,7 @@ pub struct Subscription {
 impl EventHub {
     /// `ring`: frame events kept for replays, `ring_bytes` their size at most; `follower_lag`:
     /// events a follower may fall behind.
-    pub fn new(ring: usize, ring_bytes: usize, follower_lag: usize) -> Self {
+    pub(crate) fn new(ring: usize, ring_bytes: usize, follower_lag: usize) -> Self {
         let (tx, _) = broadcast::channel(follower_lag.max(1));
         EventHub {
             ring: Mutex::new(Ring {
@@ -91,7 +91,7 @@ impl EventHub {
     }
 
     /// Publishes frame `frame`'s event line (kept in the ring).
-    pub fn publish_frame(&self, frame: u64, line: Bytes) {
+    pub(crate) fn publish_frame(&self, frame: u64, line: Bytes) {
         if let Ok(mut r) = self.ring.lock() {
             if r.capacity > 0 {
                 r.bytes += line.len();
@@ -111,7 +111,7 @@ impl EventHub {
 
     /// Publishes a state line (not replayed); `ends`: the stream has ended with it (followers'
     /// bodies end after it), else it runs (again).
-    pub fn publish_state(&self, line: Bytes, ends: bool) {
+    pub(crate) fn publish_state(&self, line: Bytes, ends: bool) {
         // Under the ring's lock, like frames: a new subscription sees the line or the end, in order.
         if let Ok(_r) = self.ring.lock() {
             let _ = self.tx.send(line);
@@ -120,7 +120,7 @@ impl EventHub {
     }
 
     /// Follows the stream; with `since`, first the buffered frame events numbered `>= since`.
-    pub fn subscribe(&self, since: Option<u64>) -> Subscription {
+    pub(crate) fn subscribe(&self, since: Option<u64>) -> Subscription {
         let r = self.ring.lock();
         let replay = match (&r, since) {
             (Ok(r), Some(n)) => r
@@ -139,17 +139,19 @@ impl EventHub {
     }
 
     /// Whether the stream has ended (its last state line was a final one).
-    pub fn ended(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn ended(&self) -> bool {
         *self.ended_tx.borrow()
     }
 
     /// Followers now.
-    pub fn followers(&self) -> usize {
+    pub(crate) fn followers(&self) -> usize {
         self.tx.receiver_count()
     }
 
     /// Bytes of the frame events kept for replays.
-    pub fn ring_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn ring_bytes(&self) -> usize {
         self.ring.lock().map(|r| r.bytes).unwrap_or(0)
     }
 }

@@ -4,15 +4,15 @@
 //! GStreamer user) behind one attempt's hand-over and teardown (`attempt`), the tracker (`track`), the event fan-out (`events`) and snapshot drawing
 //! (`draw`).
 
-pub mod attempt;
-pub mod draw;
-pub mod events;
-pub mod manager;
+pub(crate) mod attempt;
+pub(crate) mod draw;
+pub(crate) mod events;
+pub(crate) mod manager;
 mod saved;
-pub mod source;
-pub mod spec;
-pub mod stream;
-pub mod track;
+pub(crate) mod source;
+pub(crate) mod spec;
+pub(crate) mod stream;
+pub(crate) mod track;
 
 #[cfg(test)]
 mod tests;

@@ -27,7 +27,7 @@ static INIT: Once = Once::new();
 static INIT_ERROR: Mutex<Option<String>> = Mutex::new(None);
 
 /// Initialises GStreamer once per process.
-pub fn init() -> Result<(), SourceError> {
+pub(crate) fn init() -> Result<(), SourceError> {
     INIT.call_once(|| {
         if let Err(e) = gst::init() {
             if let Ok(mut slot) = INIT_ERROR.lock() {
@@ -42,7 +42,7 @@ pub fn init() -> Result<(), SourceError> {
 }
 
 /// Which of `names` are not installed GStreamer elements.
-pub fn missing_elements<'a>(names: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn missing_elements<'a>(names: &[&'a str]) -> Vec<&'a str> {
     if init().is_err() {
         return names.to_vec();
     }
@@ -54,7 +54,7 @@ pub fn missing_elements<'a>(names: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// GStreamer's version, as `1.22.0`.
-pub fn gstreamer_version() -> Option<String> {
+pub(crate) fn gstreamer_version() -> Option<String> {
     init().ok()?;
     let (a, b, c, _) = gst::version();
     Some(format!("{a}.{b}.{c}"))
@@ -68,7 +68,7 @@ const SETTLE_MS: u64 = 2000;
 type Arrivals = Arc<Mutex<VecDeque<(gst::ClockTime, Instant)>>>;
 
 /// The daemon's frame source: a GStreamer pipeline per attempt ([`start_within`]).
-pub struct Gstreamer;
+pub(crate) struct Gstreamer;
 
 impl FrameSource for Gstreamer {
     fn start<'a>(
@@ -85,7 +85,7 @@ impl FrameSource for Gstreamer {
 /// Starts an attempt on a thread of its own, never on the async workers: opening a source can
 /// block (a FIFO's `open`, a server that answers a byte a second). No answer within `limit` fails
 /// the attempt; the thread, if it ever gets its pipeline started, stops it again at once.
-pub async fn start_within(
+pub(crate) async fn start_within(
     source: &Source,
     opts: SourceOptions,
     stats: Arc<SourceStats>,
@@ -120,7 +120,7 @@ pub async fn start_within(
 
 /// Builds the pipeline for `source`, starts it, and returns the running attempt. Blocking: use
 /// [`start_within`] from async code.
-pub fn start(
+pub(crate) fn start(
     source: &Source,
     opts: SourceOptions,
     stats: Arc<SourceStats>,
@@ -137,7 +137,7 @@ pub fn start(
         let (tx, rx) = mpsc::channel(2);
         (FrameSink::Ordered(tx), Frames::Ordered(rx))
     };
-    let last_frame = Arc::new(Mutex::new(Instant::now()));
+    let last_frame = Arc::new(Progress::new());
     let convert = build_output(
         &pipeline,
         source,
@@ -155,7 +155,7 @@ pub fn start(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let stall = source.is_live().then_some(opts.stall_timeout);
+    let stall = opts.stall_timeout;
     let (tx, outcome) = oneshot::channel();
     let (stopped_tx, stopped) = oneshot::channel();
     let spawned = std::thread::Builder::new()
@@ -235,7 +235,7 @@ fn build_output(
     sink: FrameSink,
     stats: &Arc<SourceStats>,
     arrivals: &Arrivals,
-    last_frame: &Arc<Mutex<Instant>>,
+    last_frame: &Arc<Progress>,
 ) -> Result<gst::Element, SourceError> {
     let convert = make("videoconvert")?;
     let caps = gst_video::VideoCapsBuilder::new()
@@ -375,7 +375,7 @@ struct FrameCallback {
     sink: FrameSink,
     stats: Arc<SourceStats>,
     arrivals: Arrivals,
-    last_frame: Arc<Mutex<Instant>>,
+    last_frame: Arc<Progress>,
     /// Files with `max_fps`: keep a frame per interval of stream time.
     interval_ns: Option<u64>,
     sampler: Sampler,
@@ -419,9 +419,7 @@ impl FrameCallback {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
         let now = Instant::now();
-        if let Ok(mut t) = self.last_frame.lock() {
-            *t = now;
-        }
+        self.last_frame.frame();
         let seq = self.stats.decoded.fetch_add(1, Ordering::Relaxed);
         let pts = sample.buffer().and_then(|b| b.pts());
         // Running time: a file's first frame is at 0 even when its PTS start later (an MP4 edit
@@ -462,10 +460,14 @@ impl FrameCallback {
                 }
                 Ok(gst::FlowSuccess::Ok)
             }
-            FrameSink::Ordered(tx) => tx
-                .blocking_send(frame)
-                .map(|()| gst::FlowSuccess::Ok)
-                .map_err(|_| gst::FlowError::Flushing),
+            FrameSink::Ordered(tx) => {
+                // Time spent waiting for the detector is not a stall of the source.
+                self.last_frame.handing_over(true);
+                let sent = tx.blocking_send(frame);
+                self.last_frame.handing_over(false);
+                sent.map(|()| gst::FlowSuccess::Ok)
+                    .map_err(|_| gst::FlowError::Flushing)
+            }
         }
     }
 
@@ -536,12 +538,52 @@ fn error_text(e: &gst::message::Error) -> String {
     format!("{src}: {}", e.error())
 }
 
-/// Polls the bus until the end, an error, a stall (live sources) or `stop`.
+/// When the source last gave a frame, and whether it is handing one over now (a file's frame
+/// waits for the detector: that time is not the source's).
+#[derive(Debug)]
+struct Progress {
+    last: Mutex<Instant>,
+    handing_over: AtomicBool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            last: Mutex::new(Instant::now()),
+            handing_over: AtomicBool::new(false),
+        }
+    }
+
+    /// A frame came (or was handed over): the idle clock starts again.
+    fn frame(&self) {
+        if let Ok(mut t) = self.last.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn handing_over(&self, on: bool) {
+        if !on {
+            self.frame();
+        }
+        self.handing_over.store(on, Ordering::SeqCst);
+    }
+
+    /// How long the source has given nothing while nobody held it up.
+    fn idle(&self) -> Duration {
+        if self.handing_over.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        self.last.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
+/// Polls the bus until the end, an error, a stall (no frame for `stall` while nothing held the
+/// source up: live sources and files alike) or `stop`.
 fn watch_bus(
     pipeline: &gst::Pipeline,
     stop: &AtomicBool,
-    stall: Option<Duration>,
-    last_frame: &Mutex<Instant>,
+    stall: Duration,
+    last_frame: &Progress,
 ) -> Outcome {
     let Some(bus) = pipeline.bus() else {
         return Outcome::Error("the pipeline has no bus".into());
@@ -559,11 +601,8 @@ fn watch_bus(
             Some(gst::MessageView::Error(e)) => return Outcome::Error(error_text(e)),
             _ => {}
         }
-        if let Some(limit) = stall {
-            let idle = last_frame.lock().map(|t| t.elapsed()).unwrap_or_default();
-            if idle > limit {
-                return Outcome::Error(format!("no frame for {} s", limit.as_secs_f64()));
-            }
+        if last_frame.idle() > stall {
+            return Outcome::Error(format!("no frame for {} s", stall.as_secs_f64()));
         }
     }
 }

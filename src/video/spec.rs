@@ -10,7 +10,7 @@ use crate::model::tokenizer::QueryRules;
 use crate::postprocess::PostParams;
 
 /// The most frames per second `max_fps` may ask for.
-pub const MAX_FPS_LIMIT: f64 = 1000.0;
+pub(crate) const MAX_FPS_LIMIT: f64 = 1000.0;
 
 /// One stream's definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub struct StreamSpec {
 /// A `PUT /v1/streams/{name}` body: a definition without its name (the path gives it).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StreamBody {
+pub(crate) struct StreamBody {
     pub url: String,
     #[serde(default)]
     pub queries: Vec<String>,
@@ -54,7 +54,7 @@ pub struct StreamBody {
 }
 
 impl StreamBody {
-    pub fn named(self, name: &str) -> StreamSpec {
+    pub(crate) fn named(self, name: &str) -> StreamSpec {
         StreamSpec {
             name: name.to_string(),
             url: self.url,
@@ -132,7 +132,7 @@ const SECRET_KEYS: [&str; 14] = [
 /// `url` with its secrets hidden, for logs and status documents: the password of its user
 /// information (`rtsp://admin:***@cam/…`) and the values of credential keys in its query string
 /// (`?user=admin&pwd=***`); other URLs unchanged.
-pub fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
@@ -190,7 +190,7 @@ fn is_secret_key(k: &str) -> bool {
 
 /// Where the local sources (files, V4L2 devices) of a stream definition may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LocalPolicy {
+pub(crate) enum LocalPolicy {
     /// The config file's streams (the file is root's): any path.
     Any,
     /// Streams added through the API: files inside these folders (`stream_file_roots`; none by
@@ -201,7 +201,7 @@ pub enum LocalPolicy {
 /// Checks `source` against `policy` on the file system as it is now, and returns it with its path
 /// resolved (links followed), which is what the pipeline then opens. A refused path's error does
 /// not tell whether it exists or what it is.
-pub fn check_local_access(source: &Source, policy: &LocalPolicy) -> Result<Source, SpecError> {
+pub(crate) fn check_local_access(source: &Source, policy: &LocalPolicy) -> Result<Source, SpecError> {
     let LocalPolicy::Roots(roots) = policy else {
         return Ok(source.clone());
     };
@@ -284,7 +284,7 @@ pub enum SpecError {
 }
 
 /// Checks a stream name: `[a-z0-9_-]{1,64}`.
-pub fn check_name(name: &str) -> Result<(), SpecError> {
+pub(crate) fn check_name(name: &str) -> Result<(), SpecError> {
     if crate::service::query_sets::is_valid_name(name) {
         Ok(())
     } else {
@@ -293,7 +293,7 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
 }
 
 /// Parses a stream URL into its source.
-pub fn parse_url(url: &str) -> Result<Source, SpecError> {
+pub(crate) fn parse_url(url: &str) -> Result<Source, SpecError> {
     let bad = |m: String| Err(SpecError::Url(m));
     if url.is_empty() || url.len() > 4096 {
         return bad("url must be 1 to 4096 bytes".into());

@@ -27,7 +27,7 @@ use crate::service::{DetectError, DetectRequest, DetectService, ImageInput};
 /// A stream's state, as `GET /v1/streams` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     Starting,
     Running,
     Reconnecting,
@@ -36,7 +36,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             State::Starting => "starting",
             State::Running => "running",
@@ -48,7 +48,9 @@ impl State {
 }
 
 /// The latest processed frame and what was found in it.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
+    /// The frame's sequence number (read by tests now; the console will show it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub frame: u64,
     pub rgb: Arc<Rgb>,
     pub annotations: Vec<Annotation>,
@@ -56,9 +58,10 @@ pub struct Snapshot {
 
 /// Daemon-wide settings of stream runs.
 #[derive(Debug, Clone, Copy)]
-pub struct RunSettings {
-    /// A live source without a frame for this long is reconnected; an attempt whose pipeline does
-    /// not start within it fails (files too).
+pub(crate) struct RunSettings {
+    /// A live source without a frame for this long is reconnected, a file fails (time its frames
+    /// wait for the detector does not count); an attempt whose pipeline does not start within it
+    /// fails too.
     pub stall_timeout: Duration,
     /// How long a pipeline's teardown may take before it is abandoned.
     pub stop_timeout: Duration,
@@ -91,7 +94,7 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The part of a stream that lives as long as its name: counters, state, events, snapshot,
 /// latency histograms.
-pub struct StreamShared {
+pub(crate) struct StreamShared {
     pub name: String,
     pub hub: EventHub,
     pub stats: Arc<SourceStats>,
@@ -104,7 +107,7 @@ pub struct StreamShared {
 
 /// A point-in-time view of a stream's run.
 #[derive(Debug, Clone)]
-pub struct RunView {
+pub(crate) struct RunView {
     pub state: State,
     pub last_error: Option<String>,
     pub decoder: Option<String>,
@@ -114,7 +117,7 @@ pub struct RunView {
 }
 
 impl StreamShared {
-    pub fn new(name: &str, ring: usize, ring_bytes: usize, follower_lag: usize) -> Self {
+    pub(crate) fn new(name: &str, ring: usize, ring_bytes: usize, follower_lag: usize) -> Self {
         StreamShared {
             name: name.to_string(),
             hub: EventHub::new(ring, ring_bytes, follower_lag),
@@ -134,7 +137,7 @@ impl StreamShared {
 
     /// Sets the state (and the last error, for failures) and tells the followers; a finished or
     /// failed stream ends their bodies.
-    pub fn set_state(&self, state: State, message: &str) {
+    pub(crate) fn set_state(&self, state: State, message: &str) {
         if let Ok(mut s) = self.status.lock() {
             s.state = state;
             if matches!(state, State::Reconnecting | State::Failed) && !message.is_empty() {
@@ -164,7 +167,7 @@ impl StreamShared {
         s.last_error = Some(message);
     }
 
-    pub fn view(&self) -> RunView {
+    pub(crate) fn view(&self) -> RunView {
         let (state, last_error, fps) = match self.status.lock() {
             Ok(s) => (s.state, s.last_error.clone(), fps(&s.processed_at)),
             Err(_) => (State::Failed, Some("status lock poisoned".into()), 0.0),
@@ -179,19 +182,19 @@ impl StreamShared {
         }
     }
 
-    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+    pub(crate) fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.lock().ok().and_then(|s| s.clone())
     }
 
     /// Prometheus samples of the decode latency histogram for this stream.
-    pub fn render_decode_latency(&self, out: &mut String, name: &str) {
+    pub(crate) fn render_decode_latency(&self, out: &mut String, name: &str) {
         if let Ok(h) = self.decode_s.lock() {
             h.render_samples(out, name, &format!("stream=\"{}\"", self.name));
         }
     }
 
     /// Prometheus samples of the end-to-end latency histogram for this stream.
-    pub fn render_end_to_end_latency(&self, out: &mut String, name: &str) {
+    pub(crate) fn render_end_to_end_latency(&self, out: &mut String, name: &str) {
         if let Ok(h) = self.end_to_end_s.lock() {
             h.render_samples(out, name, &format!("stream=\"{}\"", self.name));
         }
@@ -231,7 +234,7 @@ fn fps(times: &VecDeque<Instant>) -> f64 {
 }
 
 /// One definition's run.
-pub struct Run {
+pub(crate) struct Run {
     pub shared: Arc<StreamShared>,
     pub spec: StreamSpec,
     pub source: Source,
@@ -257,7 +260,7 @@ struct FrameRules {
 
 impl Run {
     /// Runs until `cancel`, or until a file ends or fails.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub(crate) async fn run(self, cancel: CancellationToken) {
         let live = self.source.is_live();
         let (rules, mut tracker) = self.rules_and_tracker();
         let opts = SourceOptions {

@@ -20,7 +20,7 @@ const MIN_NOISE_H: f64 = 1e-6;
 
 /// Tracker settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TrackerConfig {
+pub(crate) struct TrackerConfig {
     /// Detections at or above this score start tracks and match first (ByteTrack's high stage).
     pub high: f32,
     /// Detections in [low, high) only continue existing tracks (second stage); below low: ignored.
@@ -44,7 +44,7 @@ impl Default for TrackerConfig {
 
 /// One detection given to the tracker.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TrackInput {
+pub(crate) struct TrackInput {
     pub class: usize,
     pub score: f32,
     pub bbox: [f32; 4],
@@ -220,7 +220,7 @@ struct Track {
 
 /// ByteTrack-style tracker of one stream.
 #[derive(Debug, Clone)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     cfg: TrackerConfig,
     tracks: Vec<Track>,
     next_id: u64,
@@ -228,7 +228,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(cfg: TrackerConfig) -> Self {
+    pub(crate) fn new(cfg: TrackerConfig) -> Self {
         Tracker {
             cfg,
             tracks: Vec::new(),
@@ -244,7 +244,7 @@ impl Tracker {
     /// Detections with a non-finite or empty box (zero or negative width/height) never match and
     /// never start tracks (`None`). A time earlier than the previous one counts as no motion and
     /// restarts the lost clocks from `t_ms`.
-    pub fn update(&mut self, t_ms: u64, dets: &[TrackInput]) -> Vec<Option<u64>> {
+    pub(crate) fn update(&mut self, t_ms: u64, dets: &[TrackInput]) -> Vec<Option<u64>> {
         let last = self.last_t.unwrap_or(t_ms);
         if t_ms < last {
             self.tracks
@@ -342,16 +342,18 @@ impl Tracker {
     }
 
     /// Tracks currently alive (matched within lost_timeout_ms).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.tracks.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.tracks.is_empty()
     }
 
     /// Forgets every track (a stream reconnected); ids keep increasing.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.tracks.clear();
         self.last_t = None;
     }

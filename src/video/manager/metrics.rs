@@ -16,7 +16,7 @@ type ViewCount = fn(&RunView) -> u64;
 
 impl StreamManager {
     /// Per-stream Prometheus metrics.
-    pub fn render_metrics(&self, out: &mut String) {
+    pub(crate) fn render_metrics(&self, out: &mut String) {
         let map = self.lock();
         // One view per stream (each takes the stream's locks), read by every family below.
         let views: Vec<(&str, RunView)> = map

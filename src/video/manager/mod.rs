@@ -24,19 +24,19 @@ use crate::state_file::StateFile;
 mod metrics;
 
 /// Name of the state file in `state_dir`.
-pub const STATE_FILE: &str = "streams.json";
+pub(crate) const STATE_FILE: &str = "streams.json";
 
 /// Where a stream's definition comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Origin {
+pub(crate) enum Origin {
     Config,
     Api,
 }
 
 /// Why a stream request is refused.
 #[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
+pub(crate) enum ManagerError {
     #[error("no stream named {0:?}")]
     NotFound(String),
     #[error("stream {0:?} comes from the config file and is read-only through the API")]
@@ -57,14 +57,14 @@ pub enum ManagerError {
 
 /// Whether a `put` made a new stream or replaced one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Put {
+pub(crate) enum Put {
     Created,
     Replaced,
 }
 
 /// A stream's status line of `GET /v1/streams`.
 #[derive(Debug, Clone, Serialize)]
-pub struct StreamStatus {
+pub(crate) struct StreamStatus {
     pub name: String,
     pub url: String,
     pub queries: Vec<String>,
@@ -107,7 +107,7 @@ impl Entry {
 
 /// Daemon-wide stream settings (from `Config`).
 #[derive(Debug, Clone)]
-pub struct ManagerConfig {
+pub(crate) struct ManagerConfig {
     pub state_file: PathBuf,
     pub max_streams: usize,
     pub events_buffer: usize,
@@ -120,7 +120,7 @@ pub struct ManagerConfig {
 }
 
 impl ManagerConfig {
-    pub fn from_config(c: &Config) -> Self {
+    pub(crate) fn from_config(c: &Config) -> Self {
         ManagerConfig {
             state_file: c.state_dir.join(STATE_FILE),
             max_streams: c.max_streams,
@@ -145,7 +145,7 @@ impl ManagerConfig {
 }
 
 /// The running streams.
-pub struct StreamManager {
+pub(crate) struct StreamManager {
     cfg: ManagerConfig,
     service: DetectService,
     query_sets: Arc<QuerySets>,
@@ -165,7 +165,7 @@ pub struct StreamManager {
 
 /// Counts of streams by state, for `/api/health`.
 #[derive(Debug, Default, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub total: usize,
     pub running: usize,
     pub starting: usize,
@@ -179,7 +179,7 @@ impl StreamManager {
     /// until it is deleted: one that cannot start (its name is a configured stream's, more than
     /// `max_streams`, no longer valid, unreadable) is shown `failed` with the reason, or kept
     /// aside in the file when it has no name of its own. Must be called within a tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         cfg: ManagerConfig,
         service: DetectService,
         query_sets: Arc<QuerySets>,
@@ -323,7 +323,7 @@ impl StreamManager {
 
     /// Adds or replaces an API stream; saved before it starts. Blocking (the state file is written
     /// and synced): call it off the async threads. Answers with the stream's status as saved.
-    pub fn put(&self, spec: StreamSpec) -> Result<(Put, StreamStatus), ManagerError> {
+    pub(crate) fn put(&self, spec: StreamSpec) -> Result<(Put, StreamStatus), ManagerError> {
         let source = spec.validate(&self.cfg.queries)?;
         let source = check_local_access(&source, &self.cfg.api_local)?;
         super::attempt::check_local(&source).map_err(|e| SpecError::Url(e.to_string()))?;
@@ -372,7 +372,7 @@ impl StreamManager {
     }
 
     /// Stops and forgets an API stream. Blocking, like `put`.
-    pub fn delete(&self, name: &str) -> Result<(), ManagerError> {
+    pub(crate) fn delete(&self, name: &str) -> Result<(), ManagerError> {
         let _writer = self.write_lock();
         let saved = {
             let map = self.lock();
@@ -471,27 +471,27 @@ impl StreamManager {
     }
 
     /// Every stream's status, by name.
-    pub fn list(&self) -> Vec<StreamStatus> {
+    pub(crate) fn list(&self) -> Vec<StreamStatus> {
         self.lock().values().map(|e| self.status(e)).collect()
     }
 
     /// One stream's status.
-    pub fn status_of(&self, name: &str) -> Option<StreamStatus> {
+    pub(crate) fn status_of(&self, name: &str) -> Option<StreamStatus> {
         self.lock().get(name).map(|e| self.status(e))
     }
 
     /// One stream's shared part.
-    pub fn get(&self, name: &str) -> Option<Arc<StreamShared>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<StreamShared>> {
         self.lock().get(name).map(|e| e.shared.clone())
     }
 
     /// Cancelled when the daemon stops: events followers end then.
-    pub fn stopping(&self) -> &CancellationToken {
+    pub(crate) fn stopping(&self) -> &CancellationToken {
         &self.stopping
     }
 
     /// Counts by state.
-    pub fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for e in self.lock().values() {
             s.total += 1;
@@ -507,7 +507,7 @@ impl StreamManager {
     }
 
     /// Stops every stream and waits for them (at most `grace`).
-    pub async fn shutdown(&self, grace: Duration) {
+    pub(crate) async fn shutdown(&self, grace: Duration) {
         self.stopping.cancel();
         let tasks: Vec<JoinHandle<()>> = {
             let mut map = self.lock();
