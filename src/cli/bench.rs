@@ -113,6 +113,31 @@ pub struct BenchReport {
     pub cpu_flags: Vec<&'static str>,
     /// With `--profile`: the optimized image session's time per op type.
     pub profile: Option<super::ort_profile::ProfileSummary>,
+    /// What a stream's tracker adds to each frame, measured in this run.
+    pub tracking: TrackingCost,
+}
+
+/// One tracker update on a busy synthetic scene, against one image's inference.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrackingCost {
+    /// Objects in the scene (each with a duplicate box and a low-score box).
+    pub objects: usize,
+    pub update_us: f64,
+    /// `update_us` over the optimized engine's p50 batch latency per image.
+    pub share_of_frame: f64,
+}
+
+/// Objects of the tracking scene: a crowded camera.
+const TRACKING_OBJECTS: usize = 50;
+
+fn tracking_cost(optimized: &SideResult) -> TrackingCost {
+    let update_us = crate::video::track::bench::update_cost(TRACKING_OBJECTS).as_secs_f64() * 1e6;
+    let frame_us = optimized.batch_latency.p50_ms * 1e3 / optimized.batch_size.max(1) as f64;
+    TrackingCost {
+        objects: TRACKING_OBJECTS,
+        update_us,
+        share_of_frame: update_us / frame_us,
+    }
 }
 
 /// Per-patch difference between two engines on the same frame and queries.
@@ -442,6 +467,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let speedup = eager
         .as_ref()
         .map(|e| e.batch_latency.p50_ms / optimized.batch_latency.p50_ms);
+    let tracking = tracking_cost(&optimized);
     Ok(BenchReport {
         model: args.model.display().to_string(),
         backend,
@@ -464,6 +490,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         cpu_model,
         cpu_flags,
         profile,
+        tracking,
     })
 }
 
@@ -505,6 +532,13 @@ pub fn render_text(r: &BenchReport) -> String {
     if let Some(m) = r.peak_rss_mb {
         s.push_str(&format!("peak RSS {m:.0} MiB\n"));
     }
+    let t = &r.tracking;
+    s.push_str(&format!(
+        "tracking: {:.1} us per frame of {} objects ({:.3}% of an image's inference)\n",
+        t.update_us,
+        t.objects,
+        t.share_of_frame * 100.0
+    ));
     if let Some(p) = &r.profile {
         s.push_str(&super::ort_profile::render(p, 15));
     }

@@ -123,6 +123,14 @@ pub struct Config {
     pub stream_rtsp_timeout_ms: u64,
     /// A tracked object unseen for this long loses its track id.
     pub stream_track_lost_ms: u64,
+    /// A track and a detection with at least this IoU match.
+    pub stream_track_match_iou: f32,
+    /// Under that IoU, centres within this many box sizes still match (0: off).
+    pub stream_track_match_distance: f32,
+    /// A second box over a tracked object (IoU above this) is left out of frame events (1: off).
+    pub stream_track_duplicate_iou: f32,
+    /// Per-query NMS IoU for streams without their own `nms` (1: off).
+    pub stream_nms: f32,
     /// How long a stream pipeline's teardown may take before it is abandoned to its thread.
     pub stream_stop_timeout_ms: u64,
     /// Folders whose files (and their subfolders') streams added through the API may read; none
@@ -203,6 +211,10 @@ impl Default for Config {
             stream_stall_timeout_ms: 10_000,
             stream_rtsp_timeout_ms: 5_000,
             stream_track_lost_ms: 1_000,
+            stream_track_match_iou: 0.3,
+            stream_track_match_distance: 1.0,
+            stream_track_duplicate_iou: 0.5,
+            stream_nms: 0.5,
             stream_stop_timeout_ms: 5_000,
             stream_file_roots: Vec::new(),
             stream_events_buffer_mb: 8,
@@ -297,10 +309,26 @@ impl Config {
         if self.model.trim().is_empty() {
             return bad("model", "is empty".into());
         }
-        if !(0.0..=1.0).contains(&self.default_threshold) {
+        for (key, v) in [
+            ("default_threshold", self.default_threshold),
+            ("stream_track_match_iou", self.stream_track_match_iou),
+            (
+                "stream_track_duplicate_iou",
+                self.stream_track_duplicate_iou,
+            ),
+            ("stream_nms", self.stream_nms),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, format!("{v} is not in [0, 1]"));
+            }
+        }
+        if !(0.0..=10.0).contains(&self.stream_track_match_distance) {
             return bad(
-                "default_threshold",
-                format!("{} is not in [0, 1]", self.default_threshold),
+                "stream_track_match_distance",
+                format!(
+                    "{} is not in [0, 10] (box sizes)",
+                    self.stream_track_match_distance
+                ),
             );
         }
         self.check_numbers()?;

@@ -144,7 +144,6 @@ impl Checkpoint {
         self.dir.join(&self.file_name)
     }
 
-
     /// Looks a tensor up and checks its shape.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<&TensorInfo, ModelError> {
         let info = self

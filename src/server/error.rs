@@ -28,7 +28,11 @@ impl ApiError {
     }
 
     /// 503 with `Retry-After`.
-    pub(crate) fn unavailable(kind: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
+    pub(crate) fn unavailable(
+        kind: &'static str,
+        message: impl Into<String>,
+        retry_after: u32,
+    ) -> Self {
         ApiError {
             retry_after: Some(retry_after),
             ..Self::new(503, kind, message)

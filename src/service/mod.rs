@@ -238,7 +238,10 @@ impl DetectService {
     }
 
     /// `detect` without the deadline (the daemon's warmup, bounded by systemd's start timeout).
-    pub(crate) async fn detect_untimed(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
+    pub(crate) async fn detect_untimed(
+        &self,
+        req: DetectRequest,
+    ) -> Result<DetectOutput, DetectError> {
         self.run(req).await
     }
 
@@ -345,7 +348,11 @@ impl DetectService {
     }
 
     /// Checks queries that will be used with a query set (a stream's), as a request's would be.
-    pub(crate) fn check_with_set(&self, set: &QuerySet, queries: &[String]) -> Result<(), DetectError> {
+    pub(crate) fn check_with_set(
+        &self,
+        set: &QuerySet,
+        queries: &[String],
+    ) -> Result<(), DetectError> {
         self.check_queries(&[set.queries(), queries].concat(), set.exemplars())
     }
 

@@ -201,7 +201,10 @@ pub(crate) enum LocalPolicy {
 /// Checks `source` against `policy` on the file system as it is now, and returns it with its path
 /// resolved (links followed), which is what the pipeline then opens. A refused path's error does
 /// not tell whether it exists or what it is.
-pub(crate) fn check_local_access(source: &Source, policy: &LocalPolicy) -> Result<Source, SpecError> {
+pub(crate) fn check_local_access(
+    source: &Source,
+    policy: &LocalPolicy,
+) -> Result<Source, SpecError> {
     let LocalPolicy::Roots(roots) = policy else {
         return Ok(source.clone());
     };

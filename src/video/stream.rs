@@ -68,7 +68,10 @@ pub(crate) struct RunSettings {
     pub rtsp_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
-    pub lost_track_ms: u64,
+    /// The tracker's settings (its score thresholds follow each stream's threshold).
+    pub track: TrackerConfig,
+    /// Per-query NMS IoU of streams without their own `nms`.
+    pub nms: f32,
     /// Detections a frame event reports at most (the highest scores).
     pub max_detections: usize,
 }
@@ -337,8 +340,7 @@ impl Run {
         let tracker = Tracker::new(TrackerConfig {
             high: threshold.next_up(),
             low: rules.low,
-            match_iou: 0.3,
-            lost_timeout_ms: self.settings.lost_track_ms,
+            ..self.settings.track
         });
         (rules, tracker)
     }
@@ -446,7 +448,9 @@ impl Run {
             .detections
             .into_iter()
             .zip(ids)
-            .filter(|(d, _)| d.score > rules.threshold)
+            // Above the threshold every detection has an id but the duplicates of a tracked
+            // object (and boxes with no area), which are left out.
+            .filter(|(d, id)| d.score > rules.threshold && id.is_some())
             .map(|(detection, track_id)| TrackedDetection {
                 detection,
                 track_id,
@@ -513,7 +517,7 @@ impl Run {
             let mut req =
                 DetectRequest::new(ImageInput::Shared(rgb.clone()), self.spec.queries.clone());
             req.threshold = Some(rules.low);
-            req.nms = self.spec.nms;
+            req.nms = Some(self.spec.nms.unwrap_or(self.settings.nms));
             if let Some(name) = &self.spec.query_set {
                 let Some(set) = self.query_sets.get(name) else {
                     self.shared

@@ -167,7 +167,8 @@ fn settings() -> RunSettings {
         rtsp_timeout: Duration::from_secs(1),
         reconnect_min: Duration::from_millis(5),
         reconnect_max: Duration::from_millis(20),
-        lost_track_ms: 1000,
+        track: crate::video::track::TrackerConfig::default(),
+        nms: 0.5,
         max_detections: 100,
     }
 }
@@ -246,8 +247,10 @@ async fn a_file_stream_processes_every_frame_then_finishes() {
         let v: serde_json::Value = serde_json::from_slice(l).expect("json");
         assert_eq!(v["frame"], i);
         assert_eq!(v["pts_ms"], i * 100);
-        // The fake scores every patch 0.5 for "a cat": 36 patches of tiny-a's 6 x 6 grid.
-        assert_eq!(v["detections"].as_array().map(Vec::len), Some(36), "{v}");
+        // The fake scores every patch of tiny-a's 6 x 6 grid 0.5 for "a cat", all with the same
+        // box: the streams' default NMS keeps one of the 36, and the tracker follows it.
+        assert_eq!(v["detections"].as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v["detections"][0]["track_id"], 1, "{v}");
     }
     assert_eq!(shared.snapshot().map(|s| s.frame), Some(2));
     assert_eq!(frames.started(), 1, "a finished file is not started again");

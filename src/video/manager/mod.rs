@@ -16,6 +16,7 @@ use super::attempt::FrameSource;
 use super::saved::{self, Saved, StateFileContent};
 use super::spec::{check_local_access, LocalPolicy, SpecError, StreamSpec};
 use super::stream::{Run, RunSettings, State, StreamShared};
+use super::track::TrackerConfig;
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
 use crate::service::{DetectService, QuerySets};
@@ -136,7 +137,14 @@ impl ManagerConfig {
                 reconnect_min: Duration::from_millis(500)
                     .min(Duration::from_millis(c.stream_reconnect_max_ms)),
                 reconnect_max: Duration::from_millis(c.stream_reconnect_max_ms),
-                lost_track_ms: c.stream_track_lost_ms,
+                track: TrackerConfig {
+                    match_iou: c.stream_track_match_iou,
+                    match_distance: c.stream_track_match_distance,
+                    duplicate_iou: c.stream_track_duplicate_iou,
+                    lost_timeout_ms: c.stream_track_lost_ms,
+                    ..TrackerConfig::default()
+                },
+                nms: c.stream_nms,
                 max_detections: c.stream_max_detections,
             },
             api_local: LocalPolicy::Roots(c.stream_file_roots.clone()),
