@@ -211,8 +211,10 @@ pub(crate) fn frame_lines(lines: Vec<Value>) -> Vec<Value> {
         .collect()
 }
 
+/// The streams' config; the tracker leaves every reported box in (no duplicate dropped), so frame
+/// events are `/v1/detect`'s with the streams' default NMS.
 fn write_config(dir: &Path, streams: &[(&str, &Path)]) -> PathBuf {
-    let mut toml = String::new();
+    let mut toml = String::from("stream_track_duplicate_iou = 1.0\n\n");
     for (name, path) in streams {
         toml.push_str(&format!(
             "[[streams]]\nname = \"{name}\"\nurl = \"{}\"\nqueries = [\"{}\", \"{}\"]\nthreshold = {THRESHOLD}\n\n",
@@ -253,9 +255,9 @@ fn file_frames_equal_detect_and_still_frames_keep_their_track_ids() {
         assert_eq!(s["origin"], "config", "{s}");
     }
 
-    // Every frame's detections are /v1/detect's for the same image.
+    // Every frame's detections are /v1/detect's for the same image with the streams' default NMS.
     let events = frame_lines(Follower::open(&d, "/v1/streams/clip/events?since=0").lines(FRAMES));
-    let target = detect_target(&QUERIES, &format!("threshold={THRESHOLD}"));
+    let target = detect_target(&QUERIES, &format!("threshold={THRESHOLD}&nms=0.5"));
     let mut compared = 0;
     for (i, ev) in events.iter().enumerate() {
         assert_eq!(ev["stream"], "clip");
@@ -766,10 +768,13 @@ fn a_stream_looks_for_its_query_set() {
     let pngs = frames(tmp.path(), false);
     let clip = lossless(tmp.path());
     let file_roots = file_roots(&[tmp.path()]);
-    let mut d = Daemon::start(&[("IV_STREAM_FILE_ROOTS", &file_roots)]);
+    let mut d = Daemon::start(&[
+        ("IV_STREAM_FILE_ROOTS", &file_roots),
+        ("IV_STREAM_TRACK_DUPLICATE_IOU", "1"),
+    ]);
     d.wait_ready();
     let url = clip.to_str().expect("utf8");
-    let body = json!({"url": url, "query_set": "looks", "threshold": 0.5});
+    let body = json!({"url": url, "query_set": "looks", "threshold": 0.5, "nms": 0.3});
     let r = put(&d, "byset", &body);
     assert_eq!((r.status, r.kind()), (400, "unknown_query_set".to_string()));
     let set = json!({"query_images": [{
@@ -803,7 +808,7 @@ fn a_stream_looks_for_its_query_set() {
         let png = std::fs::read(&pngs[i]).expect("png");
         let r = d.request(
             "POST",
-            "/v1/detect?query_set=looks&threshold=0.5",
+            "/v1/detect?query_set=looks&threshold=0.5&nms=0.3",
             Some("image/png"),
             &png,
         );

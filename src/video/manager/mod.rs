@@ -73,8 +73,8 @@ pub(crate) struct StreamStatus {
     pub query_set: Option<String>,
     /// As written (0.1, not the f32's 0.10000000149011612).
     pub threshold: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nms: Option<f64>,
+    /// The effective one too (the stream's, or `stream_nms`); 1 is off.
+    pub nms: f64,
     pub max_fps: f64,
     pub origin: Origin,
     pub state: State,
@@ -465,7 +465,7 @@ impl StreamManager {
             queries: e.spec.queries.clone(),
             query_set: e.spec.query_set.clone(),
             threshold: shortest(e.spec.threshold.unwrap_or(default)),
-            nms: e.spec.nms.map(shortest),
+            nms: shortest(e.spec.nms.unwrap_or(self.cfg.run.nms)),
             max_fps: e.spec.max_fps,
             origin: e.origin,
             state: v.state,
