@@ -44,10 +44,50 @@ pub(crate) struct SourceOptions {
 pub(crate) struct SourceStats {
     /// Frames decoded and handed over or dropped.
     pub decoded: AtomicU64,
-    /// Frames decoded but not processed (overwritten in the live slot, or sampled out).
-    pub dropped: AtomicU64,
+    /// Frames decoded but not processed, by [`DropReason`].
+    dropped: [AtomicU64; 3],
     /// The decoder element's factory name (e.g. `avdec_h264`, `nvh264dec`).
     pub decoder: Mutex<Option<String>>,
+}
+
+/// Why a decoded frame was not processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    /// A live source's newer frame took its place while the detector was busy.
+    Replaced,
+    /// Left out by `max_fps` (a file's sampling by timestamp, or a live source's pacing).
+    Sampled,
+    /// Its detection failed (`queue_full`, a stopped service, a bad frame).
+    Failed,
+}
+
+impl DropReason {
+    pub(crate) const ALL: [DropReason; 3] = [
+        DropReason::Replaced,
+        DropReason::Sampled,
+        DropReason::Failed,
+    ];
+
+    /// The metric label.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DropReason::Replaced => "replaced",
+            DropReason::Sampled => "sampled",
+            DropReason::Failed => "failed",
+        }
+    }
+}
+
+impl SourceStats {
+    /// Counts a frame not processed.
+    pub(crate) fn drop_frame(&self, why: DropReason) {
+        self.dropped[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frames not processed for `why`.
+    pub(crate) fn dropped(&self, why: DropReason) -> u64 {
+        self.dropped[why as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// How an attempt ended.
@@ -193,12 +233,13 @@ impl Attempt {
         }
     }
 
-    /// `f`, or a newer frame that arrived meanwhile (live sources; `f` then counts as dropped).
+    /// `f`, or a newer frame that arrived while the run waited for its `max_fps` slot (live
+    /// sources; `f` then counts as sampled out).
     pub(crate) fn newest(&mut self, f: Frame) -> Frame {
         match &self.frames {
             Some(Frames::Latest(slot)) => match slot.try_take() {
                 Some(newer) => {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.stats.drop_frame(DropReason::Sampled);
                     newer
                 }
                 None => f,

@@ -17,8 +17,9 @@ use gstreamer_video::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
 use super::attempt::{
-    check_local, stopping_pipelines, Attempt, Frame, FrameSink, FrameSource, Frames, LatestSlot,
-    Outcome, SourceError, SourceOptions, SourceStats, Starting, StoppingMark, MAX_STOPPING,
+    check_local, stopping_pipelines, Attempt, DropReason, Frame, FrameSink, FrameSource, Frames,
+    LatestSlot, Outcome, SourceError, SourceOptions, SourceStats, Starting, StoppingMark,
+    MAX_STOPPING,
 };
 use super::spec::Source;
 use crate::preprocess::Rgb;
@@ -435,7 +436,7 @@ impl FrameCallback {
             .map_or(0, gst::ClockTime::nseconds);
         if let Some(interval) = self.interval_ns {
             if !self.sampler.keep(pts_ns, interval) {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.drop_frame(DropReason::Sampled);
                 return Ok(gst::FlowSuccess::Ok);
             }
         }
@@ -456,7 +457,7 @@ impl FrameCallback {
         match &self.sink {
             FrameSink::Latest(slot) => {
                 if slot.put(frame) {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.stats.drop_frame(DropReason::Replaced);
                 }
                 Ok(gst::FlowSuccess::Ok)
             }

@@ -13,7 +13,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{
-    Attempt, Frame, FrameSource, Outcome, SourceError, SourceOptions, SourceStats, Stopping,
+    Attempt, DropReason, Frame, FrameSource, Outcome, SourceError, SourceOptions, SourceStats,
+    Stopping,
 };
 use super::draw::Annotation;
 use super::events::{self, EventHub, FrameEvent, StateEvent, TrackedDetection};
@@ -115,7 +116,8 @@ pub(crate) struct RunView {
     pub last_error: Option<String>,
     pub decoder: Option<String>,
     pub frames: u64,
-    pub dropped: u64,
+    /// Frames not processed, by `DropReason::ALL`'s order.
+    pub dropped: [u64; 3],
     pub fps: f64,
 }
 
@@ -180,7 +182,7 @@ impl StreamShared {
             last_error,
             decoder: self.stats.decoder.lock().ok().and_then(|d| d.clone()),
             frames: self.processed.load(Ordering::Relaxed),
-            dropped: self.stats.dropped.load(Ordering::Relaxed),
+            dropped: DropReason::ALL.map(|why| self.stats.dropped(why)),
             fps,
         }
     }
@@ -428,7 +430,7 @@ impl Run {
         } = frame;
         let rgb = Arc::new(rgb);
         let Some((out, set)) = self.detect(&rgb, rules).await else {
-            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.stats.drop_frame(DropReason::Failed);
             return;
         };
         if self.set_changed(set) {

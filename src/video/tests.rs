@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::attempt::{
-    Attempt, Frame, FrameSink, FrameSource, Frames, LatestSlot, Outcome, SourceError,
+    Attempt, DropReason, Frame, FrameSink, FrameSource, Frames, LatestSlot, Outcome, SourceError,
     SourceOptions, SourceStats, Starting,
 };
 use super::manager::{ManagerConfig, StreamManager};
@@ -133,7 +133,7 @@ async fn play(
         match &sink {
             FrameSink::Latest(slot) => {
                 if slot.put(frame) {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    stats.drop_frame(DropReason::Replaced);
                 }
             }
             FrameSink::Ordered(tx) => {
@@ -276,6 +276,20 @@ async fn a_live_source_reconnects_after_an_error_and_counts_what_it_drops() {
     );
     assert!(s.frames >= 1, "{s:?}");
     assert_eq!(s.state, State::Reconnecting);
+    // By reason: a live source only loses frames to newer ones here (no max_fps, no failure).
+    let mut text = String::new();
+    m.render_metrics(&mut text);
+    let dropped = |why: &str| {
+        let key = format!("iv_stream_dropped_frames_total{{stream=\"cam\",reason=\"{why}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    assert_eq!(
+        (dropped("replaced"), dropped("sampled"), dropped("failed")),
+        (Some(s.dropped), Some(0), Some(0)),
+        "{text}"
+    );
     let mut states = Vec::new();
     let mut live = follower.live;
     while let Ok(l) = live.try_recv() {
@@ -303,8 +317,14 @@ async fn deleting_a_followed_stream_ends_its_followers_and_stops_its_attempt() {
     m.delete("cam").expect("delete");
     assert!(m.status_of("cam").is_none());
     assert!(*sub.ended.borrow_and_update(), "followers' bodies end");
-    let last: serde_json::Value =
-        serde_json::from_slice(&sub.live.recv().await.expect("a line")).expect("json");
+    // The frame's event may come first (the stream is running before its first frame's event).
+    let last = loop {
+        let line: serde_json::Value =
+            serde_json::from_slice(&sub.live.recv().await.expect("a line")).expect("json");
+        if line.get("frame").is_none() {
+            break line;
+        }
+    };
     assert_eq!(last["state"], "deleted");
     let saved = std::fs::read_to_string(dir.path().join("streams.json")).expect("state file");
     assert!(!saved.contains("\"cam\""), "{saved}");

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::StreamManager;
 use crate::service::metrics::header;
-use crate::video::attempt;
+use crate::video::attempt::{self, DropReason};
 use crate::video::stream::{RunView, State, StreamShared};
 
 /// Renders one of a stream's latency histograms.
@@ -23,16 +23,30 @@ impl StreamManager {
             .values()
             .map(|e| (e.spec.name.as_str(), e.shared.view()))
             .collect();
-        let counters: [(&str, &str, ViewCount); 3] = [
-            ("iv_stream_frames_total", "Frames processed per stream.", |v| v.frames),
+        let name = "iv_stream_dropped_frames_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Frames decoded but not processed per stream, by reason: replaced by a newer live frame, sampled out by max_fps, failed detection.",
+        );
+        for (stream, v) in &views {
+            for (why, n) in DropReason::ALL.iter().zip(v.dropped) {
+                let reason = why.name();
+                let _ = writeln!(out, "{name}{{stream=\"{stream}\",reason=\"{reason}\"}} {n}");
+            }
+        }
+        let counters: [(&str, &str, ViewCount); 2] = [
             (
-                "iv_stream_dropped_frames_total",
-                "Frames decoded but not processed per stream (newest-frame policy, max_fps, errors).",
-                |v| v.dropped,
+                "iv_stream_frames_total",
+                "Frames processed per stream.",
+                |v| v.frames,
             ),
-            ("iv_stream_up", "1 while the stream is running, else 0.", |v| {
-                u64::from(v.state == State::Running)
-            }),
+            (
+                "iv_stream_up",
+                "1 while the stream is running, else 0.",
+                |v| u64::from(v.state == State::Running),
+            ),
         ];
         for (name, help, get) in counters {
             let kind = if name.ends_with("_total") {

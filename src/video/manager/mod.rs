@@ -471,7 +471,7 @@ impl StreamManager {
             state: v.state,
             decoder: v.decoder,
             frames: v.frames,
-            dropped: v.dropped,
+            dropped: v.dropped.iter().sum(),
             fps: v.fps,
             last_error: v.last_error,
             followers: e.shared.hub.followers(),
