@@ -231,7 +231,30 @@ impl DetectService {
     pub(crate) async fn detect(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
         let timeout = self.inner.cfg.request_timeout;
         let deadline = tokio::time::Instant::from_std(req.received + timeout);
-        match tokio::time::timeout_at(deadline, self.run(req)).await {
+        match tokio::time::timeout_at(deadline, self.run(req, None)).await {
+            Ok(r) => r,
+            Err(_) => Err(DetectError::Timeout(timeout.as_millis() as u64)),
+        }
+    }
+
+    /// [`detect`](Self::detect) that waits for a queue slot instead of failing with
+    /// `queue_full` (a file stream's frames: nothing is lost by waiting); the deadline starts
+    /// once the request has its slot.
+    pub(crate) async fn detect_waiting(
+        &self,
+        mut req: DetectRequest,
+    ) -> Result<DetectOutput, DetectError> {
+        let permit = self
+            .inner
+            .queue
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| DetectError::Stopped)?;
+        req.received = Instant::now();
+        let timeout = self.inner.cfg.request_timeout;
+        let deadline = tokio::time::Instant::from_std(req.received + timeout);
+        match tokio::time::timeout_at(deadline, self.run(req, Some(permit))).await {
             Ok(r) => r,
             Err(_) => Err(DetectError::Timeout(timeout.as_millis() as u64)),
         }
@@ -242,11 +265,16 @@ impl DetectService {
         &self,
         req: DetectRequest,
     ) -> Result<DetectOutput, DetectError> {
-        self.run(req).await
+        self.run(req, None).await
     }
 
-    /// Validates, admits, preprocesses, queues and waits for the answer.
-    async fn run(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
+    /// Validates, admits (unless `admitted` is the request's queue slot already), preprocesses,
+    /// queues and waits for the answer.
+    async fn run(
+        &self,
+        req: DetectRequest,
+        admitted: Option<OwnedSemaphorePermit>,
+    ) -> Result<DetectOutput, DetectError> {
         let DetectRequest {
             image,
             queries,
@@ -268,12 +296,15 @@ impl DetectService {
             None => (queries, exemplars, Vec::new()),
         };
         self.check_queries(&queries, &exemplars)?;
-        let permit = self
-            .inner
-            .queue
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| DetectError::QueueFull)?;
+        let permit = match admitted {
+            Some(p) => p,
+            None => self
+                .inner
+                .queue
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| DetectError::QueueFull)?,
+        };
         let t_pre = Instant::now();
         let exemplars = self.decode_exemplars(exemplars, known_keys).await?;
         let (pixels, width, height, permit) = self.preprocess(image, permit).await?;

@@ -175,6 +175,31 @@ async fn a_full_queue_fails_fast_and_frees_when_answered() {
 }
 
 #[tokio::test]
+async fn a_waiting_request_takes_the_slot_once_it_is_free() {
+    let (svc, _w, probe, _m) = start(ServiceConfig {
+        max_queue: 1,
+        ..config()
+    });
+    probe.gate.set(true);
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.detect(request(&["a cat"])).await }
+    });
+    assert!(until(|| probe.batches.lock().map(|b| b.len()).unwrap_or(0) == 1).await);
+    let waiting = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.detect_waiting(request(&["a dog"])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "it waits for the slot");
+    assert_eq!(svc.queue_depth(), 1, "a waiting request holds no slot");
+    probe.gate.set(false);
+    assert!(first.await.expect("task").is_ok());
+    let out = waiting.await.expect("task").expect("answered once admitted");
+    assert_eq!(out.detections.first().map(|d| d.label.as_str()), Some("a dog"));
+}
+
+#[tokio::test]
 async fn concurrent_requests_share_one_batch() {
     let (svc, _w, probe, metrics) = start(ServiceConfig {
         max_batch: 4,

@@ -515,31 +515,31 @@ impl Run {
         crate::service::DetectOutput,
         Option<Arc<crate::service::QuerySet>>,
     )> {
-        loop {
-            let mut req =
-                DetectRequest::new(ImageInput::Shared(rgb.clone()), self.spec.queries.clone());
-            req.threshold = Some(rules.low);
-            req.nms = Some(self.spec.nms.unwrap_or(self.settings.nms));
-            if let Some(name) = &self.spec.query_set {
-                let Some(set) = self.query_sets.get(name) else {
-                    self.shared
-                        .note_error(format!("query set {name:?} does not exist (any more)"));
-                    return None;
-                };
-                req.query_set = Some(set);
-            }
-            let set = req.query_set.clone();
-            match self.service.detect(req).await {
-                Ok(out) => return Some((out, set)),
-                Err(DetectError::QueueFull) if !self.source.is_live() => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(DetectError::QueueFull) => return None,
-                Err(DetectError::Stopped) => return None,
-                Err(e) => {
-                    self.shared.note_error(e.to_string());
-                    return None;
-                }
+        let mut req =
+            DetectRequest::new(ImageInput::Shared(rgb.clone()), self.spec.queries.clone());
+        req.threshold = Some(rules.low);
+        req.nms = Some(self.spec.nms.unwrap_or(self.settings.nms));
+        if let Some(name) = &self.spec.query_set {
+            let Some(set) = self.query_sets.get(name) else {
+                self.shared
+                    .note_error(format!("query set {name:?} does not exist (any more)"));
+                return None;
+            };
+            req.query_set = Some(set);
+        }
+        let set = req.query_set.clone();
+        // A live frame that finds the queue full is dropped (a newer one comes); a file's waits.
+        let answer = if self.source.is_live() {
+            self.service.detect(req).await
+        } else {
+            self.service.detect_waiting(req).await
+        };
+        match answer {
+            Ok(out) => Some((out, set)),
+            Err(DetectError::QueueFull | DetectError::Stopped) => None,
+            Err(e) => {
+                self.shared.note_error(e.to_string());
+                None
             }
         }
     }
