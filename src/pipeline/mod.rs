@@ -4,6 +4,7 @@
 //! HTTP (the service drives it). Owned by one thread (`&mut self`), like the backend it drives.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
@@ -252,30 +253,70 @@ impl QueryPlan {
 }
 
 /// The query-embedding cache (text queries and exemplars), shared by the detector and whoever
-/// wants to know before a request is queued whether an exemplar needs decoding at all.
+/// wants to know before a request is queued whether an exemplar needs decoding at all. It counts
+/// its own hits and misses, whoever looks.
 #[derive(Debug, Clone)]
-pub struct EmbeddingCache(Arc<Mutex<LruCache<String, Arc<[f32]>>>>);
+pub struct EmbeddingCache(Arc<CacheInner>);
+
+#[derive(Debug)]
+struct CacheInner {
+    map: Mutex<LruCache<String, Arc<[f32]>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
 
 impl EmbeddingCache {
     fn new(size: usize) -> Self {
         let n = NonZeroUsize::new(size.max(1)).unwrap_or(NonZeroUsize::MIN);
-        EmbeddingCache(Arc::new(Mutex::new(LruCache::new(n))))
+        EmbeddingCache(Arc::new(CacheInner {
+            map: Mutex::new(LruCache::new(n)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Arc<[f32]>>> {
         // A panic while holding the lock cannot leave the map inconsistent: take it anyway.
         self.0
+            .map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The cached embedding of `key` (marked recently used).
-    pub fn get(&self, key: &str) -> Option<Arc<[f32]>> {
+    /// The cached embedding of `key` (marked recently used), counted as a hit when found.
+    pub fn lookup(&self, key: &str) -> Option<Arc<[f32]>> {
+        let found = self.lock().get(key).cloned();
+        if found.is_some() {
+            self.count(1, 0);
+        }
+        found
+    }
+
+    /// Whether `key` is cached, without counting.
+    fn contains(&self, key: &str) -> bool {
+        self.lock().contains(key)
+    }
+
+    /// The embedding of `key`, just inserted or looked up (not counted again).
+    fn get(&self, key: &str) -> Option<Arc<[f32]>> {
         self.lock().get(key).cloned()
     }
 
     fn put(&self, key: String, e: Arc<[f32]>) {
         self.lock().put(key, e);
+    }
+
+    fn count(&self, hits: u64, misses: u64) {
+        self.0.hits.fetch_add(hits, Ordering::Relaxed);
+        self.0.misses.fetch_add(misses, Ordering::Relaxed);
+    }
+
+    /// Hits and misses so far.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.0.hits.load(Ordering::Relaxed),
+            misses: self.0.misses.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -286,7 +327,6 @@ pub struct Detector {
     tokenizer: QueryTokenizer,
     backend: Box<dyn Backend>,
     cache: EmbeddingCache,
-    stats: CacheStats,
     truncation_warnings: std::sync::Mutex<crate::pacing::LogLimiter>,
 }
 
@@ -317,7 +357,6 @@ impl Detector {
             tokenizer,
             backend,
             cache: EmbeddingCache::new(query_cache),
-            stats: CacheStats::default(),
             truncation_warnings: std::sync::Mutex::new(crate::pacing::LogLimiter::new(
                 std::time::Duration::from_secs(10),
             )),
@@ -339,20 +378,14 @@ impl Detector {
         &self.pre
     }
 
-    /// Query-cache counters so far.
+    /// The query-embedding cache's counters so far (every user's lookups).
     pub fn cache_stats(&self) -> CacheStats {
-        self.stats
+        self.cache.stats()
     }
 
     /// The query-embedding cache, shared.
     pub fn embedding_cache(&self) -> EmbeddingCache {
         self.cache.clone()
-    }
-
-    /// Counts a cache hit found outside the detector (an exemplar embedding looked up before its
-    /// request was queued).
-    pub fn count_hit(&mut self) {
-        self.stats.hits += 1;
     }
 
     /// Token ids of one query (`len` ids), with truncation reported by a warning.
@@ -376,17 +409,17 @@ impl Detector {
         &mut self,
         queries: &[String],
     ) -> Result<Vec<Arc<[f32]>>, PipelineError> {
+        // A query repeated in the list is computed once: its other places count as hits.
         let mut missing: Vec<&String> = Vec::new();
         for q in queries {
-            if self.cache.get(q).is_some() {
-                self.stats.hits += 1;
-            } else if !missing.contains(&q) {
-                self.stats.misses += 1;
+            if !self.cache.contains(q) && !missing.contains(&q) {
                 missing.push(q);
-            } else {
-                self.stats.hits += 1;
             }
         }
+        self.cache.count(
+            (queries.len() - missing.len()) as u64,
+            missing.len() as u64,
+        );
         if !missing.is_empty() {
             let mut ids = Vec::with_capacity(missing.len() * self.tokenizer.len());
             for q in &missing {
@@ -428,13 +461,14 @@ impl Detector {
             .collect::<Result<Vec<_>, _>>()?;
         let mut missing: Vec<usize> = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            if self.cache.get(k).is_some() || missing.iter().any(|&m| keys[m] == *k) {
-                self.stats.hits += 1;
-            } else {
-                self.stats.misses += 1;
+            if !self.cache.contains(k) && !missing.iter().any(|&m| keys[m] == *k) {
                 missing.push(i);
             }
         }
+        self.cache.count(
+            (keys.len() - missing.len()) as u64,
+            missing.len() as u64,
+        );
         if !missing.is_empty() {
             let images: Vec<&Rgb> = missing.iter().map(|&i| exemplars[i].image).collect();
             let out = self.run_images(&self.preprocess_batch(&images), missing.len())?;

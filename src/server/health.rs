@@ -26,7 +26,7 @@ pub(super) fn readyz(st: &AppState) -> Resp {
 /// `/metrics`: the service's and the streams' Prometheus text.
 pub(super) fn metrics(st: &AppState) -> Resp {
     let depth = st.queue_depth() as u64;
-    let mut text = st.metrics.render(depth);
+    let mut text = st.metrics.render(depth, st.cache_stats());
     if let Some(m) = st.streams.get() {
         m.render_metrics(&mut text);
     }

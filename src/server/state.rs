@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::pipeline::CacheStats;
 use crate::service::{DetectService, Metrics, QuerySets};
 use crate::video::manager::StreamManager;
 
@@ -106,6 +107,13 @@ impl AppState {
     /// Requests admitted and not yet answered.
     pub(crate) fn queue_depth(&self) -> usize {
         self.service.get().map_or(0, DetectService::queue_depth)
+    }
+
+    /// The query-embedding cache's counters (zero before the service starts).
+    pub(crate) fn cache_stats(&self) -> CacheStats {
+        self.service
+            .get()
+            .map_or(CacheStats::default(), DetectService::cache_stats)
     }
 
     pub(crate) fn engine(&self) -> EngineInfo {

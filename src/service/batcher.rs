@@ -211,10 +211,7 @@ fn plan(det: &mut Detector, job: &Job) -> Result<QueryPlan, PipelineError> {
     let mut embeddings = Vec::with_capacity(job.exemplars.len());
     for x in &job.exemplars {
         let e = match &x.data {
-            ExemplarData::Embedded(e) => {
-                det.count_hit();
-                Some(e.clone())
-            }
+            ExemplarData::Embedded(e) => Some(e.clone()),
             ExemplarData::Decoded(_) => fresh.next(),
         };
         embeddings.push(e.ok_or_else(|| {
@@ -237,7 +234,6 @@ fn plan(det: &mut Detector, job: &Job) -> Result<QueryPlan, PipelineError> {
 fn run_batch(det: &mut Detector, batch: Vec<Job>, metrics: &Metrics) {
     let start = Instant::now();
     // Query embeddings per job (cached; a bad query fails only its own job).
-    let before = det.cache_stats();
     let mut ready = Vec::with_capacity(batch.len());
     for job in batch {
         match plan(det, &job) {
@@ -245,8 +241,6 @@ fn run_batch(det: &mut Detector, batch: Vec<Job>, metrics: &Metrics) {
             Err(e) => job.answer(Err(e.into())),
         }
     }
-    let after = det.cache_stats();
-    metrics.observe_query_cache(after.hits - before.hits, after.misses - before.misses);
     if ready.is_empty() {
         return;
     }

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use crate::pipeline::CacheStats;
 
 /// Latency buckets in seconds (Prometheus base units).
 pub(crate) const LATENCY_BUCKETS_S: [f64; 14] = [
@@ -83,8 +84,6 @@ pub(crate) struct Metrics {
     inference_s: Mutex<Histogram>,
     total_s: Mutex<Histogram>,
     batch_size: Mutex<Histogram>,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -95,8 +94,6 @@ impl Default for Metrics {
             inference_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
             total_s: Mutex::new(Histogram::new(&LATENCY_BUCKETS_S)),
             batch_size: Mutex::new(Histogram::new(&BATCH_BUCKETS)),
-            cache_hits: AtomicU64::new(0),
-            cache_misses: AtomicU64::new(0),
         }
     }
 }
@@ -129,14 +126,9 @@ impl Metrics {
     pub(crate) fn observe_batch(&self, n: usize) {
         observe(&self.batch_size, n as f64);
     }
-    /// Counts query embeddings served from the cache (`hits`) and computed (`misses`).
-    pub(crate) fn observe_query_cache(&self, hits: u64, misses: u64) {
-        self.cache_hits.fetch_add(hits, Ordering::Relaxed);
-        self.cache_misses.fetch_add(misses, Ordering::Relaxed);
-    }
-
-    /// Prometheus text exposition; `queue_depth` = requests admitted and not yet answered.
-    pub(crate) fn render(&self, queue_depth: u64) -> String {
+    /// Prometheus text exposition; `queue_depth` = requests admitted and not yet answered,
+    /// `cache` = the query-embedding cache's counters.
+    pub(crate) fn render(&self, queue_depth: u64, cache: CacheStats) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -194,14 +186,14 @@ impl Metrics {
             "iv_query_cache_hits_total",
             "counter",
             "Query embeddings served from the cache.",
-            self.cache_hits.load(Ordering::Relaxed),
+            cache.hits,
         );
         gauge(
             &mut out,
             "iv_query_cache_misses_total",
             "counter",
             "Query embeddings computed by the text graph.",
-            self.cache_misses.load(Ordering::Relaxed),
+            cache.misses,
         );
         out
     }
@@ -219,8 +211,10 @@ mod tests {
         m.request("invalid_image");
         m.observe_total(3.0);
         m.observe_total(700.0);
-        let t = m.render(3);
+        let t = m.render(3, CacheStats { hits: 4, misses: 5 });
         assert!(t.contains("iv_queue_depth 3"));
+        assert!(t.contains("iv_query_cache_hits_total 4"), "{t}");
+        assert!(t.contains("iv_query_cache_misses_total 5"), "{t}");
         assert!(t.contains("iv_requests_total{outcome=\"ok\"} 2"), "{t}");
         assert!(t.contains("iv_requests_total{outcome=\"invalid_image\"} 1"));
         assert!(

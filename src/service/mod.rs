@@ -27,7 +27,7 @@ pub(crate) use query_sets::{QuerySet, QuerySets};
 
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
-use crate::pipeline::{Detector, EmbeddingCache, Exemplar, ExemplarSpec};
+use crate::pipeline::{CacheStats, Detector, EmbeddingCache, Exemplar, ExemplarSpec};
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, Header, ImageError, ImageLimits, PreprocessConfig, Rgb};
 
@@ -219,6 +219,11 @@ impl DetectService {
             .cfg
             .max_queue
             .saturating_sub(self.inner.queue.available_permits())
+    }
+
+    /// The query-embedding cache's hits and misses so far.
+    pub(crate) fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
     }
 
     /// The worker's heartbeat.
@@ -459,7 +464,7 @@ impl DetectService {
                         })?
                 }
             };
-            let data = match self.inner.cache.get(&Exemplar::key_of(&key, e.bbox)) {
+            let data = match self.inner.cache.lookup(&Exemplar::key_of(&key, e.bbox)) {
                 Some(embedding) => batcher::ExemplarData::Embedded(embedding),
                 None => {
                     let name = match n.checked_sub(from_set) {
