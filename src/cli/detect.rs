@@ -9,9 +9,11 @@ use serde::Serialize;
 use super::RuntimeArgs;
 use crate::engine::{load_detector, DetectorOptions};
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
-use crate::pipeline::{Detector, Exemplar, ExemplarSpec, QueryPlan};
+use crate::pipeline::{
+    Detector, Exemplar, ExemplarSource, ExemplarSpec, PlannedExemplar, QueryPlan,
+};
 use crate::postprocess::{Detection, PostParams};
-use crate::preprocess::{self, ImageLimits};
+use crate::preprocess::{self, ImageLimits, Rgb};
 use crate::vocab::Precision;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -114,20 +116,10 @@ fn read_image(
     Ok((bytes, img))
 }
 
-/// The query embedding of one `--query-image` or `--negative-image`.
-fn exemplar_embedding(
-    det: &mut Detector,
-    q: &QueryImage,
-    limits: &ImageLimits,
-) -> anyhow::Result<Vec<std::sync::Arc<[f32]>>> {
+/// One `--query-image` or `--negative-image`, read: its content key and decoded image.
+fn read_exemplar(q: &QueryImage, limits: &ImageLimits) -> anyhow::Result<(String, Rgb)> {
     let (bytes, img) = read_image(&q.path, limits).context("invalid query image")?;
-    let key = Exemplar::content_key(&bytes);
-    det.exemplar_embeddings(&[Exemplar {
-        content_key: &key,
-        image: &img,
-        bbox: q.bbox,
-    }])
-    .with_context(|| format!("invalid query image {}", q.path.display()))
+    Ok((Exemplar::content_key(&bytes), img))
 }
 
 /// One output line.
@@ -180,9 +172,6 @@ fn query_plan(
     if !args.queries.is_empty() {
         rules.check(&args.queries).context("invalid query")?;
     }
-    let text = det
-        .query_embeddings(&args.queries)
-        .context("invalid query")?;
     if args.labels.len() > args.query_images.len() {
         bail!(
             "{} --label for {} --query-image (each --label names one query image, in order)",
@@ -209,11 +198,25 @@ fn query_plan(
         label: None,
         negative: true,
     }));
-    let mut embeddings = Vec::with_capacity(specs.len());
-    for q in args.query_images.iter().chain(&args.negative_images) {
-        embeddings.extend(exemplar_embedding(det, q, limits)?);
-    }
-    QueryPlan::build(&args.queries, text, &specs, &embeddings).context("invalid query images")
+    let images = args.query_images.iter().chain(&args.negative_images);
+    let read: Vec<(String, Rgb)> = images
+        .clone()
+        .map(|q| read_exemplar(q, limits))
+        .collect::<anyhow::Result<_>>()?;
+    let exemplars: Vec<PlannedExemplar<'_>> = specs
+        .iter()
+        .zip(images.zip(&read))
+        .map(|(spec, (q, (key, image)))| PlannedExemplar {
+            spec: *spec,
+            source: ExemplarSource::Image(Exemplar {
+                content_key: key,
+                image,
+                bbox: q.bbox,
+            }),
+        })
+        .collect();
+    det.plan(&args.queries, &exemplars)
+        .context("invalid query or query images")
 }
 
 /// Detects in one image and prints its line.

@@ -135,6 +135,22 @@ pub struct ExemplarSpec<'a> {
     pub negative: bool,
 }
 
+/// Where an exemplar's query embedding comes from.
+#[derive(Debug, Clone)]
+pub enum ExemplarSource<'a> {
+    /// Its image: embedded by [`Detector::plan`] (from the cache, or an image-graph pass).
+    Image(Exemplar<'a>),
+    /// Already embedded (found in the cache before the request was queued).
+    Embedded(Arc<[f32]>),
+}
+
+/// One exemplar of a request, for [`Detector::plan`].
+#[derive(Debug, Clone)]
+pub struct PlannedExemplar<'a> {
+    pub spec: ExemplarSpec<'a>,
+    pub source: ExemplarSource<'a>,
+}
+
 /// Lays out a request's queries: the text queries keep their indices and labels; positive
 /// exemplars sharing a label form one query each (in the order of first appearance), averaged;
 /// a negative with a label vetoes the query of that label, without one every query. Returns each
@@ -416,10 +432,8 @@ impl Detector {
                 missing.push(q);
             }
         }
-        self.cache.count(
-            (queries.len() - missing.len()) as u64,
-            missing.len() as u64,
-        );
+        self.cache
+            .count((queries.len() - missing.len()) as u64, missing.len() as u64);
         if !missing.is_empty() {
             let mut ids = Vec::with_capacity(missing.len() * self.tokenizer.len());
             for q in &missing {
@@ -448,6 +462,41 @@ impl Detector {
             .collect()
     }
 
+    /// The one planning call (the worker's and the CLI's): the text queries' embeddings, then the
+    /// exemplars' (given, or one image-graph batch for those with an image), laid out by
+    /// [`QueryPlan::build`] (itself checked by [`plan_exemplars`], which the service calls before
+    /// a request is queued).
+    pub fn plan(
+        &mut self,
+        text: &[String],
+        exemplars: &[PlannedExemplar<'_>],
+    ) -> Result<QueryPlan, PipelineError> {
+        let text_embeddings = self.query_embeddings(text)?;
+        if exemplars.is_empty() {
+            return Ok(QueryPlan::text(text, text_embeddings));
+        }
+        let images: Vec<Exemplar<'_>> = exemplars
+            .iter()
+            .filter_map(|e| match &e.source {
+                ExemplarSource::Image(x) => Some(x.clone()),
+                ExemplarSource::Embedded(_) => None,
+            })
+            .collect();
+        let mut fresh = self.exemplar_embeddings(&images)?.into_iter();
+        let embeddings = exemplars
+            .iter()
+            .map(|e| match &e.source {
+                ExemplarSource::Embedded(v) => Some(v.clone()),
+                ExemplarSource::Image(_) => fresh.next(),
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                PipelineError::Backend(BackendError::Run("an exemplar embedding is missing".into()))
+            })?;
+        let specs: Vec<ExemplarSpec<'_>> = exemplars.iter().map(|e| e.spec).collect();
+        QueryPlan::build(text, text_embeddings, &specs, &embeddings)
+    }
+
     /// Query embeddings of exemplar images: from the cache (keyed by content and box), or one
     /// image-graph batch for the missing ones.
     pub fn exemplar_embeddings(
@@ -465,10 +514,8 @@ impl Detector {
                 missing.push(i);
             }
         }
-        self.cache.count(
-            (keys.len() - missing.len()) as u64,
-            missing.len() as u64,
-        );
+        self.cache
+            .count((keys.len() - missing.len()) as u64, missing.len() as u64);
         if !missing.is_empty() {
             let images: Vec<&Rgb> = missing.iter().map(|&i| exemplars[i].image).collect();
             let out = self.run_images(&self.preprocess_batch(&images), missing.len())?;

@@ -14,7 +14,9 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::error::DetectError;
 use super::metrics::Metrics;
-use crate::pipeline::{Detector, Exemplar, ExemplarSpec, PipelineError, QueryPlan};
+use crate::pipeline::{
+    Detector, Exemplar, ExemplarSource, ExemplarSpec, PipelineError, PlannedExemplar, QueryPlan,
+};
 use crate::postprocess::{Detection, PostParams};
 
 /// An exemplar's image, or its embedding when the cache already had it.
@@ -188,47 +190,28 @@ fn worker_loop(
     tracing::info!("inference worker stopped");
 }
 
-/// A job's queries as embeddings: its text queries', then its exemplars' (cached, or an
-/// image-graph pass for those not), laid out by `QueryPlan::build`.
+/// A job's queries as embeddings ([`Detector::plan`]): its exemplars found in the cache before
+/// it was queued come embedded, the others decoded.
 fn plan(det: &mut Detector, job: &Job) -> Result<QueryPlan, PipelineError> {
-    let text = det.query_embeddings(&job.queries)?;
-    if job.exemplars.is_empty() {
-        return Ok(QueryPlan::text(&job.queries, text));
-    }
-    let decoded: Vec<Exemplar<'_>> = job
+    let exemplars: Vec<PlannedExemplar<'_>> = job
         .exemplars
         .iter()
-        .filter_map(|x| match &x.data {
-            ExemplarData::Decoded(image) => Some(Exemplar {
-                content_key: &x.key,
-                image,
-                bbox: x.bbox,
-            }),
-            ExemplarData::Embedded(_) => None,
+        .map(|x| PlannedExemplar {
+            spec: ExemplarSpec {
+                label: x.label.as_deref(),
+                negative: x.negative,
+            },
+            source: match &x.data {
+                ExemplarData::Decoded(image) => ExemplarSource::Image(Exemplar {
+                    content_key: &x.key,
+                    image,
+                    bbox: x.bbox,
+                }),
+                ExemplarData::Embedded(e) => ExemplarSource::Embedded(e.clone()),
+            },
         })
         .collect();
-    let mut fresh = det.exemplar_embeddings(&decoded)?.into_iter();
-    let mut embeddings = Vec::with_capacity(job.exemplars.len());
-    for x in &job.exemplars {
-        let e = match &x.data {
-            ExemplarData::Embedded(e) => Some(e.clone()),
-            ExemplarData::Decoded(_) => fresh.next(),
-        };
-        embeddings.push(e.ok_or_else(|| {
-            PipelineError::Backend(crate::backend::BackendError::Run(
-                "an exemplar embedding is missing".into(),
-            ))
-        })?);
-    }
-    let specs: Vec<ExemplarSpec<'_>> = job
-        .exemplars
-        .iter()
-        .map(|x| ExemplarSpec {
-            label: x.label.as_deref(),
-            negative: x.negative,
-        })
-        .collect();
-    QueryPlan::build(&job.queries, text, &specs, &embeddings)
+    det.plan(&job.queries, &exemplars)
 }
 
 fn run_batch(det: &mut Detector, batch: Vec<Job>, metrics: &Metrics) {

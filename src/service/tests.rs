@@ -49,12 +49,16 @@ async fn answers_with_every_patch_above_the_threshold() {
     assert_eq!((out.width, out.height, out.batch_size), (32, 24, 1));
     assert!(out.timing_ms.total >= out.timing_ms.preprocess);
     assert_eq!(*probe.batches.lock().expect("lock"), vec![1]);
-    assert!(metrics.render(0, svc.cache_stats()).contains("iv_query_cache_misses_total 2"));
+    assert!(metrics
+        .render(0, svc.cache_stats())
+        .contains("iv_query_cache_misses_total 2"));
     // Above the threshold nothing passes.
     let mut r = request(&["a cat"]);
     r.threshold = Some(0.6);
     assert!(svc.detect(r).await.expect("ok").detections.is_empty());
-    assert!(metrics.render(0, svc.cache_stats()).contains("iv_query_cache_hits_total 1"));
+    assert!(metrics
+        .render(0, svc.cache_stats())
+        .contains("iv_query_cache_hits_total 1"));
 }
 
 #[tokio::test]
@@ -195,8 +199,14 @@ async fn a_waiting_request_takes_the_slot_once_it_is_free() {
     assert_eq!(svc.queue_depth(), 1, "a waiting request holds no slot");
     probe.gate.set(false);
     assert!(first.await.expect("task").is_ok());
-    let out = waiting.await.expect("task").expect("answered once admitted");
-    assert_eq!(out.detections.first().map(|d| d.label.as_str()), Some("a dog"));
+    let out = waiting
+        .await
+        .expect("task")
+        .expect("answered once admitted");
+    assert_eq!(
+        out.detections.first().map(|d| d.label.as_str()),
+        Some("a dog")
+    );
 }
 
 #[tokio::test]
@@ -217,7 +227,9 @@ async fn concurrent_requests_share_one_batch() {
         assert_eq!(t.await.expect("task").expect("ok").batch_size, 4);
     }
     assert_eq!(*probe.batches.lock().expect("lock"), vec![4]);
-    assert!(metrics.render(0, svc.cache_stats()).contains("iv_batch_size_count 1"));
+    assert!(metrics
+        .render(0, svc.cache_stats())
+        .contains("iv_batch_size_count 1"));
 }
 
 #[tokio::test]
