@@ -309,28 +309,7 @@ impl Config {
         if self.model.trim().is_empty() {
             return bad("model", "is empty".into());
         }
-        for (key, v) in [
-            ("default_threshold", self.default_threshold),
-            ("stream_track_match_iou", self.stream_track_match_iou),
-            (
-                "stream_track_duplicate_iou",
-                self.stream_track_duplicate_iou,
-            ),
-            ("stream_nms", self.stream_nms),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return bad(key, format!("{v} is not in [0, 1]"));
-            }
-        }
-        if !(0.0..=10.0).contains(&self.stream_track_match_distance) {
-            return bad(
-                "stream_track_match_distance",
-                format!(
-                    "{} is not in [0, 10] (box sizes)",
-                    self.stream_track_match_distance
-                ),
-            );
-        }
+        self.check_fractions()?;
         self.check_numbers()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return bad(
@@ -374,6 +353,34 @@ impl Config {
             ));
         }
         w
+    }
+
+    /// The thresholds and IoUs in [0, 1]; the tracker's distance gate in [0, 10] box sizes.
+    fn check_fractions(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        for (key, v) in [
+            ("default_threshold", self.default_threshold),
+            ("stream_track_match_iou", self.stream_track_match_iou),
+            (
+                "stream_track_duplicate_iou",
+                self.stream_track_duplicate_iou,
+            ),
+            ("stream_nms", self.stream_nms),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, format!("{v} is not in [0, 1]"));
+            }
+        }
+        if !(0.0..=10.0).contains(&self.stream_track_match_distance) {
+            return bad(
+                "stream_track_match_distance",
+                format!(
+                    "{} is not in [0, 10] (box sizes)",
+                    self.stream_track_match_distance
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// Every number within what the daemon can honour, and counts at least 1.

@@ -84,6 +84,10 @@ fn numbers_beyond_what_the_daemon_honours_and_bad_log_levels_are_refused() {
         ("IV_REQUEST_TIMEOUT_MS", "18446744073709551615"),
         ("IV_MAX_QUERY_BYTES", "5000"),
         ("IV_LOG_LEVEL", "lots=of=noise"),
+        ("IV_STREAM_NMS", "1.5"),
+        ("IV_STREAM_TRACK_MATCH_IOU", "-0.1"),
+        ("IV_STREAM_TRACK_DUPLICATE_IOU", "2"),
+        ("IV_STREAM_TRACK_MATCH_DISTANCE", "11"),
     ] {
         Jail::expect_with(|jail| {
             jail.set_env(key, value);
