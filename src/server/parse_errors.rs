@@ -4,6 +4,10 @@
 //! wrapper recognises such an answer on its way out (a response head for one of those statuses
 //! with `content-length: 0`: every answer of the daemon's own handlers has a JSON body) and sends
 //! the same status with the API's `{"error": {"kind", "message"}}` body instead.
+//!
+//! This depends on hyper's wire format (its status line and `content-length: 0`); the locked hyper
+//! (1.12) is pinned by `tests/it/daemon_bad_input.rs` ("URL over 64 KiB": a real 414 through the
+//! daemon must carry the JSON body), which fails when an upgrade changes what hyper writes.
 
 use std::io;
 use std::pin::Pin;
