@@ -24,3 +24,4 @@ mod runtime;
 mod streams;
 mod streams_hostile;
 mod tokenizer;
+mod tracking;
