@@ -214,7 +214,7 @@ impl Default for Config {
             stream_track_match_iou: 0.3,
             stream_track_match_distance: 1.0,
             stream_track_duplicate_iou: 0.5,
-            stream_nms: 0.5,
+            stream_nms: 0.3,
             stream_stop_timeout_ms: 5_000,
             stream_file_roots: Vec::new(),
             stream_events_buffer_mb: 8,

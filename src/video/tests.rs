@@ -168,7 +168,7 @@ fn settings() -> RunSettings {
         reconnect_min: Duration::from_millis(5),
         reconnect_max: Duration::from_millis(20),
         track: crate::video::track::TrackerConfig::default(),
-        nms: 0.5,
+        nms: 0.3,
         max_detections: 100,
     }
 }

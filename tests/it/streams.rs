@@ -257,7 +257,7 @@ fn file_frames_equal_detect_and_still_frames_keep_their_track_ids() {
 
     // Every frame's detections are /v1/detect's for the same image with the streams' default NMS.
     let events = frame_lines(Follower::open(&d, "/v1/streams/clip/events?since=0").lines(FRAMES));
-    let target = detect_target(&QUERIES, &format!("threshold={THRESHOLD}&nms=0.5"));
+    let target = detect_target(&QUERIES, &format!("threshold={THRESHOLD}&nms=0.3"));
     let mut compared = 0;
     for (i, ev) in events.iter().enumerate() {
         assert_eq!(ev["stream"], "clip");
