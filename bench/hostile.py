@@ -33,7 +33,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ivclient import UnixConnection, free_port  # noqa: E402
+from ivclient import UnixConnection, daemon_env, free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models/fixtures/tiny-a")
@@ -45,13 +45,7 @@ class Daemon:
     def __init__(self, binary, tmp, env):
         self.sock = os.path.join(tmp, "d.sock")
         self.port = free_port()
-        e = dict(os.environ)
-        e.update({
-            "IV_MODEL": MODEL, "IV_SOCKET_PATH": self.sock, "IV_HTTP_ADDR": f"127.0.0.1:{self.port}",
-            "IV_STATE_DIR": os.path.join(tmp, "state"), "IV_CACHE_DIR": os.path.join(tmp, "cache"),
-            "IV_WARMUP_ITERATIONS": "1", "IV_LOG_FORMAT": "text", "IV_LOG_LEVEL": "warn",
-        })
-        e.update(env)
+        e = daemon_env(MODEL, tmp, self.sock, self.port, env)
         self.log = open(os.path.join(tmp, "daemon.log"), "w")
         self.p = subprocess.Popen([binary, "serve"], env=e, stdout=subprocess.DEVNULL, stderr=self.log)
         end = time.time() + 60

@@ -1,6 +1,7 @@
-"""What the bench scripts share to talk to a daemon: HTTP/1.1 over its Unix socket, and a free
-loopback port for its health listener."""
+"""What the bench scripts share to talk to a daemon: HTTP/1.1 over its Unix socket, a free
+loopback port for its health listener, and the environment of a throw-away daemon."""
 import http.client
+import os
 import socket
 
 
@@ -24,3 +25,16 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def daemon_env(model, tmp, sock, port, extra=None):
+    """The environment of a daemon for one bench run: `model`, its socket, health port, state and
+    cache under `tmp`, one warmup, terse text logs; `extra` (IV_* settings) last."""
+    e = dict(os.environ)
+    e.update({
+        "IV_MODEL": model, "IV_SOCKET_PATH": sock, "IV_HTTP_ADDR": f"127.0.0.1:{port}",
+        "IV_STATE_DIR": os.path.join(tmp, "state"), "IV_CACHE_DIR": os.path.join(tmp, "cache"),
+        "IV_WARMUP_ITERATIONS": "1", "IV_LOG_FORMAT": "text", "IV_LOG_LEVEL": "warn",
+    })
+    e.update(extra or {})
+    return e

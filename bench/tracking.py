@@ -31,7 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from ivclient import UnixConnection, free_port  # noqa: E402
+from ivclient import UnixConnection, daemon_env, free_port  # noqa: E402
 import track_clips  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
@@ -42,14 +42,7 @@ class Daemon:
     def __init__(self, binary, model, tmp, roots, env):
         self.sock = os.path.join(tmp, "d.sock")
         self.port = free_port()
-        e = dict(os.environ)
-        e.update({
-            "IV_MODEL": model, "IV_SOCKET_PATH": self.sock, "IV_HTTP_ADDR": f"127.0.0.1:{self.port}",
-            "IV_STATE_DIR": os.path.join(tmp, "state"), "IV_CACHE_DIR": os.path.join(tmp, "cache"),
-            "IV_WARMUP_ITERATIONS": "1", "IV_LOG_FORMAT": "text", "IV_LOG_LEVEL": "warn",
-            "IV_STREAM_FILE_ROOTS": json.dumps(roots),
-        })
-        e.update(env)
+        e = daemon_env(model, tmp, self.sock, self.port, {"IV_STREAM_FILE_ROOTS": json.dumps(roots), **env})
         self.log_path = os.path.join(tmp, "daemon.log")
         self.log = open(self.log_path, "w")
         try:

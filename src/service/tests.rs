@@ -152,9 +152,12 @@ async fn bad_requests_are_refused_before_admission() {
     );
 }
 
-#[tokio::test]
-async fn a_full_queue_fails_fast_and_frees_when_answered() {
-    let (svc, _w, probe, _m) = start(ServiceConfig {
+type Answer = tokio::task::JoinHandle<Result<DetectOutput, DetectError>>;
+
+/// A service with one queue slot, held by a request its gated worker has taken: the service, its
+/// worker, the probe (open the gate to answer) and that request's task.
+async fn one_slot_held() -> (DetectService, Worker, Arc<super::fake::Probe>, Answer) {
+    let (svc, worker, probe, _m) = start(ServiceConfig {
         max_queue: 1,
         ..config()
     });
@@ -164,6 +167,12 @@ async fn a_full_queue_fails_fast_and_frees_when_answered() {
         async move { svc.detect(request(&["a cat"])).await }
     });
     assert!(until(|| probe.batches.lock().map(|b| b.len()).unwrap_or(0) == 1).await);
+    (svc, worker, probe, first)
+}
+
+#[tokio::test]
+async fn a_full_queue_fails_fast_and_frees_when_answered() {
+    let (svc, _w, probe, first) = one_slot_held().await;
     assert_eq!(svc.queue_depth(), 1);
     let t = Instant::now();
     let e = svc.detect(request(&["a cat"])).await.expect_err("full");
@@ -180,22 +189,14 @@ async fn a_full_queue_fails_fast_and_frees_when_answered() {
 
 #[tokio::test]
 async fn a_waiting_request_takes_the_slot_once_it_is_free() {
-    let (svc, _w, probe, _m) = start(ServiceConfig {
-        max_queue: 1,
-        ..config()
-    });
-    probe.gate.set(true);
-    let first = tokio::spawn({
-        let svc = svc.clone();
-        async move { svc.detect(request(&["a cat"])).await }
-    });
-    assert!(until(|| probe.batches.lock().map(|b| b.len()).unwrap_or(0) == 1).await);
-    let waiting = tokio::spawn({
+    let (svc, _w, probe, first) = one_slot_held().await;
+    let mut waiting = tokio::spawn({
         let svc = svc.clone();
         async move { svc.detect_waiting(request(&["a dog"])).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!waiting.is_finished(), "it waits for the slot");
+    // Not answered while the slot is held (the gate is shut: no timing involved).
+    let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+    assert!(early.is_err(), "it waits for the slot: {early:?}");
     assert_eq!(svc.queue_depth(), 1, "a waiting request holds no slot");
     probe.gate.set(false);
     assert!(first.await.expect("task").is_ok());
