@@ -20,6 +20,8 @@ Kinds (labels "a red square" and "a blue disc", the text queries of models/fixtu
     fast         both about 2.5x faster, diagonally, bouncing off the borders
     crossing     on one line towards each other; the (larger) disc passes over the square, hiding it
                  fully for 4 frames (absent from the ground truth then) and partly around them
+    passing      two red squares (one label: only motion tells them apart) pass each other on rows 22 px
+                 apart, the second over the first, hiding up to 40% of it
     stop_and_go  both move, stop for 8 frames (at different times), move again
     reenter      the square leaves the frame on the right (out from frame 16), and a red square enters from
                  the left 6 frames later, moving right again: a NEW ground-truth id (3). Nothing tells two
@@ -44,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 W, H, FPS = 320, 240, 10
-KINDS = ["moving", "fast", "crossing", "stop_and_go", "reenter", "dropped"]
+KINDS = ["moving", "fast", "crossing", "passing", "stop_and_go", "reenter", "dropped"]
 SQUARE, DISC = "a red square", "a blue disc"
 COLOR = {SQUARE: (215, 35, 30), DISC: (30, 60, 215)}
 YY, XX = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5  # pixel centres
@@ -71,6 +73,9 @@ def scene(kind, i):
                 (2, DISC, bounce(250, -7, i, 22, W - 22), bounce(40, 12, i, 22, H - 22), 44.0)]
     if kind == "crossing":
         return [(1, SQUARE, 100 + 3.5 * i, 120.0, 30.0), (2, DISC, 220 - 3.5 * i, 120.0, 64.0)]
+    if kind == "passing":
+        return [(1, SQUARE, 70 + 5.0 * i, 100.0, 36.0), (3, SQUARE, 250 - 5.0 * i, 122.0, 36.0),
+                (2, DISC, 160.0, 200.0, 40.0)]
     if kind == "stop_and_go":
         return [(1, SQUARE, stop_go(40, 7, i, 14, 8), 80.0, 40.0),
                 (2, DISC, 230.0, stop_go(30, 5, i, 9, 8), 44.0)]

@@ -19,10 +19,11 @@ use crate::streams::{file_roots, put, wait_status, Follower};
 use crate::support::daemon::Daemon;
 use crate::support::fixtures;
 
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 7] = [
     "moving",
     "fast",
     "crossing",
+    "passing",
     "stop_and_go",
     "reenter",
     "dropped",
