@@ -183,7 +183,7 @@ fn install(
     }
     let staging = runtimes::staging_dir(state)?;
     let result = (|| {
-        let files = runtimes::extract(source, &staging)?;
+        let files = runtimes::extract::extract(source, &staging)?;
         let probe = probe(state, &staging)
             .with_context(|| format!("{} does not load", source.display()))?;
         let info = RuntimeInfo {

@@ -332,10 +332,8 @@ pub(crate) fn is_runtime_library(name: &str) -> bool {
     name.starts_with("libonnxruntime") && (name.ends_with(".so") || name.contains(".so."))
 }
 
-mod extract;
+/// Copying a source's library files into a staging folder (it imports this module; this module
+/// imports nothing of it).
+pub(crate) mod extract;
 #[cfg(test)]
 mod tests;
-
-pub(crate) use extract::extract;
-#[cfg(test)]
-use extract::extract_with;

@@ -1,5 +1,6 @@
 use std::fs::File;
 
+use super::extract::{extract, extract_with};
 use super::*;
 
 fn info(name: &str) -> RuntimeInfo {

@@ -7,6 +7,7 @@
 
 mod batcher;
 pub(crate) mod error;
+mod exemplar;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod metrics;
@@ -22,6 +23,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use batcher::ms;
 pub(crate) use batcher::{Heartbeat, Worker};
 pub(crate) use error::DetectError;
+pub(crate) use exemplar::ExemplarInput;
 pub(crate) use metrics::Metrics;
 pub(crate) use query_sets::{QuerySet, QuerySets};
 
@@ -85,23 +87,6 @@ pub(crate) enum ImageInput {
     /// A decoded frame the caller keeps too (video streams keep it for snapshots); read, not
     /// copied.
     Shared(Arc<Rgb>),
-}
-
-/// An example image used as a query (query by example), as a client sends it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ExemplarInput {
-    /// The encoded image (JPEG, PNG, WebP, BMP).
-    pub image: Bytes,
-    /// `[x0, y0, x1, y1]` in the exemplar's pixels: the object there is the query; `None`: the
-    /// exemplar's most object-like patch.
-    pub bbox: Option<[f32; 4]>,
-    /// Positive: label of its detections (default `image:<n>`, n counting the request's
-    /// exemplars from 0, after those of its query set). Negative: the query it vetoes (default:
-    /// every query).
-    pub label: Option<String>,
-    /// A counter-example: matches that look at least as much like it as like their query are
-    /// dropped (`postprocess::vetoed_predictions`).
-    pub negative: bool,
 }
 
 /// One detection request.

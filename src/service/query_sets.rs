@@ -12,7 +12,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::ExemplarInput;
+use super::exemplar::ExemplarInput;
 
 /// The state file's name in the state folder.
 pub(crate) const STATE_FILE: &str = "query-sets.json";
