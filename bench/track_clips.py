@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 
 W, H, FPS = 320, 240, 10
-KINDS = ["moving", "fast", "crossing", "passing", "stop_and_go", "reenter", "dropped"]
+# A kind's noise is seeded by its index here: new kinds go last, so the others keep their frames.
+KINDS = ["moving", "fast", "crossing", "stop_and_go", "reenter", "dropped", "passing"]
 SQUARE, DISC = "a red square", "a blue disc"
 COLOR = {SQUARE: (215, 35, 30), DISC: (30, 60, 215)}
 YY, XX = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5  # pixel centres

@@ -78,8 +78,7 @@ fn similarity(cfg: &TrackerConfig, track: &[f32; 4], det: &[f32; 4]) -> Option<(
     if cfg.match_distance <= 0.0 {
         return None;
     }
-    let size = |b: &[f32; 4]| ((b[2] - b[0]) * (b[3] - b[1])).max(0.0).sqrt();
-    let (st, sd) = (size(track), size(det));
+    let (st, sd) = (area(track).sqrt(), area(det).sqrt());
     if !(st > 0.0 && sd > 0.0) || st.max(sd) > MAX_SIZE_RATIO * st.min(sd) {
         return None;
     }
@@ -89,12 +88,16 @@ fn similarity(cfg: &TrackerConfig, track: &[f32; 4], det: &[f32; 4]) -> Option<(
     (d.is_finite() && d <= cfg.match_distance).then_some((0, -d))
 }
 
+/// A box's area; 0 when it is empty or inverted along either side.
+fn area(b: &[f32; 4]) -> f32 {
+    (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0)
+}
+
 /// Whether `b` duplicates `kept` (a box of the same class already given to a track).
 fn duplicates(cfg: &TrackerConfig, b: &[f32; 4], kept: &[f32; 4]) -> bool {
     if cfg.duplicate_iou.is_nan() || cfg.duplicate_iou >= 1.0 {
         return false;
     }
-    let area = |x: &[f32; 4]| ((x[2] - x[0]) * (x[3] - x[1])).max(0.0);
     let inter = [
         b[0].max(kept[0]),
         b[1].max(kept[1]),

@@ -210,6 +210,9 @@ fn duplicates_of_a_tracked_object_get_no_id() {
         d(1, 0.5, b),
     ];
     assert_eq!(ids(&mut t, 0, &dets), [1, 0, 0, 2, 3]);
+    // Apart on both axes, the boxes' "intersection" is inverted on both sides: no overlap at all.
+    let far = d(0, 0.9, bx(200.0, 200.0, 40.0, 40.0));
+    assert_eq!(ids(&mut t, 0, &[hi(b), far]), [1, 4]);
     // The track takes the box that fits its prediction best, whatever the scores; the other box
     // over the object gets nothing.
     let mut t = tracker();
