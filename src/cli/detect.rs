@@ -14,6 +14,7 @@ use crate::pipeline::{
 };
 use crate::postprocess::{Detection, PostParams};
 use crate::preprocess::{self, ImageLimits, Rgb};
+use crate::video::draw::{self, Annotation};
 use crate::vocab::Precision;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -61,6 +62,11 @@ pub struct DetectArgs {
     pub precision: Precision,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Also write each image with its detections drawn (boxes, labels, scores; the stream
+    /// snapshot's drawing): a `.png`, `.jpg` or `.jpeg` file for one image, or an existing folder
+    /// (one `<name>.png` per image, `.jpg` for JPEG inputs).
+    #[arg(long, value_name = "OUT")]
+    pub draw: Option<PathBuf>,
     /// Image files (JPEG, PNG, WebP, BMP).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -134,6 +140,15 @@ pub struct ImageResult<'a> {
 /// Runs the command; returns the number of images that failed.
 pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
     let params = PostParams::new(args.threshold, args.nms).map_err(anyhow::Error::msg)?;
+    // Where each drawing goes, checked before the model loads.
+    let targets: Vec<Option<PathBuf>> = match &args.draw {
+        Some(out) => args
+            .images
+            .iter()
+            .map(|p| draw_target(out, p, args.images.len()).map(Some))
+            .collect::<anyhow::Result<_>>()?,
+        None => vec![None; args.images.len()],
+    };
     let limits = ImageLimits {
         max_encoded_bytes: args.max_image_bytes,
         max_pixels: args.max_pixels,
@@ -148,8 +163,8 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let plan = query_plan(args, &mut det, &limits)?;
     let mut failed = 0;
-    for path in &args.images {
-        if let Err(e) = detect_one(&mut det, &plan, &params, &limits, path) {
+    for (path, target) in args.images.iter().zip(&targets) {
+        if let Err(e) = detect_one(&mut det, &plan, &params, &limits, path, target.as_deref()) {
             eprintln!("error: {e:#}");
             failed += 1;
         }
@@ -226,11 +241,16 @@ fn detect_one(
     params: &PostParams,
     limits: &ImageLimits,
     path: &Path,
+    draw_to: Option<&Path>,
 ) -> anyhow::Result<()> {
     let (_, img) = read_image(path, limits)?;
     let dets = det
         .detect_embedded(&[&img], plan, params)
         .with_context(|| path.display().to_string())?;
+    if let Some(target) = draw_to {
+        write_drawn(&img, dets.first().map(Vec::as_slice).unwrap_or(&[]), target)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
     let line = serde_json::to_string(&ImageResult {
         image: path.display().to_string(),
         width: img.width,
@@ -240,5 +260,65 @@ fn detect_one(
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()?;
+    Ok(())
+}
+
+/// Where `--draw OUT` puts the drawing of `image`: `OUT` itself for one image (a `.png`, `.jpg`
+/// or `.jpeg` file), else a file named after the image in the folder `OUT`.
+fn draw_target(out: &Path, image: &Path, images: usize) -> anyhow::Result<PathBuf> {
+    if out.is_dir() {
+        let stem = image.file_stem().unwrap_or_default().to_string_lossy();
+        let jpeg = matches!(image_format(image), Some(DrawFormat::Jpeg));
+        return Ok(out.join(format!("{stem}.{}", if jpeg { "jpg" } else { "png" })));
+    }
+    if images > 1 {
+        bail!(
+            "--draw {}: with several images, --draw names an existing folder",
+            out.display()
+        );
+    }
+    if image_format(out).is_none() {
+        bail!(
+            "--draw {}: the file name must end in .png, .jpg or .jpeg (or name an existing folder)",
+            out.display()
+        );
+    }
+    Ok(out.to_path_buf())
+}
+
+/// The encodings `--draw` writes.
+enum DrawFormat {
+    Png,
+    Jpeg,
+}
+
+fn image_format(path: &Path) -> Option<DrawFormat> {
+    let ext = path.extension()?.to_string_lossy().to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => Some(DrawFormat::Png),
+        "jpg" | "jpeg" => Some(DrawFormat::Jpeg),
+        _ => None,
+    }
+}
+
+/// Writes `img` with `dets` drawn to `target` (PNG or JPEG by its extension).
+fn write_drawn(img: &Rgb, dets: &[Detection], target: &Path) -> anyhow::Result<()> {
+    let anns: Vec<Annotation> = dets
+        .iter()
+        .map(|d| Annotation {
+            bbox: d.bbox,
+            label: d.label.clone(),
+            score: d.score,
+            track_id: None,
+            class: d.query_index,
+        })
+        .collect();
+    let mut data = img.data.clone();
+    draw::annotate(img.width, img.height, &mut data, &anns)?;
+    let bytes = match image_format(target) {
+        Some(DrawFormat::Jpeg) => draw::encode_jpeg(img.width, img.height, &data, 90)?,
+        _ => draw::encode_png(img.width, img.height, &data)?,
+    };
+    crate::fsutil::write_file_atomic(target, &bytes)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Snapshot drawing: owns how detections are burnt into a processed video frame (box outlines and
 //! caption bars in a per-class colour, text in the `font8x8` bitmap font) and the JPEG encoding of
-//! that frame for `GET /v1/streams/{name}/snapshot.jpg`. Works on packed RGB24 rows.
+//! that frame for `GET /v1/streams/{name}/snapshot.jpg`; `detect --draw` uses the same drawing
+//! (and PNG). Works on packed RGB24 rows.
 
 use font8x8::{UnicodeFonts, BASIC_FONTS};
 use image::codecs::jpeg::JpegEncoder;
@@ -26,8 +27,8 @@ pub(crate) enum DrawError {
     /// The buffer length is not `width * height * 3`.
     #[error("frame buffer of {got} bytes does not hold {width}x{height} RGB")]
     Size { width: u32, height: u32, got: usize },
-    /// The JPEG encoder failed.
-    #[error("cannot encode JPEG: {0}")]
+    /// The image encoder failed.
+    #[error("cannot encode the image: {0}")]
     Encode(String),
 }
 
@@ -171,6 +172,17 @@ pub(crate) fn annotate(
         cv.text(&caption, bx + s, by + s, s, ink);
     }
     Ok(())
+}
+
+/// Encodes packed RGB24 as PNG.
+pub(crate) fn encode_png(width: u32, height: u32, data: &[u8]) -> Result<Vec<u8>, DrawError> {
+    use image::ImageEncoder;
+    check_size(width, height, data.len())?;
+    let mut out = Vec::with_capacity(data.len() / 2 + 1024);
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(data, width, height, image::ExtendedColorType::Rgb8)
+        .map_err(|e| DrawError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 /// Encodes packed RGB24 as baseline JPEG at `quality` (clamped to 1..=100).

@@ -400,3 +400,104 @@ fn same_label_query_images_average_and_negative_images_veto() {
     );
     assert_clean_failure(&out, "also a text query");
 }
+
+/// `--draw`: the image comes back at its size, changed only where the boxes' outlines and caption
+/// bars are drawn (a 1-px-scale caption: 10 px high, 8 px a character + 2), and changed at every
+/// box; a file name without a known image extension is refused before anything runs.
+#[test]
+fn draw_writes_the_image_changed_only_at_its_boxes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = image_path("photo.jpg");
+    let out_path = tmp.path().join("drawn.png");
+    let out = detect(
+        &model_dir("tiny-a"),
+        &[
+            "--query",
+            "a photo of a cat",
+            "--threshold",
+            "0.9",
+            "--draw",
+            out_path.to_str().expect("utf8"),
+        ],
+        &[input.as_path()],
+    );
+    bin::assert_success(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let dets = v["detections"].as_array().expect("detections");
+    assert!(!dets.is_empty(), "nothing to draw: {v}");
+    let before = preprocess::decode(
+        &std::fs::read(&input).expect("read"),
+        &ImageLimits::default(),
+    )
+    .expect("decode input");
+    let after = preprocess::decode(
+        &std::fs::read(&out_path).expect("the drawing is written"),
+        &ImageLimits::default(),
+    )
+    .expect("decode drawing");
+    assert_eq!((after.width, after.height), (before.width, before.height));
+    // Each box's region: the box, and its caption bar above it (or inside its top when no room).
+    let regions: Vec<[i64; 4]> = dets
+        .iter()
+        .map(|d| {
+            let b: Vec<f64> = (0..4).map(|k| d["box"][k].as_f64().expect("box")).collect();
+            let caption = format!(
+                "{} {:.2}",
+                d["label"].as_str().expect("label"),
+                d["score"].as_f64().expect("score")
+            );
+            let bar_w = caption.chars().count() as f64 * 8.0 + 2.0;
+            [
+                b[0].floor() as i64 - 1,
+                b[1].floor() as i64 - 11,
+                (b[2].max(b[0] + bar_w)).ceil() as i64 + 1,
+                b[3].ceil() as i64 + 1,
+            ]
+        })
+        .collect();
+    let w = before.width as i64;
+    let mut changed_in = vec![0usize; regions.len()];
+    for (i, (a, b)) in before
+        .data
+        .chunks_exact(3)
+        .zip(after.data.chunks_exact(3))
+        .enumerate()
+    {
+        if a == b {
+            continue;
+        }
+        let (x, y) = (i as i64 % w, i as i64 / w);
+        let inside: Vec<usize> = (0..regions.len())
+            .filter(|&k| {
+                let r = regions[k];
+                // A caption bar that would leave the image is pushed left to fit.
+                let left = r[0].min(w - (r[2] - r[0]));
+                x >= left && x < r[2] && y >= r[1].max(0) - 1 && y < r[3]
+            })
+            .collect();
+        assert!(
+            !inside.is_empty(),
+            "pixel ({x}, {y}) changed outside every box: {regions:?}"
+        );
+        for k in inside {
+            changed_in[k] += 1;
+        }
+    }
+    assert!(
+        changed_in.iter().all(|&n| n > 0),
+        "a box drawn nowhere: {changed_in:?} {regions:?}"
+    );
+
+    let bad = detect(
+        &model_dir("tiny-a"),
+        &[
+            "--query",
+            "a cat",
+            "--draw",
+            tmp.path().join("drawn.gif").to_str().expect("utf8"),
+        ],
+        &[input.as_path()],
+    );
+    assert_clean_failure(&bad, "must end in .png, .jpg or .jpeg");
+    assert!(!tmp.path().join("drawn.gif").exists());
+}
