@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::RuntimeArgs;
+use crate::config::{Config, ConfigOverrides};
 use crate::engine::{load_detector, DetectorOptions};
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
 use crate::pipeline::{
@@ -19,9 +20,14 @@ use crate::vocab::Precision;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DetectArgs {
-    /// Model directory (config.json, model.safetensors, preprocessor_config.json, tokenizer).
+    /// Model directory (config.json, model.safetensors, preprocessor_config.json, tokenizer);
+    /// default: the configured model (`model` in the config file, `IV_MODEL`) from the store, as
+    /// `serve` loads it.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
+    /// Config file for the default model (default: /etc/intelligent-video/config.toml if present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Keep detections whose score is strictly above this.
     #[arg(long, default_value_t = 0.1)]
     pub threshold: f32,
@@ -159,8 +165,12 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<usize> {
         precision: args.precision,
         ..args.runtime.detector_options()
     };
-    let mut det = load_detector(&args.model, &opts)
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let model = match &args.model {
+        Some(dir) => dir.clone(),
+        None => configured_model(args.config.as_deref())?,
+    };
+    let mut det = load_detector(&model, &opts)
+        .with_context(|| format!("cannot load model {}", model.display()))?;
     let plan = query_plan(args, &mut det, &limits)?;
     let mut failed = 0;
     for (path, target) in args.images.iter().zip(&targets) {
@@ -321,4 +331,16 @@ fn write_drawn(img: &Rgb, dets: &[Detection], target: &Path) -> anyhow::Result<(
     };
     crate::fsutil::write_file_atomic(target, &bytes)?;
     Ok(())
+}
+
+/// The configured model's folder in the store (what `serve` loads), said on stderr.
+fn configured_model(config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let cfg = Config::load(config, &ConfigOverrides::default()).context("invalid configuration")?;
+    let dir = cfg.installed_model_dir().map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "using the configured model {} ({}); --model DIR picks another",
+        cfg.model,
+        dir.display()
+    );
+    Ok(dir)
 }

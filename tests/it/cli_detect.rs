@@ -501,3 +501,55 @@ fn draw_writes_the_image_changed_only_at_its_boxes() {
     assert_clean_failure(&bad, "must end in .png, .jpg or .jpeg");
     assert!(!tmp.path().join("drawn.gif").exists());
 }
+
+/// Without `--model`, `detect` loads the configured model from the store (as `serve` does) and
+/// says which; a configured model that is not installed is one error line naming `model pull`.
+#[test]
+fn without_model_the_configured_one_is_used_and_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"{}\"\nmodel_store = \"{}\"\n",
+            model_dir("tiny-a").display(),
+            tmp.path().display()
+        ),
+    )
+    .expect("config");
+    let image = image_path("photo.jpg");
+    let run = |config: &Path| {
+        let mut c = bin::command();
+        c.args(["detect", "--query", "a photo of a cat", "--config"])
+            .arg(config)
+            .arg(&image);
+        c.output().expect("binary runs")
+    };
+    let out = run(&config);
+    bin::assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("using the configured model") && stderr.contains("tiny-a"),
+        "{stderr}"
+    );
+    let with_model = detect(
+        &model_dir("tiny-a"),
+        &["--query", "a photo of a cat"],
+        &[&image],
+    );
+    bin::assert_success(&with_model);
+    assert_eq!(
+        out.stdout, with_model.stdout,
+        "the same model, the same answer"
+    );
+
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"org/absent\"\nmodel_store = \"{}\"\n",
+            tmp.path().display()
+        ),
+    )
+    .expect("config");
+    assert_clean_failure(&run(&config), "model pull org/absent");
+}
