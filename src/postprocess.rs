@@ -242,13 +242,25 @@ pub fn exemplar_embedding(heads: &ImageHeads<'_>, patch: usize) -> Option<Vec<f3
     Some(e.iter().map(|v| v / (norm + 1e-6)).collect())
 }
 
+/// The area of an `[x0, y0, x1, y1]` box; 0 when it is empty or inverted along either side.
+pub fn box_area(r: &[f32; 4]) -> f32 {
+    (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0)
+}
+
+/// The area two `[x0, y0, x1, y1]` boxes share (0 when they do not overlap).
+pub fn intersection(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    box_area(&[
+        a[0].max(b[0]),
+        a[1].max(b[1]),
+        a[2].min(b[2]),
+        a[3].min(b[3]),
+    ])
+}
+
 /// Intersection over union of two `[x0, y0, x1, y1]` boxes (0 for empty boxes).
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let ix = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let iy = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = ix * iy;
-    let union = area(a) + area(b) - inter;
+    let inter = intersection(a, b);
+    let union = box_area(a) + box_area(b) - inter;
     if union <= 0.0 {
         0.0
     } else {

@@ -313,16 +313,7 @@ fn image_format(path: &Path) -> Option<DrawFormat> {
 
 /// Writes `img` with `dets` drawn to `target` (PNG or JPEG by its extension).
 fn write_drawn(img: &Rgb, dets: &[Detection], target: &Path) -> anyhow::Result<()> {
-    let anns: Vec<Annotation> = dets
-        .iter()
-        .map(|d| Annotation {
-            bbox: d.bbox,
-            label: d.label.clone(),
-            score: d.score,
-            track_id: None,
-            class: d.query_index,
-        })
-        .collect();
+    let anns: Vec<Annotation> = dets.iter().map(|d| Annotation::of(d, None)).collect();
     let mut data = img.data.clone();
     draw::annotate(img.width, img.height, &mut data, &anns)?;
     let bytes = match image_format(target) {

@@ -104,3 +104,15 @@ pub(crate) fn start(cfg: ServiceConfig) -> (DetectService, Worker, Arc<Probe>, A
     let (svc, worker) = DetectService::start(det, cfg, metrics.clone()).expect("starts");
     (svc, worker, probe, metrics)
 }
+
+/// Polls `cond` every millisecond for at most `within`; whether it came true.
+pub(crate) async fn until(within: std::time::Duration, cond: impl Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + within;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    cond()
+}

@@ -219,12 +219,7 @@ impl DetectService {
     /// Detects the request's queries in its image, within its deadline
     /// (`received + request_timeout`).
     pub(crate) async fn detect(&self, req: DetectRequest) -> Result<DetectOutput, DetectError> {
-        let timeout = self.inner.cfg.request_timeout;
-        let deadline = tokio::time::Instant::from_std(req.received + timeout);
-        match tokio::time::timeout_at(deadline, self.run(req, None)).await {
-            Ok(r) => r,
-            Err(_) => Err(DetectError::Timeout(timeout.as_millis() as u64)),
-        }
+        self.run_by_deadline(req, None).await
     }
 
     /// [`detect`](Self::detect) that waits for a queue slot instead of failing with
@@ -242,9 +237,18 @@ impl DetectService {
             .await
             .map_err(|_| DetectError::Stopped)?;
         req.received = Instant::now();
+        self.run_by_deadline(req, Some(permit)).await
+    }
+
+    /// [`run`](Self::run) within the request's deadline (`received + request_timeout`).
+    async fn run_by_deadline(
+        &self,
+        req: DetectRequest,
+        admitted: Option<OwnedSemaphorePermit>,
+    ) -> Result<DetectOutput, DetectError> {
         let timeout = self.inner.cfg.request_timeout;
         let deadline = tokio::time::Instant::from_std(req.received + timeout);
-        match tokio::time::timeout_at(deadline, self.run(req, Some(permit))).await {
+        match tokio::time::timeout_at(deadline, self.run(req, admitted)).await {
             Ok(r) => r,
             Err(_) => Err(DetectError::Timeout(timeout.as_millis() as u64)),
         }

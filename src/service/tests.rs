@@ -26,14 +26,7 @@ fn request(queries: &[&str]) -> DetectRequest {
 
 /// Polls `cond` every millisecond for at most two seconds.
 async fn until(cond: impl Fn() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    cond()
+    super::fake::until(Duration::from_secs(2), cond).await
 }
 
 #[tokio::test]

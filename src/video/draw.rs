@@ -21,6 +21,19 @@ pub(crate) struct Annotation {
     pub class: usize,
 }
 
+impl Annotation {
+    /// A detection's box, caption and colour (by its query), with its track id if it has one.
+    pub(crate) fn of(d: &crate::postprocess::Detection, track_id: Option<u64>) -> Self {
+        Annotation {
+            bbox: d.bbox,
+            label: d.label.clone(),
+            score: d.score,
+            track_id,
+            class: d.query_index,
+        }
+    }
+}
+
 /// Why a frame cannot be drawn on or encoded.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DrawError {

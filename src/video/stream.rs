@@ -473,13 +473,7 @@ impl Run {
         self.shared.hub.publish_frame(seq, line);
         let annotations = tracked
             .iter()
-            .map(|t| Annotation {
-                bbox: t.detection.bbox,
-                label: t.detection.label.clone(),
-                score: t.detection.score,
-                track_id: t.track_id,
-                class: t.detection.query_index,
-            })
+            .map(|t| Annotation::of(&t.detection, t.track_id))
             .collect();
         if let Ok(mut s) = self.shared.snapshot.lock() {
             *s = Some(Arc::new(Snapshot {

@@ -216,14 +216,7 @@ fn clip(dir: &std::path::Path, name: &str) -> String {
 
 /// Polls `cond` every millisecond for at most five seconds.
 async fn until(cond: impl Fn() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    cond()
+    crate::service::fake::until(Duration::from_secs(5), cond).await
 }
 
 fn state_of(m: &StreamManager, name: &str) -> Option<State> {

@@ -19,7 +19,7 @@
 //!
 //! Detections only match tracks of their own class.
 
-use crate::postprocess::iou;
+use crate::postprocess::{box_area, intersection, iou};
 
 /// Length of the nominal frame that the filter's velocities and noises are expressed in.
 const FRAME_MS: f64 = 33.3;
@@ -78,7 +78,7 @@ fn similarity(cfg: &TrackerConfig, track: &[f32; 4], det: &[f32; 4]) -> Option<(
     if cfg.match_distance <= 0.0 {
         return None;
     }
-    let (st, sd) = (area(track).sqrt(), area(det).sqrt());
+    let (st, sd) = (box_area(track).sqrt(), box_area(det).sqrt());
     if !(st > 0.0 && sd > 0.0) || st.max(sd) > MAX_SIZE_RATIO * st.min(sd) {
         return None;
     }
@@ -88,23 +88,12 @@ fn similarity(cfg: &TrackerConfig, track: &[f32; 4], det: &[f32; 4]) -> Option<(
     (d.is_finite() && d <= cfg.match_distance).then_some((0, -d))
 }
 
-/// A box's area; 0 when it is empty or inverted along either side.
-fn area(b: &[f32; 4]) -> f32 {
-    (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0)
-}
-
 /// Whether `b` duplicates `kept` (a box of the same class already given to a track).
 fn duplicates(cfg: &TrackerConfig, b: &[f32; 4], kept: &[f32; 4]) -> bool {
     if cfg.duplicate_iou.is_nan() || cfg.duplicate_iou >= 1.0 {
         return false;
     }
-    let inter = [
-        b[0].max(kept[0]),
-        b[1].max(kept[1]),
-        b[2].min(kept[2]),
-        b[3].min(kept[3]),
-    ];
-    let inside = area(&inter) / area(b);
+    let inside = intersection(b, kept) / box_area(b);
     iou(b, kept) > cfg.duplicate_iou || (inside.is_finite() && inside >= DUPLICATE_INSIDE)
 }
 
