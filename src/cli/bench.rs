@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use super::RuntimeArgs;
+use super::args::RuntimeArgs;
 use crate::engine::{load_detector, DetectorOptions};
 use crate::pipeline::Detector;
 use crate::preprocess::{self, ImageLimits, Rgb};
@@ -38,7 +38,7 @@ pub struct BenchArgs {
     pub backend: BackendPreference,
     /// Image-tower precision: fp32 (exact), int8 (quantized encoder projections; CPU only) or bf16
     /// (arm64 CPUs with BF16: bf16 GEMMs).
-    #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
+    #[arg(long, default_value = "fp32", value_parser = super::args::cpu_precision)]
     pub precision: Precision,
     /// Attention form of the CPU/CUDA image graph: `fused` (ONNX Runtime's MultiHeadAttention,
     /// the daemon's) or `unfused` (MatMul, Softmax, MatMul), to compare on this host.
@@ -303,7 +303,7 @@ fn select_provider(
         enable_optimization: false,
         ..crate::config::Config::default()
     };
-    let (provider, fallbacks) = crate::engine::first_available(&cfg);
+    let (provider, fallbacks) = crate::engine::first_available(&cfg.engine());
     if args.precision == Precision::Int8 && provider != crate::backend::Provider::Cpu {
         anyhow::bail!(
             "--precision int8 is a CPU mode; {} was selected (use --backend cpu)",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use super::RuntimeArgs;
+use super::args::RuntimeArgs;
 use crate::config::{Config, ConfigOverrides};
 use crate::engine::{load_detector, DetectorOptions};
 use crate::model::tokenizer::{QueryRules, MAX_QUERY_BYTES};
@@ -64,7 +64,7 @@ pub struct DetectArgs {
     pub apply_exif_orientation: bool,
     /// Image-tower precision: fp32 (exact, default), int8 (quantized encoder projections) or bf16
     /// (arm64 CPUs with BF16: bf16 GEMMs).
-    #[arg(long, default_value = "fp32", value_parser = super::cpu_precision)]
+    #[arg(long, default_value = "fp32", value_parser = super::args::cpu_precision)]
     pub precision: Precision,
     #[command(flatten)]
     pub runtime: RuntimeArgs,

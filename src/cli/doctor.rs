@@ -227,7 +227,7 @@ fn socket(cfg: &Config) -> Check {
 }
 
 fn onnxruntime(cfg: &Config) -> Check {
-    match ort_backend::ensure_runtime(cfg.onnxruntime_library().as_deref()) {
+    match ort_backend::ensure_runtime(engine::library(&cfg.engine()).as_deref()) {
         Ok(v) => check(
             "onnxruntime",
             Status::Ok,
@@ -330,7 +330,7 @@ fn gpu_libraries(ort_dir: Option<&Path>) -> Vec<Check> {
 }
 
 fn backend_choice(cfg: &Config) -> Check {
-    let (chosen, fallbacks) = engine::first_available(cfg);
+    let (chosen, fallbacks) = engine::first_available(&cfg.engine());
     let why = fallbacks
         .iter()
         .map(|f| format!("{} skipped: {}", f.backend, f.reason))

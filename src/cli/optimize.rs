@@ -52,7 +52,7 @@ pub fn run(args: &OptimizeArgs) -> anyhow::Result<OptimizeReport> {
     if !cfg.enable_optimization {
         bail!("enable_optimization is false: there is no optimized artifact to build");
     }
-    let mut eng = engine::load(&cfg, &dir, args.force, &|s: &str| eprintln!("{s}"))
+    let mut eng = engine::load(&cfg.engine(), &dir, args.force, &|s: &str| eprintln!("{s}"))
         .map_err(anyhow::Error::msg)?;
     let mut report = OptimizeReport {
         model: cfg.model.clone(),
@@ -78,7 +78,7 @@ pub fn run(args: &OptimizeArgs) -> anyhow::Result<OptimizeReport> {
         )?);
         drop(eng.detector);
         eprintln!("benchmark: eager");
-        let provider = engine::chain(&cfg)
+        let provider = engine::chain(&cfg.engine())
             .into_iter()
             .find(|p| p.name() == eng.backend)
             .unwrap_or(crate::backend::Provider::Cpu);
@@ -88,7 +88,7 @@ pub fn run(args: &OptimizeArgs) -> anyhow::Result<OptimizeReport> {
                 optimize: false,
                 // The eager baseline: exact fp32, nothing cached.
                 precision: crate::vocab::Precision::Fp32,
-                ..DetectorOptions::from_config(&cfg, provider)
+                ..DetectorOptions::from_config(&cfg.engine(), provider)
             },
         )?;
         let base = median_ms(&time_inference(&mut eager, &frame, runs, 1, &|_| {})?);

@@ -93,10 +93,12 @@ pub fn engine_loader(cfg: Config) -> Loader {
         // Guard the runtime from the moment it is loaded (an engine build can take minutes);
         // the providers' libraries are added once the sessions exist. A library that fails to
         // load is reported by the engine below.
-        if crate::backend::ort::ensure_runtime(cfg.onnxruntime_library().as_deref()).is_ok() {
+        if crate::backend::ort::ensure_runtime(crate::engine::library(&cfg.engine()).as_deref())
+            .is_ok()
+        {
             crate::backend::library_guard::watch_loaded();
         }
-        let engine = crate::engine::load(&cfg, &dir, false, &|s: &str| status(s))
+        let engine = crate::engine::load(&cfg.engine(), &dir, false, &|s: &str| status(s))
             .map_err(|e| e.to_string())?;
         let guarded = crate::backend::library_guard::watch_loaded();
         if !guarded.is_empty() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::error::EngineError;
 use crate::backend::Provider;
 use crate::cache;
-use crate::config::Config;
+use crate::config::sections::EngineSettings;
 use crate::gpu::{self, GpuInfo};
 use crate::vocab::{Graph, Precision};
 
@@ -66,16 +66,21 @@ fn gpu_device(gpu: &GpuInfo) -> String {
     )
 }
 
+/// The ONNX Runtime library the engine loads (see `runtimes::library`).
+pub(crate) fn library(cfg: &EngineSettings) -> Option<std::path::PathBuf> {
+    crate::runtimes::library(cfg.onnxruntime_path.as_deref(), &cfg.state_dir)
+}
+
 /// The cache key of `provider`'s artifact (with the CPU engine's precision as
 /// `DetectorOptions::cpu_key_precision` names it) for the model with `fingerprint`.
 pub fn artifact_key(
-    cfg: &Config,
+    cfg: &EngineSettings,
     fingerprint: &str,
     provider: &Provider,
     cpu_precision: &'static str,
     gpu: &GpuInfo,
 ) -> Result<cache::KeyParts, EngineError> {
-    let onnxruntime = crate::backend::ort::ensure_runtime(cfg.onnxruntime_library().as_deref())?;
+    let onnxruntime = crate::backend::ort::ensure_runtime(library(cfg).as_deref())?;
     let libs = ort_dir();
     let (precision, device, tensorrt, max_queries) = match provider {
         Provider::Cpu => (
@@ -105,7 +110,7 @@ pub fn artifact_key(
         onnxruntime,
         provider: provider.name().into(),
         precision: precision.into(),
-        max_batch: cfg.max_batch_size,
+        max_batch: cfg.max_batch,
         max_queries,
         device,
         tensorrt,

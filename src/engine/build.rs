@@ -10,7 +10,7 @@ use super::artifact::Artifact;
 use super::error::EngineError;
 use crate::backend::ort::OrtBackend;
 use crate::backend::{GraphSource, Provider, SessionPlan};
-use crate::config::Config;
+use crate::config::sections::EngineSettings;
 use crate::model::graphs::{self, Attention, Int8Weights};
 use crate::model::{ModelDir, ModelError, QueryTokenizer};
 use crate::pipeline::Detector;
@@ -64,13 +64,13 @@ impl Default for DetectorOptions {
 
 impl DetectorOptions {
     /// The daemon's options for `provider` under `cfg`.
-    pub fn from_config(cfg: &Config, provider: Provider) -> Self {
+    pub fn from_config(cfg: &EngineSettings, provider: Provider) -> Self {
         DetectorOptions {
-            library: cfg.onnxruntime_library(),
+            library: super::artifact::library(cfg),
             threads: cfg.threads,
-            spin_wait: cfg.cpu_spin_wait,
-            query_cache: cfg.query_cache_size,
-            optimize: cfg.enable_optimization,
+            spin_wait: cfg.spin_wait,
+            query_cache: cfg.query_cache,
+            optimize: cfg.optimize,
             precision: if provider == Provider::Cpu {
                 cfg.cpu_precision
             } else {

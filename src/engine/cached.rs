@@ -9,7 +9,7 @@ use super::build::{self, DetectorOptions};
 use super::error::EngineError;
 use crate::backend::ort::OrtBackend;
 use crate::cache;
-use crate::config::Config;
+use crate::config::sections::EngineSettings;
 use crate::gpu::GpuInfo;
 use crate::model::ModelDir;
 use crate::vocab::Graph;
@@ -48,7 +48,7 @@ pub(super) fn in_memory(model: &ModelDir, opts: &DetectorOptions) -> Result<Buil
 
 /// What `load_cached` works from.
 pub(super) struct CacheRequest<'a> {
-    pub(super) cfg: &'a Config,
+    pub(super) cfg: &'a EngineSettings,
     pub(super) model: &'a ModelDir,
     /// The model's fingerprint (`None`: optimisation is off, nothing is cached).
     pub(super) fingerprint: Option<&'a str>,

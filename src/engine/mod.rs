@@ -14,13 +14,15 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub(crate) use artifact::library;
 pub use artifact::{artifact_file, artifact_key, weights_file, Artifact};
 pub use build::{int8_range_for_runtime, load_detector, load_detector_with, DetectorOptions};
 pub use error::EngineError;
 
 use crate::backend::Provider;
 use crate::cache;
-use crate::config::{BackendPreference, Config, TorchCompileMode};
+use crate::config::sections::EngineSettings;
+use crate::config::BackendPreference;
 use crate::gpu::{self, GpuInfo};
 use crate::model::ModelDir;
 use crate::pipeline::Detector;
@@ -66,36 +68,24 @@ pub fn speedup_estimate(e: &Engine) -> f64 {
 }
 
 /// The providers to try, in order, for a preference (the CPU always ends the chain).
-pub fn chain(cfg: &Config) -> Vec<Provider> {
+pub fn chain(cfg: &EngineSettings) -> Vec<Provider> {
     let trt = Provider::TensorRt {
         precision: cfg.tensorrt_precision,
-        max_batch: cfg.max_batch_size,
+        max_batch: cfg.max_batch,
         max_queries: cfg.max_queries,
         // Shared by all engine builds; created when TensorRT is tried.
-        timing_cache: cfg
-            .enable_optimization
-            .then(|| cfg.cache_dir.join("tensorrt-timing")),
+        timing_cache: cfg.optimize.then(|| cfg.cache_dir.join("tensorrt-timing")),
     };
-    let (cuda_graphs, exhaustive_conv) = cuda_options(cfg);
     let cuda = Provider::Cuda {
-        cuda_graphs,
-        exhaustive_conv,
+        cuda_graphs: cfg.cuda_graphs,
+        exhaustive_conv: cfg.exhaustive_conv,
     };
-    match cfg.optimization_backend {
+    match cfg.backend {
         BackendPreference::Auto => vec![trt, cuda, Provider::Cpu],
         BackendPreference::Tensorrt => vec![trt, Provider::Cpu],
         BackendPreference::Cuda | BackendPreference::TorchCompile => vec![cuda, Provider::Cpu],
         BackendPreference::Cpu | BackendPreference::Eager => vec![Provider::Cpu],
     }
-}
-
-/// What the Python service's `torch_compile_mode` turns on here, for the CUDA provider: CUDA
-/// graphs (`reduce-overhead`) and cuDNN's exhaustive convolution search (`max-autotune`).
-pub fn cuda_options(cfg: &Config) -> (bool, bool) {
-    (
-        cfg.torch_compile_mode == TorchCompileMode::ReduceOverhead,
-        cfg.torch_compile_mode == TorchCompileMode::MaxAutotune,
-    )
 }
 
 /// Logs the one-line notice for the Python service's backend names.
@@ -113,7 +103,7 @@ pub fn alias_notice(pref: BackendPreference) -> Option<&'static str> {
 
 /// Why `provider` cannot be tried here, checked before anything is built: no GPU, an ONNX Runtime
 /// build without the provider, or (TensorRT) no TensorRT library.
-fn unavailable(cfg: &Config, provider: &Provider, gpu: &GpuInfo) -> Option<String> {
+fn unavailable(cfg: &EngineSettings, provider: &Provider, gpu: &GpuInfo) -> Option<String> {
     if *provider == Provider::Cpu {
         return None;
     }
@@ -121,7 +111,7 @@ fn unavailable(cfg: &Config, provider: &Provider, gpu: &GpuInfo) -> Option<Strin
         return Some(gpu.reason.clone().unwrap_or_else(|| "no GPU".into()));
     }
     if let Err(e) =
-        crate::backend::ort::provider_available(provider, cfg.onnxruntime_library().as_deref())
+        crate::backend::ort::provider_available(provider, artifact::library(cfg).as_deref())
     {
         return Some(e.to_string());
     }
@@ -135,7 +125,7 @@ fn unavailable(cfg: &Config, provider: &Provider, gpu: &GpuInfo) -> Option<Strin
 
 /// The first provider of `cfg`'s chain that passes the pre-checks, with the skipped tiers (for
 /// commands that build their own sessions, like `bench`).
-pub fn first_available(cfg: &Config) -> (Provider, Vec<Fallback>) {
+pub fn first_available(cfg: &EngineSettings) -> (Provider, Vec<Fallback>) {
     let gpu = gpu::discover();
     let mut fallbacks = Vec::new();
     for provider in chain(cfg) {
@@ -191,8 +181,8 @@ fn build_on(
 
 /// The model's fingerprint for cache keys, or `None` when nothing is cached (optimisation off, or
 /// the files cannot be read: the engine is then built in memory).
-fn fingerprint(cfg: &Config, dir: &Path) -> Option<String> {
-    if !cfg.enable_optimization {
+fn fingerprint(cfg: &EngineSettings, dir: &Path) -> Option<String> {
+    if !cfg.optimize {
         return None;
     }
     match cache::model_fingerprint(dir) {
@@ -208,12 +198,12 @@ fn fingerprint(cfg: &Config, dir: &Path) -> Option<String> {
 /// artifact). The model directory is opened and fingerprinted once, the tokenizer loads beside
 /// the first session build.
 pub fn load(
-    cfg: &Config,
+    cfg: &EngineSettings,
     dir: &Path,
     force: bool,
     status: &dyn Fn(&str),
 ) -> Result<Engine, EngineError> {
-    if let Some(n) = alias_notice(cfg.optimization_backend) {
+    if let Some(n) = alias_notice(cfg.backend) {
         tracing::info!("{n}");
     }
     let gpu = gpu::discover();
@@ -279,6 +269,7 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, TorchCompileMode};
 
     #[test]
     fn first_available_skips_gpu_tiers_with_reasons_here() {
@@ -288,12 +279,12 @@ mod tests {
             optimization_backend: BackendPreference::Cpu,
             ..Config::default()
         };
-        assert_eq!(first_available(&c), (Provider::Cpu, Vec::new()));
+        assert_eq!(first_available(&c.engine()), (Provider::Cpu, Vec::new()));
         if gpu.available {
             return; // the GPU tiers may be usable on this machine
         }
         c.optimization_backend = BackendPreference::Auto;
-        let (p, fb) = first_available(&c);
+        let (p, fb) = first_available(&c.engine());
         assert_eq!(p, Provider::Cpu);
         let names: Vec<&str> = fb.iter().map(|f| f.backend.as_str()).collect();
         assert_eq!(names, vec!["tensorrt", "cuda"]);
@@ -305,7 +296,12 @@ mod tests {
     #[test]
     fn chains_follow_the_preference_and_end_on_cpu() {
         let mut c = Config::default();
-        let names = |c: &Config| chain(c).iter().map(|p| p.name()).collect::<Vec<_>>();
+        let names = |c: &Config| {
+            chain(&c.engine())
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&c), vec!["tensorrt", "cuda", "cpu"]);
         c.optimization_backend = BackendPreference::TorchCompile;
         assert_eq!(names(&c), vec!["cuda", "cpu"]);
@@ -314,7 +310,7 @@ mod tests {
         c.optimization_backend = BackendPreference::Tensorrt;
         c.tensorrt_precision = crate::vocab::Precision::Int8;
         c.max_batch_size = 8;
-        match &chain(&c)[0] {
+        match &chain(&c.engine())[0] {
             Provider::TensorRt {
                 precision,
                 max_batch,
@@ -334,7 +330,7 @@ mod tests {
         c.optimization_backend = BackendPreference::Cuda;
         c.torch_compile_mode = TorchCompileMode::ReduceOverhead;
         assert_eq!(
-            chain(&c)[0],
+            chain(&c.engine())[0],
             Provider::Cuda {
                 cuda_graphs: true,
                 exhaustive_conv: false
@@ -342,7 +338,7 @@ mod tests {
         );
         c.torch_compile_mode = TorchCompileMode::MaxAutotune;
         assert_eq!(
-            chain(&c)[0],
+            chain(&c.engine())[0],
             Provider::Cuda {
                 cuda_graphs: false,
                 exhaustive_conv: true

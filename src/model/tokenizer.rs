@@ -7,6 +7,7 @@
 //! queries longer than `len − 2` tokens are truncated to that many tokens plus EOS (transformers
 //! itself crashes on them). Empty queries are rejected.
 
+pub use crate::limits::{QueryRules, MAX_QUERY_BYTES};
 use std::path::Path;
 
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
@@ -38,9 +39,6 @@ const TEMPLATE: &str = r#"{
   "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>", "continuing_subword_prefix": "", "end_of_word_suffix": "</w>", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": {}, "merges": []}
 }"#;
 
-/// Maximum accepted query length in bytes before tokenization (guards the tokenizer).
-pub const MAX_QUERY_BYTES: usize = 4096;
-
 /// Bad queries: the request-level rules of `QueryRules` and the tokenizer's own refusals.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum QueryError {
@@ -69,26 +67,6 @@ impl QueryError {
             QueryError::Missing => "missing_query",
             QueryError::TooMany { .. } => "too_many_queries",
             _ => "invalid_query",
-        }
-    }
-}
-
-/// The rules a list of text queries must follow before anything is tokenized or run: at least one
-/// query, at most `max_queries`, each at most `max_query_bytes` long, not blank and without control
-/// characters. The one place
-/// these rules live; the service checks them at admission, `detect` before loading anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueryRules {
-    pub max_queries: usize,
-    pub max_query_bytes: usize,
-}
-
-impl Default for QueryRules {
-    /// The daemon's defaults (`max_queries`, `max_query_bytes`).
-    fn default() -> Self {
-        QueryRules {
-            max_queries: 64,
-            max_query_bytes: 1024,
         }
     }
 }

@@ -13,30 +13,7 @@ use std::io::Cursor;
 use image::{ImageFormat, ImageReader};
 use rayon::prelude::*;
 
-/// Explicit limits on an encoded image, checked from its header before any pixel is decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ImageLimits {
-    /// Largest encoded image in bytes.
-    pub max_encoded_bytes: usize,
-    /// Largest `width × height`.
-    pub max_pixels: u64,
-    /// Largest width or height.
-    pub max_side: u32,
-    /// Rotate/flip by the EXIF orientation tag (JPEG, PNG, WebP) before preprocessing. Off by
-    /// default: transformers' processors take the pixels as stored.
-    pub apply_exif_orientation: bool,
-}
-
-impl Default for ImageLimits {
-    fn default() -> Self {
-        ImageLimits {
-            max_encoded_bytes: 32 * 1024 * 1024,
-            max_pixels: 40_000_000,
-            max_side: 16_384,
-            apply_exif_orientation: false,
-        }
-    }
-}
+pub use crate::limits::ImageLimits;
 
 /// Why an image was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

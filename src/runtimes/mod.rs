@@ -129,6 +129,15 @@ pub(crate) fn check_name(name: &str) -> Result<(), RuntimeError> {
 }
 
 /// The folder of the active build, when one is set and still installed.
+/// The ONNX Runtime to load: `explicit` (`onnxruntime_path`, IV_ONNXRUNTIME_PATH) when set, else
+/// the active build installed with `intelligent-video runtime install`; `None` leaves the search
+/// to the backend (next to the binary, then /usr/lib/intelligent-video).
+pub(crate) fn library(explicit: Option<&Path>, state_dir: &Path) -> Option<PathBuf> {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| active(state_dir))
+}
+
 pub(crate) fn active(state_dir: &Path) -> Option<PathBuf> {
     let name = active_name(state_dir)?;
     let dir = root(state_dir).join(name);

@@ -68,7 +68,8 @@ pub(super) fn health(st: &AppState) -> Resp {
 pub(super) fn optimization(st: &AppState) -> Resp {
     let e = st.engine();
     let c = &st.config;
-    let (cuda_graphs, exhaustive_conv) = crate::engine::cuda_options(c);
+    let engine = c.engine();
+    let (cuda_graphs, exhaustive_conv) = (engine.cuda_graphs, engine.exhaustive_conv);
     let body = json!({
         "model_name": e.model_name,
         "model_dir": e.model_dir,

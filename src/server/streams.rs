@@ -21,10 +21,10 @@ use super::request::{
     require_json, Resp,
 };
 use super::state::AppState;
+use crate::spec::{check_name, SpecError, StreamBody};
 use crate::video::draw;
 use crate::video::events::{self, StateEvent, Subscription};
 use crate::video::manager::{ManagerError, Put, StreamManager};
-use crate::video::spec::{check_name, SpecError, StreamBody};
 
 /// A follower whose connection took no line for this long is disconnected.
 const FOLLOWER_SEND_TIMEOUT: Duration = Duration::from_secs(30);

@@ -191,18 +191,9 @@ impl TryFrom<StoredSet> for QuerySet {
     }
 }
 
-/// Whether `name` is a valid name for a saved resource (query sets, streams): 1 to 64 of `a-z`,
-/// `0-9`, `_` and `-`.
-pub(crate) fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 /// Checks a set name (the rule of stream names).
 pub(crate) fn check_name(name: &str) -> Result<(), QuerySetError> {
-    if is_valid_name(name) {
+    if crate::limits::is_valid_name(name) {
         Ok(())
     } else {
         Err(QuerySetError::Name(name.chars().take(80).collect()))

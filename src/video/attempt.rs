@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::spec::Source;
 use crate::preprocess::Rgb;
+use crate::spec::Source;
 
 /// One decoded frame.
 #[derive(Debug)]

@@ -1,8 +1,8 @@
 //! Video streams: the daemon's own ingestion of cameras and video files.
 //!
-//! Owns stream definitions and their validation (`spec`), GStreamer ingestion (`source`, the only
+//! Owns GStreamer ingestion (`source`, the only
 //! GStreamer user) behind one attempt's hand-over and teardown (`attempt`), the tracker (`track`), the event fan-out (`events`) and snapshot drawing
-//! (`draw`).
+//! (`draw`). Stream definitions and their validation are `crate::spec`, below configuration.
 
 pub(crate) mod attempt;
 pub(crate) mod draw;
@@ -10,7 +10,6 @@ pub(crate) mod events;
 pub(crate) mod manager;
 mod saved;
 pub(crate) mod source;
-pub(crate) mod spec;
 pub(crate) mod stream;
 pub(crate) mod track;
 

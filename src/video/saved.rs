@@ -1,7 +1,7 @@
 //! Saved API stream definitions as read from `streams.json`: each definition on its own, so that
 //! one that does not parse is kept (as it was) and shown, not lost with the others.
 
-use super::spec::{check_name, StreamSpec};
+use crate::spec::{check_name, StreamSpec};
 use crate::state_file::{Loaded, StateFile};
 use serde::{Deserialize, Serialize};
 

@@ -18,12 +18,12 @@ use super::attempt::{
 };
 use super::draw::Annotation;
 use super::events::{self, EventHub, FrameEvent, StateEvent, TrackedDetection};
-use super::spec::{check_local_access, LocalPolicy, Source, StreamSpec};
 use super::track::{TrackInput, Tracker, TrackerConfig};
 use crate::pacing::{Backoff, LogLimiter};
 use crate::preprocess::Rgb;
 use crate::service::metrics::{Histogram, LATENCY_BUCKETS_S};
 use crate::service::{DetectError, DetectRequest, DetectService, ImageInput};
+use crate::spec::{check_local_access, LocalPolicy, Source, StreamSpec};
 
 /// A stream's state, as `GET /v1/streams` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

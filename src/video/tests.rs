@@ -15,13 +15,13 @@ use super::attempt::{
     SourceOptions, SourceStats, Starting,
 };
 use super::manager::{ManagerConfig, StreamManager};
-use super::spec::{LocalPolicy, Source, StreamSpec};
 use super::stream::{RunSettings, State};
 use crate::model::tokenizer::QueryRules;
 use crate::preprocess::Rgb;
 use crate::service::fake::{config, start};
 use crate::service::query_sets::Limits;
 use crate::service::QuerySets;
+use crate::spec::{LocalPolicy, Source, StreamSpec};
 
 /// What one scripted attempt does.
 struct Script {

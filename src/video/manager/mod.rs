@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::FrameSource;
 use super::saved::{self, Saved, StateFileContent};
-use super::spec::{check_local_access, LocalPolicy, SpecError, StreamSpec};
 use super::stream::{Run, RunSettings, State, StreamShared};
 use super::track::TrackerConfig;
 use crate::config::Config;
 use crate::model::tokenizer::QueryRules;
 use crate::service::{DetectService, QuerySets};
+use crate::spec::{check_local_access, LocalPolicy, SpecError, StreamSpec};
 use crate::state_file::StateFile;
 
 mod metrics;
@@ -233,7 +233,7 @@ impl StreamManager {
             Saved::Unreadable(name, raw, _) => (name.clone(), raw),
         };
         let Some(name) = name.filter(|n| !map.contains_key(n)) else {
-            tracing::warn!(definition = %super::spec::redacted(&raw.to_string()), "a saved stream has no name of its own (or a configured stream's); it is kept in the state file, not started");
+            tracing::warn!(definition = %crate::spec::redacted(&raw.to_string()), "a saved stream has no name of its own (or a configured stream's); it is kept in the state file, not started");
             kept.push(raw.clone());
             return;
         };
@@ -461,7 +461,7 @@ impl StreamManager {
         let v = e.shared.view();
         StreamStatus {
             name: e.spec.name.clone(),
-            url: super::spec::redacted(&e.spec.url),
+            url: crate::spec::redacted(&e.spec.url),
             queries: e.spec.queries.clone(),
             query_set: e.spec.query_set.clone(),
             threshold: shortest(e.spec.threshold.unwrap_or(default)),

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::tokenizer::QueryRules;
-use crate::postprocess::PostParams;
+use crate::limits::QueryRules;
 
 /// The most frames per second `max_fps` may ask for.
 pub(crate) const MAX_FPS_LIMIT: f64 = 1000.0;
@@ -288,7 +287,7 @@ pub enum SpecError {
 
 /// Checks a stream name: `[a-z0-9_-]{1,64}`.
 pub(crate) fn check_name(name: &str) -> Result<(), SpecError> {
-    if crate::service::query_sets::is_valid_name(name) {
+    if crate::limits::is_valid_name(name) {
         Ok(())
     } else {
         Err(SpecError::Name(name.chars().take(80).collect()))
@@ -369,8 +368,13 @@ impl StreamSpec {
         check_name(&self.name)?;
         let source = parse_url(&self.url)?;
         match &self.query_set {
-            Some(set) => crate::service::query_sets::check_name(set)
-                .map_err(|e| SpecError::Queries(format!("query_set: {e}")))?,
+            Some(set) if !crate::limits::is_valid_name(set) => {
+                return Err(SpecError::Queries(format!(
+                    "query_set: invalid query set name {:?} (1-64 characters of a-z, 0-9, '_' and '-')",
+                    set.chars().take(80).collect::<String>()
+                )))
+            }
+            Some(_) => {}
             None if self.queries.is_empty() => {
                 return Err(SpecError::Queries(
                     "queries must not be empty (or name a query_set)".into(),
@@ -383,10 +387,15 @@ impl StreamSpec {
                 .check(&self.queries)
                 .map_err(|e| SpecError::Queries(e.to_string()))?;
         }
-        if let Some(t) = self.threshold {
-            PostParams::new(t, self.nms).map_err(SpecError::Number)?;
-        } else {
-            PostParams::new(0.0, self.nms).map_err(SpecError::Number)?;
+        for (what, v) in [("threshold", self.threshold), ("nms IoU", self.nms)] {
+            match v {
+                Some(v) if !v.is_finite() || !(0.0..=1.0).contains(&v) => {
+                    return Err(SpecError::Number(format!(
+                        "{what} must be a number in [0, 1], got {v}"
+                    )))
+                }
+                _ => {}
+            }
         }
         if !self.max_fps.is_finite() || !(0.0..=MAX_FPS_LIMIT).contains(&self.max_fps) {
             return Err(SpecError::Number(format!(
