@@ -13,6 +13,7 @@ pub(crate) mod config;
 pub(crate) mod cpu;
 pub mod engine;
 pub(crate) mod fsutil;
+pub(crate) mod geometry;
 pub mod gpu;
 pub mod limits;
 pub mod model;

@@ -137,6 +137,7 @@ fn spec_error(e: &SpecError) -> ApiError {
         SpecError::Queries(_) => "invalid_query",
         SpecError::QuerySet(_) => "unknown_query_set",
         SpecError::Number(_) => "invalid_parameter",
+        SpecError::Rules(_) => "invalid_rule",
     };
     ApiError::bad_request(kind, e.to_string())
 }

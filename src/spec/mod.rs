@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::QueryRules;
 
+pub(crate) mod rules;
+pub(crate) use rules::{Lines, Zones};
+
 /// The most frames per second `max_fps` may ask for.
 pub(crate) const MAX_FPS_LIMIT: f64 = 1000.0;
 
@@ -33,6 +36,12 @@ pub struct StreamSpec {
     /// Frames per second to process at most (0: as fast as inference allows).
     #[serde(default)]
     pub max_fps: f64,
+    /// Zones by name (`video::rules` decides presence, loitering and occupancy).
+    #[serde(default, skip_serializing_if = "Zones::is_empty")]
+    pub(crate) zones: Zones,
+    /// Directed lines by name (crossings and counts).
+    #[serde(default, skip_serializing_if = "Lines::is_empty")]
+    pub(crate) lines: Lines,
 }
 
 /// A `PUT /v1/streams/{name}` body: a definition without its name (the path gives it).
@@ -50,6 +59,10 @@ pub(crate) struct StreamBody {
     pub nms: Option<f32>,
     #[serde(default)]
     pub max_fps: f64,
+    #[serde(default)]
+    pub(crate) zones: Zones,
+    #[serde(default)]
+    pub(crate) lines: Lines,
 }
 
 impl StreamBody {
@@ -62,6 +75,8 @@ impl StreamBody {
             threshold: self.threshold,
             nms: self.nms,
             max_fps: self.max_fps,
+            zones: self.zones,
+            lines: self.lines,
         }
     }
 }
@@ -283,6 +298,9 @@ pub enum SpecError {
     QuerySet(String),
     #[error("{0}")]
     Number(String),
+    /// A zone or line that is not valid.
+    #[error("{0}")]
+    Rules(String),
 }
 
 /// Checks a stream name: `[a-z0-9_-]{1,64}`.
@@ -403,6 +421,7 @@ impl StreamSpec {
                 self.max_fps
             )));
         }
+        rules::check(&self.zones, &self.lines).map_err(SpecError::Rules)?;
         Ok(source)
     }
 }
@@ -420,6 +439,8 @@ mod tests {
             threshold: None,
             nms: None,
             max_fps: 0.0,
+            zones: Default::default(),
+            lines: Default::default(),
         }
     }
 

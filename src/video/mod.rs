@@ -8,6 +8,7 @@ pub(crate) mod attempt;
 pub(crate) mod draw;
 pub(crate) mod events;
 pub(crate) mod manager;
+pub(crate) mod rules;
 mod saved;
 pub(crate) mod source;
 pub(crate) mod stream;

@@ -68,5 +68,7 @@ pub(super) fn lenient_spec(name: &str, raw: &serde_json::Value) -> StreamSpec {
         threshold: None,
         nms: None,
         max_fps: 0.0,
+        zones: Default::default(),
+        lines: Default::default(),
     }
 }

@@ -204,6 +204,8 @@ fn spec(name: &str, url: &str) -> StreamSpec {
         threshold: Some(0.4),
         nms: None,
         max_fps: 0.0,
+        zones: Default::default(),
+        lines: Default::default(),
     }
 }
 
