@@ -12,6 +12,7 @@ pub mod cli;
 pub(crate) mod config;
 pub(crate) mod cpu;
 pub mod engine;
+pub(crate) mod events;
 pub(crate) mod fsutil;
 pub(crate) mod geometry;
 pub mod gpu;

@@ -145,6 +145,12 @@ pub struct Config {
     pub stream_keepalive_ms: u64,
     /// Events followers at once, daemon-wide (never more than half of `max_connections`).
     pub max_followers: usize,
+    /// Events (zones, lines, track lifecycle) the journal in `state_dir/events/` keeps at most.
+    pub events_max: u64,
+    /// MiB the event journal keeps at most.
+    pub events_max_mb: u64,
+    /// A track's `update` events at most this often (seconds of stream time; 0: every change).
+    pub events_update_interval_s: f64,
 }
 
 /// The default state folder: the first of systemd's `STATE_DIRECTORY`, else
@@ -222,6 +228,9 @@ impl Default for Config {
             stream_max_detections: 100,
             stream_keepalive_ms: 15_000,
             max_followers: 64,
+            events_max: 100_000,
+            events_max_mb: 64,
+            events_update_interval_s: 5.0,
         }
     }
 }

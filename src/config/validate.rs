@@ -90,6 +90,13 @@ impl Config {
                 return bad(key, format!("{v} is not in [0, 1]"));
             }
         }
+        let interval = self.events_update_interval_s;
+        if !interval.is_finite() || !(0.0..=3600.0).contains(&interval) {
+            return bad(
+                "events_update_interval_s",
+                format!("{interval} is not a number of seconds in [0, 3600]"),
+            );
+        }
         if !(0.0..=10.0).contains(&self.stream_track_match_distance) {
             return bad(
                 "stream_track_match_distance",
@@ -160,6 +167,8 @@ impl Config {
                 self.stream_max_detections as u64,
                 100_000,
             ),
+            ("events_max", self.events_max, 1 << 32),
+            ("events_max_mb", self.events_max_mb, 1 << 20),
         ]
     }
 

@@ -30,6 +30,9 @@ pub(super) fn metrics(st: &AppState) -> Resp {
     if let Some(m) = st.streams.get() {
         m.render_metrics(&mut text);
     }
+    if let Some(e) = st.events.get() {
+        e.render_metrics(&mut text);
+    }
     let mut r = Response::new(Body::full(text));
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -81,6 +81,8 @@ fn unix_only(path: &str) -> Option<&'static str> {
         Some("query sets are served on the Unix socket only")
     } else if under("/v1/streams") {
         Some("streams are served on the Unix socket only")
+    } else if under("/v1/events") {
+        Some("events are served on the Unix socket only")
     } else {
         None
     }
@@ -120,6 +122,7 @@ async fn route(req: &Parts, body: &mut Option<Incoming>, st: &Arc<AppState>, pee
         (_, p) if p == "/v1/streams" || p.starts_with("/v1/streams/") => {
             super::streams::route(req, body, st).await
         }
+        (_, "/v1/events") => super::events::route(req, st).await,
         (
             _,
             "/livez" | "/readyz" | "/api/health" | "/api/optimization" | "/metrics" | "/v1/detect",

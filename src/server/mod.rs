@@ -10,6 +10,7 @@ pub(crate) mod body;
 mod conn;
 mod detect;
 pub(crate) mod error;
+mod events;
 mod health;
 pub(crate) mod http;
 pub(crate) mod listen;
@@ -257,11 +258,17 @@ async fn lifecycle(
     if let Ok(mut e) = st.engine.lock() {
         *e = info;
     }
+    let events = match open_events(&st.config) {
+        Ok(e) => e,
+        Err(e) => return failed(&st, ServeError::Internal(e.to_string())),
+    };
+    let _ = st.events.set(events.clone());
     let streams = StreamManager::start(
         ManagerConfig::from_config(&st.config),
         service.clone(),
         st.query_sets.clone(),
         Arc::new(crate::video::source::Gstreamer),
+        events.clone(),
         &st.config.streams,
     );
     let _ = st.streams.set(streams.clone());
@@ -283,5 +290,20 @@ async fn lifecycle(
     streams
         .shutdown(Duration::from_millis(st.config.shutdown_grace_ms))
         .await;
+    // The streams' last events (their tracks' ends) are written before the daemon exits.
+    let _ = tokio::task::spawn_blocking(move || events.close()).await;
     Ok(())
+}
+
+/// The event journal in `state_dir/events/` with the configured retention.
+fn open_events(
+    c: &crate::config::Config,
+) -> Result<Arc<crate::events::EventLog>, crate::events::JournalError> {
+    crate::events::EventLog::open(
+        &c.state_dir.join("events"),
+        crate::events::Retention {
+            max_events: c.events_max,
+            max_bytes: c.events_max_mb << 20,
+        },
+    )
 }

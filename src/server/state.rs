@@ -54,6 +54,8 @@ pub(crate) struct AppState {
     pub service: OnceLock<DetectService>,
     /// Set once the daemon is ready.
     pub streams: OnceLock<Arc<StreamManager>>,
+    /// The event log (opened just before the streams start).
+    pub events: OnceLock<Arc<crate::events::EventLog>>,
     /// Saved query sets (loaded from the state folder at start).
     pub query_sets: Arc<QuerySets>,
     /// Events followers' permits: `max_followers`, at most half of `max_connections`, so that
@@ -83,6 +85,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             service: OnceLock::new(),
             streams: OnceLock::new(),
+            events: OnceLock::new(),
         })
     }
 

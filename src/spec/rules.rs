@@ -188,33 +188,37 @@ mod tests {
     fn zones_are_checked_with_their_names_in_the_message() {
         let square = [[0.1, 0.5], [0.6, 0.5], [0.6, 1.0], [0.1, 1.0]];
         assert_eq!(one_zone(zone(&square)), Ok(()));
-        let e = one_zone(zone(&square[..2])).unwrap_err();
+        let e = one_zone(zone(&square[..2])).expect_err("refused");
         assert!(e.starts_with("zone \"porch\": polygon has 2 points"), "{e}");
         let bow = [[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.5]];
-        assert!(one_zone(zone(&bow)).unwrap_err().contains("crosses itself"));
+        assert!(one_zone(zone(&bow))
+            .expect_err("refused")
+            .contains("crosses itself"));
         let outside = [[0.0, 0.0], [1.5, 0.0], [1.0, 1.0]];
         assert!(one_zone(zone(&outside))
-            .unwrap_err()
+            .expect_err("refused")
             .contains("not inside the frame"));
         let flat = [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]];
-        assert!(one_zone(zone(&flat)).unwrap_err().contains("no area"));
+        assert!(one_zone(zone(&flat))
+            .expect_err("refused")
+            .contains("no area"));
         let mut z = zone(&square);
         z.inertia = 0;
-        assert!(one_zone(z).unwrap_err().contains("inertia"));
+        assert!(one_zone(z).expect_err("refused").contains("inertia"));
         let mut z = zone(&square);
         z.loiter_s = Some(f64::NAN);
-        assert!(one_zone(z).unwrap_err().contains("loiter_s"));
+        assert!(one_zone(z).expect_err("refused").contains("loiter_s"));
         let mut z = zone(&square);
         z.min_score = Some(1.5);
-        assert!(one_zone(z).unwrap_err().contains("min_score"));
+        assert!(one_zone(z).expect_err("refused").contains("min_score"));
         let mut z = zone(&square);
         z.labels = vec![" ".into()];
-        assert!(one_zone(z).unwrap_err().contains("blank"));
+        assert!(one_zone(z).expect_err("refused").contains("blank"));
         let e = check(
             &Zones::from([("Porch".into(), zone(&square))]),
             &Lines::new(),
         )
-        .unwrap_err();
+        .expect_err("refused");
         assert!(e.contains("invalid zone name"), "{e}");
     }
 
@@ -227,10 +231,10 @@ mod tests {
         let one = |l| check(&Zones::new(), &Lines::from([("dock".to_string(), l)]));
         assert_eq!(one(line([[0.5, 0.0], [0.5, 1.0]])), Ok(()));
         assert!(one(line([[0.5, 0.5], [0.5, 0.5]]))
-            .unwrap_err()
+            .expect_err("refused")
             .starts_with("line \"dock\": its two points are the same"));
         assert!(one(line([[0.5, -0.1], [0.5, 1.0]]))
-            .unwrap_err()
+            .expect_err("refused")
             .contains("not inside the frame"));
     }
 
@@ -239,7 +243,7 @@ mod tests {
         let z: ZoneSpec = serde_json::from_str(
             r#"{"polygon": [[0.1,0.5],[0.6,0.5],[0.6,1.0],[0.1,1.0]], "labels": ["a package"], "loiter_s": 120, "min_score": 0.3}"#,
         )
-        .unwrap();
+        .expect("test step");
         assert_eq!(z.inertia, 3);
         assert_eq!(z.loiter_s, Some(120.0));
         assert!(

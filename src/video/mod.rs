@@ -13,6 +13,7 @@ mod saved;
 pub(crate) mod source;
 pub(crate) mod stream;
 pub(crate) mod track;
+pub(crate) mod tracking;
 
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,10 @@ use super::attempt::{
 };
 use super::draw::Annotation;
 use super::events::{self, EventHub, FrameEvent, StateEvent, TrackedDetection};
+use super::rules::{RuleSettings, Rules};
 use super::track::{TrackInput, Tracker, TrackerConfig};
+use super::tracking::Tracking;
+use crate::events::EventLog;
 use crate::pacing::{Backoff, LogLimiter};
 use crate::preprocess::Rgb;
 use crate::service::metrics::{Histogram, LATENCY_BUCKETS_S};
@@ -75,6 +78,8 @@ pub(crate) struct RunSettings {
     pub nms: f32,
     /// Detections a frame event reports at most (the highest scores).
     pub max_detections: usize,
+    /// How the rules end tracks and pace `update` events.
+    pub rules: RuleSettings,
 }
 
 /// Detections down to this fraction of the threshold feed the tracker's second stage (they
@@ -255,6 +260,8 @@ pub(crate) struct Run {
     /// it is replaced, query indices change meaning and the tracks restart.
     pub last_set: std::sync::Mutex<Option<std::sync::Weak<crate::service::QuerySet>>>,
     pub settings: RunSettings,
+    /// Where the rules' events go.
+    pub events: Arc<EventLog>,
 }
 
 /// The thresholds a frame is processed with.
@@ -264,10 +271,21 @@ struct FrameRules {
 }
 
 impl Run {
-    /// Runs until `cancel`, or until a file ends or fails.
+    /// Runs until `cancel`, or until a file ends or fails; then the tracks still alive end.
     pub(crate) async fn run(self, cancel: CancellationToken) {
+        let (rules, mut tracking) = self.rules_and_tracking();
+        self.attempts(&rules, &mut tracking, &cancel).await;
+        tracking.restart();
+    }
+
+    /// Attempts of the source until `cancel`, or until a file ends or fails.
+    async fn attempts(
+        &self,
+        rules: &FrameRules,
+        tracking: &mut Tracking,
+        cancel: &CancellationToken,
+    ) {
         let live = self.source.is_live();
-        let (rules, mut tracker) = self.rules_and_tracker();
         let opts = SourceOptions {
             max_fps: self.spec.max_fps,
             stall_timeout: self.settings.stall_timeout,
@@ -277,7 +295,7 @@ impl Run {
         self.shared.set_state(State::Starting, "");
         let mut stopping: Option<Stopping> = None;
         loop {
-            tracker.reset();
+            tracking.restart();
             // One pipeline per stream at most: the previous one must have stopped first.
             if let Some(s) = stopping.take() {
                 tokio::select! {
@@ -285,13 +303,13 @@ impl Run {
                     _ = s.wait() => {}
                 }
             }
-            let Some(started) = self.start(opts, &cancel).await else {
+            let Some(started) = self.start(opts, cancel).await else {
                 return;
             };
             let (outcome, had_frames) = match started {
                 Ok(attempt) => {
                     let (outcome, had_frames, left) =
-                        self.frames(attempt, &rules, &mut tracker, &cancel).await;
+                        self.frames(attempt, rules, tracking, cancel).await;
                     stopping = left;
                     (outcome, had_frames)
                 }
@@ -329,8 +347,8 @@ impl Run {
         }
     }
 
-    /// The thresholds frames are processed with, and the tracker that follows them.
-    fn rules_and_tracker(&self) -> (FrameRules, Tracker) {
+    /// The thresholds frames are processed with, and the tracker and rules that follow them.
+    fn rules_and_tracking(&self) -> (FrameRules, Tracking) {
         let threshold = self
             .spec
             .threshold
@@ -344,7 +362,9 @@ impl Run {
             low: rules.low,
             ..self.settings.track
         });
-        (rules, tracker)
+        let zones = Rules::new(&self.spec.zones, &self.spec.lines, self.settings.rules);
+        let tracking = Tracking::new(tracker, zones, self.events.clone(), &self.shared.name);
+        (rules, tracking)
     }
 
     /// Starts one attempt of the source (after the local access check); `None` when `cancel`
@@ -376,7 +396,7 @@ impl Run {
         &self,
         mut attempt: Attempt,
         rules: &FrameRules,
-        tracker: &mut Tracker,
+        tracking: &mut Tracking,
         cancel: &CancellationToken,
     ) -> (Outcome, bool, Option<Stopping>) {
         let mut had_frames = false;
@@ -412,7 +432,7 @@ impl Run {
             last_t = last_t.max(frame.pts_ms);
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = self.process(frame, last_t, rules, tracker) => {}
+                _ = self.process(frame, last_t, rules, tracking) => {}
             }
         }
         let (outcome, stopping) = attempt.finish(self.settings.stop_timeout).await;
@@ -420,7 +440,7 @@ impl Run {
     }
 
     /// Detects, tracks, publishes and keeps the snapshot of one frame.
-    async fn process(&self, frame: Frame, t_ms: u64, rules: &FrameRules, tracker: &mut Tracker) {
+    async fn process(&self, frame: Frame, t_ms: u64, rules: &FrameRules, tracking: &mut Tracking) {
         let Frame {
             seq,
             rgb,
@@ -434,7 +454,7 @@ impl Run {
             return;
         };
         if self.set_changed(set) {
-            tracker.reset();
+            tracking.restart();
         }
         let inputs: Vec<TrackInput> = out
             .detections
@@ -445,7 +465,7 @@ impl Run {
                 bbox: d.bbox,
             })
             .collect();
-        let ids = tracker.update(t_ms, &inputs);
+        let ids = tracking.update(t_ms, &inputs);
         let mut tracked: Vec<TrackedDetection> = out
             .detections
             .into_iter()
@@ -471,6 +491,7 @@ impl Run {
             detections: &tracked,
         });
         self.shared.hub.publish_frame(seq, line);
+        tracking.report(t_ms, out.width, out.height, &tracked);
         let annotations = tracked
             .iter()
             .map(|t| Annotation::of(&t.detection, t.track_id))

@@ -170,6 +170,10 @@ fn settings() -> RunSettings {
         track: crate::video::track::TrackerConfig::default(),
         nms: 0.3,
         max_detections: 100,
+        rules: crate::video::rules::RuleSettings {
+            lost_ms: 1000,
+            update_interval_ms: 0,
+        },
     }
 }
 
@@ -192,7 +196,15 @@ fn manager(dir: &std::path::Path, frames: Arc<Scripted>) -> Arc<StreamManager> {
         max_sets: 4,
         budget_bytes: 1 << 20,
     }));
-    StreamManager::start(cfg, svc, sets, frames, &[])
+    let events = crate::events::EventLog::open(
+        &dir.join("events"),
+        crate::events::Retention {
+            max_events: 10_000,
+            max_bytes: 1 << 20,
+        },
+    )
+    .expect("event log");
+    StreamManager::start(cfg, svc, sets, frames, events, &[])
 }
 
 fn spec(name: &str, url: &str) -> StreamSpec {

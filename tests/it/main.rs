@@ -13,6 +13,7 @@ mod daemon_bad_input;
 mod daemon_load;
 mod doctor;
 mod early_answers;
+mod events;
 mod guided;
 mod int8;
 mod library_guard;

@@ -13,10 +13,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::FrameSource;
+use super::rules::RuleSettings;
 use super::saved::{self, Saved, StateFileContent};
 use super::stream::{Run, RunSettings, State, StreamShared};
 use super::track::TrackerConfig;
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::model::tokenizer::QueryRules;
 use crate::service::{DetectService, QuerySets};
 use crate::spec::{check_local_access, LocalPolicy, SpecError, StreamSpec};
@@ -146,6 +148,10 @@ impl ManagerConfig {
                 },
                 nms: c.stream_nms,
                 max_detections: c.stream_max_detections,
+                rules: RuleSettings {
+                    lost_ms: c.stream_track_lost_ms,
+                    update_interval_ms: (c.events_update_interval_s * 1000.0).round() as u64,
+                },
             },
             api_local: LocalPolicy::Roots(c.stream_file_roots.clone()),
         }
@@ -169,6 +175,8 @@ pub(crate) struct StreamManager {
     /// Serialises changes and their state-file writes.
     writer: Mutex<()>,
     stopping: CancellationToken,
+    /// Where the runs' rules send their events.
+    events: Arc<EventLog>,
 }
 
 /// Counts of streams by state, for `/api/health`.
@@ -192,9 +200,11 @@ impl StreamManager {
         service: DetectService,
         query_sets: Arc<QuerySets>,
         frames_from: Arc<dyn FrameSource>,
+        events: Arc<EventLog>,
         configured: &[StreamSpec],
     ) -> Arc<Self> {
         let m = Arc::new(StreamManager {
+            events,
             frames_from,
             state: StateFile::new(cfg.state_file.clone()),
             cfg,
@@ -315,6 +325,7 @@ impl StreamManager {
             query_sets: self.query_sets.clone(),
             last_set: std::sync::Mutex::new(None),
             settings: self.cfg.run,
+            events: self.events.clone(),
         };
         let task = self.runtime.spawn(run.run(cancel.clone()));
         map.insert(

@@ -187,6 +187,8 @@ pub(crate) struct Rules {
     occupancy: Vec<BTreeMap<String, u32>>,
     /// Per line: crossings by label.
     counts: Vec<BTreeMap<String, LineCount>>,
+    /// The stream time of the last frame seen.
+    last_pts_ms: u64,
 }
 
 /// A point of a rule (fractions) in pixels of a `w × h` frame.
@@ -224,23 +226,8 @@ impl Rules {
             lines,
             settings,
             tracks: BTreeMap::new(),
+            last_pts_ms: 0,
         }
-    }
-
-    /// Occupancy of each zone by label (zones without anyone have an empty map).
-    pub(crate) fn occupancy(&self) -> impl Iterator<Item = (&str, &BTreeMap<String, u32>)> {
-        self.zones
-            .iter()
-            .map(|z| z.name.as_str())
-            .zip(self.occupancy.iter())
-    }
-
-    /// Crossings of each line by label.
-    pub(crate) fn counts(&self) -> impl Iterator<Item = (&str, &BTreeMap<String, LineCount>)> {
-        self.lines
-            .iter()
-            .map(|l| l.name.as_str())
-            .zip(self.counts.iter())
     }
 
     /// The events of one frame of `width × height` pixels at `pts_ms`, whose reported tracks are
@@ -253,6 +240,7 @@ impl Rules {
         height: u32,
         seen: &[Observation<'_>],
     ) -> Vec<RuleEvent> {
+        self.last_pts_ms = pts_ms;
         let mut out = Vec::new();
         let lost: Vec<u64> = self
             .tracks
@@ -275,8 +263,10 @@ impl Rules {
         out
     }
 
-    /// Ends every track (the stream ended, or its tracks restarted).
-    pub(crate) fn end_all(&mut self, pts_ms: u64) -> Vec<RuleEvent> {
+    /// Ends every track at the last frame's stream time (the stream ended, or its tracks
+    /// restarted).
+    pub(crate) fn end_all(&mut self) -> Vec<RuleEvent> {
+        let pts_ms = self.last_pts_ms;
         let mut out = Vec::new();
         let ids: Vec<u64> = self.tracks.keys().copied().collect();
         for id in ids {

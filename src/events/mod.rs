@@ -1,0 +1,233 @@
+//! Daemon-wide events (what the streams' rules decide, `video::rules`): numbered with one
+//! increasing `seq`, written to the durable journal (`journal`) by one writer thread, so stream
+//! tasks never wait for the disk, then announced to readers (`GET /v1/events` followers, the
+//! MQTT sink), which read the journal from their own position: a reader that falls behind reads
+//! the disk instead of being cut off, and one that reconnects, or a restarted daemon, loses
+//! nothing within retention.
+
+pub(crate) mod journal;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub(crate) use journal::{JournalError, Retention};
+
+use crate::video::rules::RuleEvent;
+use journal::Journal;
+
+/// Batches (one per frame with events) that may wait for the writer.
+const QUEUE: usize = 1024;
+
+/// One journal line: the event with its number, id, wall time and stream.
+#[derive(Serialize)]
+struct Record<'a> {
+    seq: u64,
+    id: String,
+    /// Unix seconds (milliseconds precision) when the event was decided.
+    time: f64,
+    stream: &'a str,
+    #[serde(flatten)]
+    event: &'a RuleEvent,
+}
+
+/// What a reader filters on, read back from a journal line.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Head {
+    pub stream: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+struct Batch {
+    stream: String,
+    events: Vec<RuleEvent>,
+    time: f64,
+}
+
+struct Shared {
+    journal: Mutex<Journal>,
+    /// The last sequence number written and synced.
+    last: watch::Sender<u64>,
+    /// Events written, by type.
+    written: Mutex<BTreeMap<&'static str, u64>>,
+    /// Events dropped because the writer's queue was full or the disk refused them.
+    dropped: AtomicU64,
+}
+
+/// The event log: submit from stream tasks, read from anywhere.
+pub(crate) struct EventLog {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<SyncSender<Batch>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn now_s() -> f64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    ms as f64 / 1000.0
+}
+
+impl EventLog {
+    /// Opens the journal in `dir` and starts its writer thread.
+    pub(crate) fn open(
+        dir: &std::path::Path,
+        retention: Retention,
+    ) -> Result<Arc<Self>, JournalError> {
+        let journal = Journal::open(dir, retention)?;
+        let (last, _) = watch::channel(journal.next_seq() - 1);
+        let shared = Arc::new(Shared {
+            journal: Mutex::new(journal),
+            last,
+            written: Mutex::new(BTreeMap::new()),
+            dropped: AtomicU64::new(0),
+        });
+        let (tx, rx) = sync_channel(QUEUE);
+        let s = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("iv-events".into())
+            .spawn(move || write_loop(&s, &rx))
+            .map_err(|e| JournalError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        Ok(Arc::new(EventLog {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    /// Hands a frame's events to the writer; never waits. A full queue drops them, counted and
+    /// logged.
+    pub(crate) fn submit(&self, stream: &str, events: Vec<RuleEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        let batch = Batch {
+            stream: stream.to_string(),
+            events,
+            time: now_s(),
+        };
+        let sent = match self.tx.lock().ok().as_ref().and_then(|t| t.as_ref()) {
+            Some(tx) => match tx.try_send(batch) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        };
+        if !sent {
+            self.shared.dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(
+                stream,
+                events = n,
+                "event journal queue full or closed; events dropped"
+            );
+        }
+    }
+
+    /// The last sequence number written (0: none yet).
+    pub(crate) fn last_seq(&self) -> u64 {
+        *self.shared.last.borrow()
+    }
+
+    /// Changes of the last sequence number.
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.shared.last.subscribe()
+    }
+
+    /// Up to `max` journal lines after `after`, oldest first (blocking: disk reads for readers
+    /// behind the memory tail).
+    pub(crate) fn read_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Bytes)>, JournalError> {
+        match self.shared.journal.lock() {
+            Ok(j) => j.read_after(after, max),
+            Err(p) => p.into_inner().read_after(after, max),
+        }
+    }
+
+    /// Writes what was submitted, then stops the writer (at shutdown, after the streams).
+    pub(crate) fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+    }
+
+    /// `iv_events_total{type}` and `iv_events_dropped_total`.
+    pub(crate) fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# HELP iv_events_total Events written to the journal, by type.\n# TYPE iv_events_total counter");
+        let written = self
+            .shared
+            .written
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default();
+        for k in crate::video::rules::Kind::ALL {
+            let n = written.get(k.name()).copied().unwrap_or(0);
+            let _ = writeln!(out, "iv_events_total{{type=\"{}\"}} {n}", k.name());
+        }
+        let _ = writeln!(out, "# HELP iv_events_dropped_total Events lost before the journal (queue full, disk errors).\n# TYPE iv_events_dropped_total counter\niv_events_dropped_total {}", self.shared.dropped.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP iv_events_last_seq The last event's sequence number.\n# TYPE iv_events_last_seq gauge\niv_events_last_seq {}", self.last_seq());
+    }
+}
+
+/// The writer thread: each batch written and synced, then announced.
+fn write_loop(shared: &Shared, rx: &Receiver<Batch>) {
+    while let Ok(batch) = rx.recv() {
+        let written = {
+            let Ok(mut j) = shared.journal.lock() else {
+                return;
+            };
+            let mut events = batch.events.iter();
+            j.append(batch.events.len(), |seq| match events.next() {
+                Some(e) => line(seq, &batch, e),
+                None => Bytes::new(),
+            })
+        };
+        match written {
+            Ok(last) => {
+                if let Ok(mut w) = shared.written.lock() {
+                    for e in &batch.events {
+                        *w.entry(e.kind.name()).or_insert(0) += 1;
+                    }
+                }
+                shared.last.send_replace(last);
+            }
+            Err(e) => {
+                shared
+                    .dropped
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot write events; dropped");
+            }
+        }
+    }
+}
+
+/// The journal line of `event`, numbered `seq`.
+fn line(seq: u64, batch: &Batch, event: &RuleEvent) -> Bytes {
+    crate::video::events::line(&Record {
+        seq,
+        id: format!("{}-{seq}", batch.stream),
+        time: batch.time,
+        stream: &batch.stream,
+        event,
+    })
+}

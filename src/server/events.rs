@@ -1,0 +1,245 @@
+//! `GET /v1/events?since=SEQ[&stream=NAME][&type=T[,T…]]` (Unix socket only): the daemon's
+//! events as NDJSON, the journal's lines after `since` (none: from now on), then each new one as
+//! it is written, filtered by stream and type. The follower reads the journal at its own pace (a
+//! slow one reads the disk, it is never cut off), shares the `max_followers` permits with stream
+//! followers, gets a keep-alive line after `stream_keepalive_ms` of silence, and ends when the
+//! daemon stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::{Method, Response};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::body::{Body, Guard};
+use super::error::ApiError;
+use super::request::{error_response, parse_number, query_pairs, Resp};
+use super::state::AppState;
+use crate::events::{EventLog, Head};
+use crate::video::rules::Kind;
+
+/// A follower whose connection took no line for this long is disconnected.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines waiting for a follower's connection.
+const QUEUE: usize = 64;
+/// Journal lines read at once.
+const READ_BATCH: usize = 256;
+
+/// What a follower asked for.
+#[derive(Debug, Default, PartialEq)]
+struct Filter {
+    since: Option<u64>,
+    stream: Option<String>,
+    kinds: Vec<Kind>,
+}
+
+impl Filter {
+    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut f = Filter::default();
+        for (k, v) in query_pairs(query)? {
+            match k.as_str() {
+                "since" => f.since = Some(parse_number::<u64>("since", &v)?),
+                "stream" => f.stream = Some(v),
+                "type" => {
+                    for t in v.split(',') {
+                        f.kinds.push(Kind::parse(t).ok_or_else(|| {
+                            ApiError::bad_request(
+                                "invalid_parameter",
+                                format!(
+                                    "unknown event type {t:?} (new, update, end, zone_enter, zone_exit, loiter, line_cross)"
+                                ),
+                            )
+                        })?);
+                    }
+                }
+                other => {
+                    return Err(ApiError::bad_request(
+                        "invalid_parameter",
+                        format!("unknown parameter {other:?}"),
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn wants(&self, line: &[u8]) -> bool {
+        if self.stream.is_none() && self.kinds.is_empty() {
+            return true;
+        }
+        let Ok(h) = serde_json::from_slice::<Head>(line) else {
+            return false;
+        };
+        self.stream.as_deref().is_none_or(|s| s == h.stream)
+            && (self.kinds.is_empty() || self.kinds.iter().any(|k| k.name() == h.kind))
+    }
+}
+
+/// Routes `/v1/events`.
+pub(super) async fn route(req: &Parts, st: &Arc<AppState>) -> Resp {
+    if req.method != Method::GET {
+        return error_response(&ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{} is not allowed on /v1/events", req.method),
+        ));
+    }
+    match follow(req, st) {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn follow(req: &Parts, st: &Arc<AppState>) -> Result<Resp, ApiError> {
+    let filter = Filter::parse(req.uri.query())?;
+    let (Some(log), Some(streams)) = (st.events.get(), st.streams.get()) else {
+        return Err(ApiError::new(
+            503,
+            "not_ready",
+            "the daemon is not ready yet",
+        ));
+    };
+    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            429,
+            "too_many_followers",
+            format!(
+                "{} events followers are connected already (max_followers, at most half of max_connections)",
+                st.config.follower_limit()
+            ),
+        )
+    })?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let guard = Guard::default();
+    let follower = Follower {
+        cursor: filter.since.unwrap_or_else(|| log.last_seq()),
+        filter,
+        log: log.clone(),
+        tx,
+        stop: streams.stopping().clone(),
+        guard: guard.clone(),
+        keepalive: Duration::from_millis(st.config.stream_keepalive_ms),
+        _permit: permit,
+    };
+    tokio::spawn(follower.forward());
+    let mut r = Response::new(Body::stream(rx, guard));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+struct Follower {
+    /// The last sequence number handled.
+    cursor: u64,
+    filter: Filter,
+    log: Arc<EventLog>,
+    tx: mpsc::Sender<Bytes>,
+    stop: CancellationToken,
+    guard: Guard,
+    keepalive: Duration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Follower {
+    /// Journal lines after the cursor until the daemon stops or the follower leaves or stalls.
+    async fn forward(mut self) {
+        let mut written = self.log.watch();
+        loop {
+            let log = self.log.clone();
+            let after = self.cursor;
+            let read = tokio::task::spawn_blocking(move || log.read_after(after, READ_BATCH)).await;
+            let lines = match read {
+                Ok(Ok(lines)) => lines,
+                Ok(Err(e)) => {
+                    let _ = self.tx.try_send(crate::video::events::line(
+                        &json!({"error": {"kind": "journal", "message": e.to_string()}}),
+                    ));
+                    return;
+                }
+                Err(_) => return,
+            };
+            if lines.is_empty() {
+                if !self.wait(&mut written).await {
+                    return;
+                }
+                continue;
+            }
+            for (seq, line) in lines {
+                self.cursor = seq;
+                if self.filter.wants(&line) && !self.send(line).await {
+                    return self.let_go();
+                }
+            }
+        }
+    }
+
+    /// Waits for a new event (true), sending keep-alives; false when the follower should end.
+    async fn wait(&self, written: &mut tokio::sync::watch::Receiver<u64>) -> bool {
+        loop {
+            if *written.borrow_and_update() > self.cursor {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => {
+                    let _ = self.tx.try_send(crate::video::events::line(&json!({"state": "stopping", "message": "the daemon is stopping"})));
+                    return false;
+                }
+                _ = self.tx.closed() => return false,
+                r = written.changed() => if r.is_err() { return false },
+                _ = tokio::time::sleep(self.keepalive) => {
+                    let line = crate::video::events::line(&json!({"keepalive": true, "seq": self.cursor}));
+                    if !self.send(line).await {
+                        self.let_go();
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, line: Bytes) -> bool {
+        matches!(
+            tokio::time::timeout(SEND_TIMEOUT, self.tx.send(line)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    fn let_go(&self) {
+        if let Ok(mut g) = self.guard.lock() {
+            g.take();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_match_stream_and_type() {
+        let f = Filter::parse(Some("since=5&stream=cam&type=zone_enter,line_cross"))
+            .expect("test step");
+        assert_eq!(f.since, Some(5));
+        assert_eq!(f.kinds, vec![Kind::ZoneEnter, Kind::LineCross]);
+        let line = |stream: &str, t: &str| {
+            format!("{{\"seq\":1,\"id\":\"x\",\"time\":1.0,\"stream\":\"{stream}\",\"type\":\"{t}\"}}\n")
+        };
+        assert!(f.wants(line("cam", "line_cross").as_bytes()));
+        assert!(!f.wants(line("cam", "new").as_bytes()));
+        assert!(!f.wants(line("door", "zone_enter").as_bytes()));
+        let e = Filter::parse(Some("type=enter")).expect_err("refused");
+        assert_eq!(e.kind, "invalid_parameter");
+        assert!(Filter::parse(Some("since=-1")).is_err());
+        assert!(Filter::parse(Some("follow=1")).is_err());
+    }
+}
