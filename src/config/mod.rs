@@ -12,6 +12,7 @@ use crate::limits::{ImageLimits, QueryRules, MAX_QUERY_BYTES};
 pub(crate) use crate::spec::StreamSpec;
 pub(crate) use crate::vocab::{BackendPreference, Precision};
 
+pub(crate) mod mqtt;
 pub(crate) mod sections;
 mod socket_mode;
 mod validate;
@@ -151,6 +152,9 @@ pub struct Config {
     pub events_max_mb: u64,
     /// A track's `update` events at most this often (seconds of stream time; 0: every change).
     pub events_update_interval_s: f64,
+    /// `[mqtt]`: publish events and counts to a broker (absent: no MQTT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<mqtt::MqttConfig>,
 }
 
 /// The default state folder: the first of systemd's `STATE_DIRECTORY`, else
@@ -231,6 +235,7 @@ impl Default for Config {
             events_max: 100_000,
             events_max_mb: 64,
             events_update_interval_s: 5.0,
+            mqtt: None,
         }
     }
 }

@@ -58,6 +58,12 @@ impl Config {
             return bad("socket_path", "is empty".into());
         }
         self.check_streams()?;
+        if let Some(m) = &self.mqtt {
+            m.check().map_err(|message| ConfigError::Invalid {
+                key: "mqtt",
+                message,
+            })?;
+        }
         for (key, v) in [
             ("header_timeout_ms", self.header_timeout_ms),
             ("request_timeout_ms", self.request_timeout_ms),

@@ -5,10 +5,13 @@
 //! the disk instead of being cut off, and one that reconnects, or a restarted daemon, loses
 //! nothing within retention.
 
+mod cursor;
 pub(crate) mod journal;
+pub(crate) mod mqtt;
+mod topics;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -62,9 +65,22 @@ struct Shared {
     dropped: AtomicU64,
 }
 
+/// A sink's counters (`/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct SinkStats {
+    pub connected: AtomicBool,
+    /// Events delivered (acknowledged).
+    pub delivered: AtomicU64,
+    /// Events the journal's retention dropped before delivery.
+    pub dropped: AtomicU64,
+    /// The last sequence number delivered.
+    pub position: AtomicU64,
+}
+
 /// The event log: submit from stream tasks, read from anywhere.
 pub(crate) struct EventLog {
     shared: Arc<Shared>,
+    sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
     tx: Mutex<Option<SyncSender<Batch>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -102,6 +118,7 @@ impl EventLog {
             })?;
         Ok(Arc::new(EventLog {
             shared,
+            sinks: Mutex::new(Vec::new()),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         }))
@@ -159,6 +176,15 @@ impl EventLog {
         }
     }
 
+    /// The counters of sink `name` (registered for `/metrics`).
+    pub(crate) fn sink(&self, name: &'static str) -> Arc<SinkStats> {
+        let stats = Arc::new(SinkStats::default());
+        if let Ok(mut s) = self.sinks.lock() {
+            s.push((name, stats.clone()));
+        }
+        stats
+    }
+
     /// Writes what was submitted, then stops the writer (at shutdown, after the streams).
     pub(crate) fn close(&self) {
         if let Ok(mut tx) = self.tx.lock() {
@@ -186,6 +212,43 @@ impl EventLog {
         }
         let _ = writeln!(out, "# HELP iv_events_dropped_total Events lost before the journal (queue full, disk errors).\n# TYPE iv_events_dropped_total counter\niv_events_dropped_total {}", self.shared.dropped.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP iv_events_last_seq The last event's sequence number.\n# TYPE iv_events_last_seq gauge\niv_events_last_seq {}", self.last_seq());
+        self.render_sinks(out);
+    }
+
+    /// Per sink: delivered, dropped, outbox depth; MQTT: connected.
+    fn render_sinks(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let sinks = self.sinks.lock().map(|s| s.clone()).unwrap_or_default();
+        if sinks.is_empty() {
+            return;
+        }
+        let last = self.last_seq();
+        let mut delivered = String::from("# HELP iv_sink_delivered_total Events a sink delivered.\n# TYPE iv_sink_delivered_total counter\n");
+        let mut dropped = String::from("# HELP iv_sink_dropped_total Events dropped before a sink delivered them (journal retention).\n# TYPE iv_sink_dropped_total counter\n");
+        let mut depth = String::from("# HELP iv_sink_outbox_events Events written and not yet delivered by a sink.\n# TYPE iv_sink_outbox_events gauge\n");
+        for (name, s) in &sinks {
+            let _ = writeln!(
+                delivered,
+                "iv_sink_delivered_total{{sink=\"{name}\"}} {}",
+                s.delivered.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                dropped,
+                "iv_sink_dropped_total{{sink=\"{name}\"}} {}",
+                s.dropped.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                depth,
+                "iv_sink_outbox_events{{sink=\"{name}\"}} {}",
+                last.saturating_sub(s.position.load(Ordering::Relaxed))
+            );
+        }
+        out.push_str(&delivered);
+        out.push_str(&dropped);
+        out.push_str(&depth);
+        if let Some((_, s)) = sinks.iter().find(|(n, _)| *n == "mqtt") {
+            let _ = writeln!(out, "# HELP iv_mqtt_connected Whether the MQTT sink is connected.\n# TYPE iv_mqtt_connected gauge\niv_mqtt_connected {}", u8::from(s.connected.load(Ordering::Relaxed)));
+        }
     }
 }
 

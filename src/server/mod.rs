@@ -263,6 +263,11 @@ async fn lifecycle(
         Err(e) => return failed(&st, ServeError::Internal(e.to_string())),
     };
     let _ = st.events.set(events.clone());
+    let sinks_stop = CancellationToken::new();
+    let mqtt = match start_mqtt(&st.config, &events, &sinks_stop) {
+        Ok(t) => t,
+        Err(e) => return failed(&st, ServeError::Internal(e)),
+    };
     let streams = StreamManager::start(
         ManagerConfig::from_config(&st.config),
         service.clone(),
@@ -292,7 +297,24 @@ async fn lifecycle(
         .await;
     // The streams' last events (their tracks' ends) are written before the daemon exits.
     let _ = tokio::task::spawn_blocking(move || events.close()).await;
+    sinks_stop.cancel();
+    if let Some(t) = mqtt {
+        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+    }
     Ok(())
+}
+
+/// The MQTT sink when `[mqtt]` is configured; its position is `state_dir/events/sinks/mqtt`.
+fn start_mqtt(
+    c: &crate::config::Config,
+    events: &Arc<crate::events::EventLog>,
+    stop: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let Some(m) = &c.mqtt else {
+        return Ok(None);
+    };
+    let cursor = c.state_dir.join("events/sinks/mqtt");
+    crate::events::mqtt::spawn(m.clone(), events.clone(), &cursor, stop.clone()).map(Some)
 }
 
 /// The event journal in `state_dir/events/` with the configured retention.

@@ -25,7 +25,7 @@ const LINE_Y_BOTTOM: f64 = 120.0;
 const ZONE_X: f64 = 192.0;
 const INERTIA: usize = 3;
 
-fn stream_body(clip: &Path) -> Value {
+pub(crate) fn stream_body(clip: &Path) -> Value {
     json!({
         "url": clip.to_str().expect("utf8"),
         "queries": ["a red square", "a blue disc"],
@@ -40,7 +40,7 @@ fn stream_body(clip: &Path) -> Value {
 }
 
 /// The `moving` clip, made by `bench/track_clips.py` in `dir`.
-fn clip(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn clip(dir: &Path) -> std::path::PathBuf {
     let out = std::process::Command::new("python3")
         .args(["bench/track_clips.py", "--kind", "moving", "--out"])
         .arg(dir)
@@ -56,7 +56,7 @@ fn clip(dir: &Path) -> std::path::PathBuf {
 }
 
 /// NDJSON lines of `target` until the first keep-alive (the follower has caught up).
-fn caught_up(d: &Daemon, target: &str) -> Vec<Value> {
+pub(crate) fn caught_up(d: &Daemon, target: &str) -> Vec<Value> {
     let mut f = Follower::open(d, target);
     let mut out = Vec::new();
     while let Some(c) = f.chunk() {

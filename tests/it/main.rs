@@ -18,6 +18,7 @@ mod guided;
 mod int8;
 mod library_guard;
 mod model_pull;
+mod mqtt;
 mod optimize;
 mod parity;
 mod query_sets;
