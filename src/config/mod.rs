@@ -16,6 +16,7 @@ pub(crate) mod mqtt;
 pub(crate) mod sections;
 mod socket_mode;
 mod validate;
+pub(crate) mod webhooks;
 pub(crate) use socket_mode::SocketMode;
 
 /// Default configuration file.
@@ -155,6 +156,9 @@ pub struct Config {
     /// `[mqtt]`: publish events and counts to a broker (absent: no MQTT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<mqtt::MqttConfig>,
+    /// `[[webhooks]]`: POST events to these URLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<webhooks::WebhookConfig>,
 }
 
 /// The default state folder: the first of systemd's `STATE_DIRECTORY`, else
@@ -236,6 +240,7 @@ impl Default for Config {
             events_max_mb: 64,
             events_update_interval_s: 5.0,
             mqtt: None,
+            webhooks: Vec::new(),
         }
     }
 }

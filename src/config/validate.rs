@@ -58,6 +58,7 @@ impl Config {
             return bad("socket_path", "is empty".into());
         }
         self.check_streams()?;
+        self.check_webhooks()?;
         if let Some(m) = &self.mqtt {
             m.check().map_err(|message| ConfigError::Invalid {
                 key: "mqtt",
@@ -111,6 +112,32 @@ impl Config {
                     self.stream_track_match_distance
                 ),
             );
+        }
+        Ok(())
+    }
+
+    /// Each `[[webhooks]]` table valid, their names unique, at most `MAX_WEBHOOKS`.
+    fn check_webhooks(&self) -> Result<(), ConfigError> {
+        use super::webhooks::MAX_WEBHOOKS;
+        let bad = |message: String| {
+            Err(ConfigError::Invalid {
+                key: "webhooks",
+                message,
+            })
+        };
+        if self.webhooks.len() > MAX_WEBHOOKS {
+            return bad(format!("at most {MAX_WEBHOOKS} webhooks"));
+        }
+        let kinds: Vec<&str> = crate::spec::rules::EVENT_TYPES.to_vec();
+        let mut names = std::collections::BTreeSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            w.check(&kinds).map_err(|m| ConfigError::Invalid {
+                key: "webhooks",
+                message: format!("webhook {i} ({}): {m}", w.url),
+            })?;
+            if !names.insert(w.id()) {
+                return bad(format!("two webhooks are named {}", w.id()));
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ mod cursor;
 pub(crate) mod journal;
 pub(crate) mod mqtt;
 mod topics;
+pub(crate) mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +45,8 @@ struct Record<'a> {
 /// What a reader filters on, read back from a journal line.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Head {
+    pub id: String,
+    pub time: f64,
     pub stream: String,
     #[serde(rename = "type")]
     pub kind: String,
@@ -75,12 +78,24 @@ pub(crate) struct SinkStats {
     pub dropped: AtomicU64,
     /// The last sequence number delivered.
     pub position: AtomicU64,
+    /// Events a cooldown skipped.
+    pub skipped: AtomicU64,
+    /// Failed attempts by class (`4xx`, `5xx`, `timeout`, `connect`, `secret`).
+    pub failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl SinkStats {
+    pub(crate) fn failure(&self, class: &'static str) {
+        if let Ok(mut f) = self.failures.lock() {
+            *f.entry(class).or_insert(0) += 1;
+        }
+    }
 }
 
 /// The event log: submit from stream tasks, read from anywhere.
 pub(crate) struct EventLog {
     shared: Arc<Shared>,
-    sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
+    sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
     tx: Mutex<Option<SyncSender<Batch>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -177,10 +192,10 @@ impl EventLog {
     }
 
     /// The counters of sink `name` (registered for `/metrics`).
-    pub(crate) fn sink(&self, name: &'static str) -> Arc<SinkStats> {
+    pub(crate) fn sink(&self, name: &str) -> Arc<SinkStats> {
         let stats = Arc::new(SinkStats::default());
         if let Ok(mut s) = self.sinks.lock() {
-            s.push((name, stats.clone()));
+            s.push((name.to_string(), stats.clone()));
         }
         stats
     }
@@ -215,7 +230,8 @@ impl EventLog {
         self.render_sinks(out);
     }
 
-    /// Per sink: delivered, dropped, outbox depth; MQTT: connected.
+    /// Per sink: delivered, dropped, outbox depth; webhooks: skipped, failures by class; MQTT:
+    /// connected.
     fn render_sinks(&self, out: &mut String) {
         use std::fmt::Write as _;
         let sinks = self.sinks.lock().map(|s| s.clone()).unwrap_or_default();
@@ -223,30 +239,71 @@ impl EventLog {
             return;
         }
         let last = self.last_seq();
-        let mut delivered = String::from("# HELP iv_sink_delivered_total Events a sink delivered.\n# TYPE iv_sink_delivered_total counter\n");
-        let mut dropped = String::from("# HELP iv_sink_dropped_total Events dropped before a sink delivered them (journal retention).\n# TYPE iv_sink_dropped_total counter\n");
-        let mut depth = String::from("# HELP iv_sink_outbox_events Events written and not yet delivered by a sink.\n# TYPE iv_sink_outbox_events gauge\n");
+        let mut families: Vec<(&str, &str, &str, String)> = vec![
+            (
+                "iv_sink_delivered_total",
+                "counter",
+                "Events a sink delivered.",
+                String::new(),
+            ),
+            (
+                "iv_sink_dropped_total",
+                "counter",
+                "Events a sink dropped: journal retention, refused (4xx), too old to retry.",
+                String::new(),
+            ),
+            (
+                "iv_sink_outbox_events",
+                "gauge",
+                "Events written and not yet delivered by a sink.",
+                String::new(),
+            ),
+            (
+                "iv_sink_skipped_total",
+                "counter",
+                "Events a webhook's cooldown skipped.",
+                String::new(),
+            ),
+            (
+                "iv_webhook_failures_total",
+                "counter",
+                "Failed webhook attempts by class (4xx, 5xx, timeout, connect, secret).",
+                String::new(),
+            ),
+        ];
         for (name, s) in &sinks {
+            let l = format!("sink=\"{name}\"");
+            let values = [
+                s.delivered.load(Ordering::Relaxed),
+                s.dropped.load(Ordering::Relaxed),
+                last.saturating_sub(s.position.load(Ordering::Relaxed)),
+            ];
+            for (f, v) in families.iter_mut().zip(values) {
+                let _ = writeln!(f.3, "{}{{{l}}} {v}", f.0);
+            }
+            if name == "mqtt" {
+                continue;
+            }
             let _ = writeln!(
-                delivered,
-                "iv_sink_delivered_total{{sink=\"{name}\"}} {}",
-                s.delivered.load(Ordering::Relaxed)
+                families[3].3,
+                "iv_sink_skipped_total{{{l}}} {}",
+                s.skipped.load(Ordering::Relaxed)
             );
-            let _ = writeln!(
-                dropped,
-                "iv_sink_dropped_total{{sink=\"{name}\"}} {}",
-                s.dropped.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                depth,
-                "iv_sink_outbox_events{{sink=\"{name}\"}} {}",
-                last.saturating_sub(s.position.load(Ordering::Relaxed))
-            );
+            let failed = s.failures.lock().map(|f| f.clone()).unwrap_or_default();
+            for class in ["4xx", "5xx", "timeout", "connect", "secret"] {
+                let n = failed.get(class).copied().unwrap_or(0);
+                let _ = writeln!(
+                    families[4].3,
+                    "iv_webhook_failures_total{{{l},class=\"{class}\"}} {n}"
+                );
+            }
         }
-        out.push_str(&delivered);
-        out.push_str(&dropped);
-        out.push_str(&depth);
-        if let Some((_, s)) = sinks.iter().find(|(n, _)| *n == "mqtt") {
+        for (name, kind, help, samples) in families {
+            if !samples.is_empty() {
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{samples}");
+            }
+        }
+        if let Some((_, s)) = sinks.iter().find(|(n, _)| n == "mqtt") {
             let _ = writeln!(out, "# HELP iv_mqtt_connected Whether the MQTT sink is connected.\n# TYPE iv_mqtt_connected gauge\niv_mqtt_connected {}", u8::from(s.connected.load(Ordering::Relaxed)));
         }
     }

@@ -258,25 +258,10 @@ async fn lifecycle(
     if let Ok(mut e) = st.engine.lock() {
         *e = info;
     }
-    let events = match open_events(&st.config) {
-        Ok(e) => e,
-        Err(e) => return failed(&st, ServeError::Internal(e.to_string())),
+    let running = match start_running(&st, &service) {
+        Ok(r) => r,
+        Err(e) => return failed(&st, e),
     };
-    let _ = st.events.set(events.clone());
-    let sinks_stop = CancellationToken::new();
-    let mqtt = match start_mqtt(&st.config, &events, &sinks_stop) {
-        Ok(t) => t,
-        Err(e) => return failed(&st, ServeError::Internal(e)),
-    };
-    let streams = StreamManager::start(
-        ManagerConfig::from_config(&st.config),
-        service.clone(),
-        st.query_sets.clone(),
-        Arc::new(crate::video::source::Gstreamer),
-        events.clone(),
-        &st.config.streams,
-    );
-    let _ = st.streams.set(streams.clone());
     st.set_phase(Phase::Ready);
     let line = format!("serving on {backend}");
     st.set_status(&line);
@@ -292,29 +277,88 @@ async fn lifecycle(
     st.set_status("stopping");
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     tracing::info!("shutdown requested; draining");
-    streams
-        .shutdown(Duration::from_millis(st.config.shutdown_grace_ms))
-        .await;
-    // The streams' last events (their tracks' ends) are written before the daemon exits.
-    let _ = tokio::task::spawn_blocking(move || events.close()).await;
-    sinks_stop.cancel();
-    if let Some(t) = mqtt {
-        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
-    }
+    running.stop(&st.config).await;
     Ok(())
 }
 
-/// The MQTT sink when `[mqtt]` is configured; its position is `state_dir/events/sinks/mqtt`.
-fn start_mqtt(
+/// What runs once the daemon is ready: the event log, its sinks, the streams.
+struct Running {
+    events: Arc<crate::events::EventLog>,
+    sinks: Vec<tokio::task::JoinHandle<()>>,
+    sinks_stop: CancellationToken,
+    streams: Arc<StreamManager>,
+}
+
+/// Opens the event log, starts the sinks, then the streams (whose rules write to the log).
+fn start_running(st: &Arc<AppState>, service: &DetectService) -> Result<Running, ServeError> {
+    let events = open_events(&st.config).map_err(|e| ServeError::Internal(e.to_string()))?;
+    let _ = st.events.set(events.clone());
+    let sinks_stop = CancellationToken::new();
+    let sinks = start_sinks(&st.config, &events, &sinks_stop).map_err(ServeError::Internal)?;
+    let streams = StreamManager::start(
+        ManagerConfig::from_config(&st.config),
+        service.clone(),
+        st.query_sets.clone(),
+        Arc::new(crate::video::source::Gstreamer),
+        events.clone(),
+        &st.config.streams,
+    );
+    let _ = st.streams.set(streams.clone());
+    Ok(Running {
+        events,
+        sinks,
+        sinks_stop,
+        streams,
+    })
+}
+
+impl Running {
+    /// Stops the streams, writes their last events (their tracks' ends), then stops the sinks
+    /// (what they did not deliver waits in the journal).
+    async fn stop(self, c: &crate::config::Config) {
+        self.streams
+            .shutdown(Duration::from_millis(c.shutdown_grace_ms))
+            .await;
+        let events = self.events;
+        let _ = tokio::task::spawn_blocking(move || events.close()).await;
+        self.sinks_stop.cancel();
+        let sinks = self.sinks;
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            for t in sinks {
+                let _ = t.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// The event sinks configured (`[mqtt]`, `[[webhooks]]`); their positions are in
+/// `state_dir/events/sinks/`.
+fn start_sinks(
     c: &crate::config::Config,
     events: &Arc<crate::events::EventLog>,
     stop: &CancellationToken,
-) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
-    let Some(m) = &c.mqtt else {
-        return Ok(None);
-    };
-    let cursor = c.state_dir.join("events/sinks/mqtt");
-    crate::events::mqtt::spawn(m.clone(), events.clone(), &cursor, stop.clone()).map(Some)
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let dir = c.state_dir.join("events/sinks");
+    let mut tasks = Vec::new();
+    if let Some(m) = &c.mqtt {
+        tasks.push(crate::events::mqtt::spawn(
+            m.clone(),
+            events.clone(),
+            &dir.join("mqtt"),
+            stop.clone(),
+        )?);
+    }
+    for w in &c.webhooks {
+        let cursor = dir.join(w.id());
+        tasks.push(crate::events::webhook::spawn(
+            w.clone(),
+            events.clone(),
+            &cursor,
+            stop.clone(),
+        )?);
+    }
+    Ok(tasks)
 }
 
 /// The event journal in `state_dir/events/` with the configured retention.

@@ -8,6 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::geometry::{self, Point};
 
+/// The event types the rules give (`video::rules::Kind`), as `?type=` and webhooks name them.
+pub(crate) const EVENT_TYPES: [&str; 7] = [
+    "new",
+    "update",
+    "end",
+    "zone_enter",
+    "zone_exit",
+    "loiter",
+    "line_cross",
+];
+
 /// Zones or lines one stream may have.
 pub(crate) const MAX_RULES: usize = 64;
 /// Points a zone's polygon may have.

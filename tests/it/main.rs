@@ -27,3 +27,4 @@ mod streams;
 mod streams_hostile;
 mod tokenizer;
 mod tracking;
+mod webhooks;

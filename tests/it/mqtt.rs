@@ -29,7 +29,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\n",
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\n",
                 dir.display()
             ),
         )
@@ -68,7 +68,8 @@ impl Drop for Broker {
     }
 }
 
-/// `mosquitto_sub -v` with a persistent session, writing what it receives to a file.
+/// `mosquitto_sub -v` with a persistent session, appending what it receives to a file (a
+/// restarted reader goes on where it left).
 struct Subscriber {
     child: Child,
     out: PathBuf,
@@ -77,7 +78,11 @@ struct Subscriber {
 impl Subscriber {
     fn start(dir: &Path, port: u16) -> Subscriber {
         let out = dir.join("sub.txt");
-        let file = std::fs::File::create(&out).expect("sub output");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out)
+            .expect("sub output");
         let child = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args([
@@ -99,6 +104,14 @@ impl Subscriber {
                 panic!("mosquitto_sub does not start ({e}): apt install mosquitto-clients")
             });
         Subscriber { child, out }
+    }
+
+    /// SIGTERM: the reader acknowledges what it printed and disconnects cleanly, so its
+    /// persistent session holds nothing in flight when the broker saves it.
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
     }
 
     /// (topic, payload) of each line received so far.
@@ -209,6 +222,7 @@ fn events_reach_the_broker_once_in_order_across_broker_and_daemon_restarts() {
     let first = ids(&caught_up(&d, "/v1/events?since=0"));
     delivered(&sub, &first, &d);
     assert!(wait::until_true(Duration::from_secs(10), || outbox(&d) == 0.0));
+    sub.stop();
     broker.stop();
     assert_eq!(put(&d, "during", &stream_body(&video)).status, 201);
     wait_status(&d, "during", Duration::from_secs(120), |s| {
@@ -222,6 +236,7 @@ fn events_reach_the_broker_once_in_order_across_broker_and_daemon_restarts() {
         Some(0.0)
     );
     let broker = Broker::start(&broker_dir, port);
+    let sub = Subscriber::start(tmp.path(), port);
     delivered(&sub, &journal, &d);
     let lines = sub.lines();
     let retained = |t: &str| {
@@ -251,6 +266,8 @@ fn events_reach_the_broker_once_in_order_across_broker_and_daemon_restarts() {
     }
 
     // Phase 2: events written while the broker is down survive a kill -9 of the daemon.
+    assert!(wait::until_true(Duration::from_secs(10), || outbox(&d) == 0.0));
+    sub.stop();
     broker.stop();
     assert_eq!(put(&d, "again", &stream_body(&video)).status, 201);
     wait_status(&d, "again", Duration::from_secs(120), |s| {
@@ -268,6 +285,7 @@ fn events_reach_the_broker_once_in_order_across_broker_and_daemon_restarts() {
     d.signal(nix::sys::signal::Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(10));
     let _broker = Broker::start(&broker_dir, port);
+    let sub = Subscriber::start(tmp.path(), port);
     let mut d = Daemon::launch(model.to_str().expect("utf8"), &args, &env);
     d.wait_ready();
     delivered(&sub, &journal, &d);

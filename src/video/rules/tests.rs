@@ -240,6 +240,16 @@ fn labels_and_min_score_filter_what_a_rule_sees() {
 }
 
 #[test]
+fn the_kinds_are_the_documented_event_types() {
+    let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+    assert_eq!(names, crate::spec::rules::EVENT_TYPES);
+    for k in Kind::ALL {
+        assert_eq!(serde_json::to_value(k).expect("json"), k.name());
+        assert_eq!(Kind::parse(k.name()), Some(k));
+    }
+}
+
+#[test]
 fn events_serialise_with_the_documented_field_names() {
     let mut r = Rules::new(&Zones::new(), &line(0.0, 1.0), settings());
     r.frame(0, W, H, &[at(1, 0.4, 0.5, W, H)]);
