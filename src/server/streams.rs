@@ -369,6 +369,7 @@ async fn snapshot(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, Ap
             return draw::encode_jpeg(w, h, &snap.rgb.data, 85);
         }
         let mut data = snap.rgb.data.clone();
+        draw::overlay(w, h, &mut data, &snap.shapes, &snap.annotations)?;
         draw::annotate(w, h, &mut data, &snap.annotations)?;
         draw::encode_jpeg(w, h, &data, 85)
     })

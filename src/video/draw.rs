@@ -99,6 +99,30 @@ impl Canvas<'_> {
         }
     }
 
+    /// A 2-px wide segment from `a` to `b` (Bresenham), clipped to the image.
+    fn segment(&mut self, a: (i64, i64), b: (i64, i64), c: [u8; 3]) {
+        let (mut x, mut y) = a;
+        let (dx, dy) = ((b.0 - x).abs(), -(b.1 - y).abs());
+        let (sx, sy) = (if x < b.0 { 1 } else { -1 }, if y < b.1 { 1 } else { -1 });
+        let mut err = dx + dy;
+        // Endpoints far outside the image would take long to walk; shapes are inside [0, 1].
+        for _ in 0..=(dx - dy).min(1 << 16) {
+            self.fill(x - 1, y - 1, x + 1, y + 1, c);
+            if (x, y) == b {
+                break;
+            }
+            let e2 = 2 * err;
+            if e2 >= dy {
+                err += dy;
+                x += sx;
+            }
+            if e2 <= dx {
+                err += dx;
+                y += sy;
+            }
+        }
+    }
+
     /// Draws `text` with its top-left corner at `(x, y)`, each font pixel `s` x `s` image pixels.
     fn text(&mut self, text: &str, x: i64, y: i64, s: i64, c: [u8; 3]) {
         for (i, ch) in text.chars().enumerate() {
@@ -183,6 +207,94 @@ pub(crate) fn annotate(
             [255, 255, 255]
         };
         cv.text(&caption, bx + s, by + s, s, ink);
+    }
+    Ok(())
+}
+
+/// A stream's zone (closed polygon) or line (`p0 → p1`) to draw, in fractions of the frame.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Shape {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub closed: bool,
+}
+
+/// Zone outlines (amber) and lines (cyan, a square marking `p1`: crossing from the line's left to
+/// its right, facing `p1`, is `in`), each with its name.
+const ZONE_COLOUR: [u8; 3] = [255, 190, 0];
+const LINE_COLOUR: [u8; 3] = [0, 210, 255];
+
+/// The shapes of a stream's rules, zones first.
+pub(crate) fn shapes(zones: &crate::spec::Zones, lines: &crate::spec::Lines) -> Vec<Shape> {
+    let zone = zones.iter().map(|(name, z)| Shape {
+        name: name.clone(),
+        points: z.polygon.iter().map(|&[x, y]| (x, y)).collect(),
+        closed: true,
+    });
+    let line = lines.iter().map(|(name, l)| Shape {
+        name: name.clone(),
+        points: l.points.iter().map(|&[x, y]| (x, y)).collect(),
+        closed: false,
+    });
+    zone.chain(line).collect()
+}
+
+/// Draws the rules' shapes and, when there are any, each annotation's anchor (the bottom-centre
+/// of its box, the point the rules test) onto packed RGB24 rows.
+pub(crate) fn overlay(
+    width: u32,
+    height: u32,
+    data: &mut [u8],
+    shapes: &[Shape],
+    anns: &[Annotation],
+) -> Result<(), DrawError> {
+    check_size(width, height, data.len())?;
+    if shapes.is_empty() {
+        return Ok(());
+    }
+    let (w, h) = (i64::from(width), i64::from(height));
+    let mut cv = Canvas { w, h, data };
+    let s: i64 = if width.min(height) < 480 { 1 } else { 2 };
+    let to_px = |(x, y): (f64, f64)| ((x * w as f64).round() as i64, (y * h as f64).round() as i64);
+    for shape in shapes {
+        let pts: Vec<(i64, i64)> = shape.points.iter().map(|&p| to_px(p)).collect();
+        let c = if shape.closed {
+            ZONE_COLOUR
+        } else {
+            LINE_COLOUR
+        };
+        let n = pts.len();
+        let edges = if shape.closed { n } else { n.saturating_sub(1) };
+        for i in 0..edges {
+            cv.segment(pts[i], pts[(i + 1) % n], c);
+        }
+        if let (false, Some(&(x, y))) = (shape.closed, pts.last()) {
+            cv.fill(x - 3 * s, y - 3 * s, x + 3 * s, y + 3 * s, c);
+        }
+        if let Some(&(x, y)) = pts.first() {
+            let tx = x.clamp(0, (w - 8 * s * shape.name.len() as i64).max(0));
+            let ty = (y + 2 * s).clamp(0, (h - 8 * s).max(0));
+            cv.text(&shape.name, tx, ty, s, c);
+        }
+    }
+    for a in anns {
+        if let Some((l, _, r, b)) = pixel_box(a.bbox, w, h) {
+            let (x, y) = ((l + r) / 2, b);
+            cv.fill(
+                x - 2 * s,
+                y - 2 * s,
+                x + 2 * s + 1,
+                y + 2 * s + 1,
+                [255, 255, 255],
+            );
+            cv.fill(
+                x - s,
+                y - s,
+                x + s + 1,
+                y + s + 1,
+                PALETTE[a.class % PALETTE.len()],
+            );
+        }
     }
     Ok(())
 }
@@ -355,6 +467,36 @@ mod tests {
                 assert!(a.abs_diff(b) <= 6, "{:?}", p.0);
             }
         }
+    }
+
+    #[test]
+    fn zones_lines_and_anchors_are_drawn_where_the_rules_see_them() {
+        let (w, h) = (100u32, 80u32);
+        let mut d = frame(w, h);
+        let shapes = vec![
+            Shape {
+                name: "z".into(),
+                points: vec![(0.1, 0.1), (0.5, 0.1), (0.5, 0.5), (0.1, 0.5)],
+                closed: true,
+            },
+            Shape {
+                name: "l".into(),
+                points: vec![(0.8, 0.0), (0.8, 1.0)],
+                closed: false,
+            },
+        ];
+        overlay(w, h, &mut d, &shapes, &[ann([60.0, 40.0, 70.0, 60.0], 0)]).expect("drawn");
+        assert_eq!(px(&d, w, 30, 8), ZONE_COLOUR, "the zone's top edge (y = 8)");
+        assert_eq!(px(&d, w, 30, 25), BG, "inside the zone is untouched");
+        assert_eq!(px(&d, w, 80, 40), LINE_COLOUR, "the line at x = 80");
+        assert_eq!(
+            px(&d, w, 65, 60),
+            PALETTE[0],
+            "the anchor: bottom-centre of the box"
+        );
+        let mut plain = frame(w, h);
+        overlay(w, h, &mut plain, &[], &[ann([60.0, 40.0, 70.0, 60.0], 0)]).expect("drawn");
+        assert_eq!(plain, frame(w, h), "no rules: nothing drawn");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub(crate) struct Snapshot {
     pub frame: u64,
     pub rgb: Arc<Rgb>,
     pub annotations: Vec<Annotation>,
+    /// The stream's zones and lines, drawn over the frame.
+    pub shapes: Arc<Vec<super::draw::Shape>>,
 }
 
 /// Daemon-wide settings of stream runs.
@@ -264,10 +266,11 @@ pub(crate) struct Run {
     pub events: Arc<EventLog>,
 }
 
-/// The thresholds a frame is processed with.
+/// The thresholds a frame is processed with, and the shapes its snapshot shows.
 struct FrameRules {
     threshold: f32,
     low: f32,
+    shapes: Arc<Vec<super::draw::Shape>>,
 }
 
 impl Run {
@@ -356,6 +359,7 @@ impl Run {
         let rules = FrameRules {
             threshold,
             low: threshold * TRACK_LOW_RATIO,
+            shapes: Arc::new(super::draw::shapes(&self.spec.zones, &self.spec.lines)),
         };
         let tracker = Tracker::new(TrackerConfig {
             high: threshold.next_up(),
@@ -501,6 +505,7 @@ impl Run {
                 frame: seq,
                 rgb,
                 annotations,
+                shapes: rules.shapes.clone(),
             }));
         }
         self.shared.processed(decoded_at, decode_latency);
