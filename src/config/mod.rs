@@ -151,6 +151,10 @@ pub struct Config {
     pub events_max: u64,
     /// MiB the event journal keeps at most.
     pub events_max_mb: u64,
+    /// Tracks' best snapshots (`state_dir/snapshots/`) kept at most.
+    pub snapshots_max: u64,
+    /// MiB of snapshots kept at most.
+    pub snapshots_max_mb: u64,
     /// A track's `update` events at most this often (seconds of stream time; 0: every change).
     pub events_update_interval_s: f64,
     /// `[mqtt]`: publish events and counts to a broker (absent: no MQTT).
@@ -239,6 +243,8 @@ impl Default for Config {
             events_max: 100_000,
             events_max_mb: 64,
             events_update_interval_s: 5.0,
+            snapshots_max: 1000,
+            snapshots_max_mb: 256,
             mqtt: None,
             webhooks: Vec::new(),
         }

@@ -202,6 +202,8 @@ impl Config {
             ),
             ("events_max", self.events_max, 1 << 32),
             ("events_max_mb", self.events_max_mb, 1 << 20),
+            ("snapshots_max", self.snapshots_max, 1 << 24),
+            ("snapshots_max_mb", self.snapshots_max_mb, 1 << 20),
         ]
     }
 

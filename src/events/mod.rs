@@ -8,6 +8,7 @@
 mod cursor;
 pub(crate) mod journal;
 pub(crate) mod mqtt;
+pub(crate) mod snapshots;
 mod topics;
 pub(crate) mod webhook;
 
@@ -23,9 +24,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub(crate) use journal::{JournalError, Retention};
+pub(crate) use snapshots::{Shot, ShotRetention};
 
 use crate::video::rules::RuleEvent;
 use journal::Journal;
+use snapshots::Snapshots;
 
 /// Batches (one per frame with events) that may wait for the writer.
 const QUEUE: usize = 1024;
@@ -55,11 +58,14 @@ pub(crate) struct Head {
 struct Batch {
     stream: String,
     events: Vec<RuleEvent>,
+    /// Best snapshots of the tracks that end in this batch, saved before its events.
+    shots: Vec<Shot>,
     time: f64,
 }
 
 struct Shared {
     journal: Mutex<Journal>,
+    snapshots: Mutex<Snapshots>,
     /// The last sequence number written and synced.
     last: watch::Sender<u64>,
     /// Events written, by type.
@@ -95,6 +101,8 @@ impl SinkStats {
 /// The event log: submit from stream tasks, read from anywhere.
 pub(crate) struct EventLog {
     shared: Arc<Shared>,
+    /// This daemon start (hex milliseconds), in snapshot names.
+    boot: String,
     sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
     tx: Mutex<Option<SyncSender<Batch>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -109,15 +117,23 @@ fn now_s() -> f64 {
 }
 
 impl EventLog {
-    /// Opens the journal in `dir` and starts its writer thread.
+    /// Opens the journal in `dir` and the snapshot folder `shots_dir`, and starts the writer
+    /// thread.
     pub(crate) fn open(
         dir: &std::path::Path,
         retention: Retention,
+        shots_dir: &std::path::Path,
+        shots: ShotRetention,
     ) -> Result<Arc<Self>, JournalError> {
         let journal = Journal::open(dir, retention)?;
+        let snapshots = Snapshots::open(shots_dir, shots).map_err(|source| JournalError::Io {
+            path: shots_dir.to_path_buf(),
+            source,
+        })?;
         let (last, _) = watch::channel(journal.next_seq() - 1);
         let shared = Arc::new(Shared {
             journal: Mutex::new(journal),
+            snapshots: Mutex::new(snapshots),
             last,
             written: Mutex::new(BTreeMap::new()),
             dropped: AtomicU64::new(0),
@@ -133,6 +149,7 @@ impl EventLog {
             })?;
         Ok(Arc::new(EventLog {
             shared,
+            boot: format!("{:x}", (now_s() * 1000.0) as u64),
             sinks: Mutex::new(Vec::new()),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -141,14 +158,15 @@ impl EventLog {
 
     /// Hands a frame's events to the writer; never waits. A full queue drops them, counted and
     /// logged.
-    pub(crate) fn submit(&self, stream: &str, events: Vec<RuleEvent>) {
-        if events.is_empty() {
+    pub(crate) fn submit(&self, stream: &str, events: Vec<RuleEvent>, shots: Vec<Shot>) {
+        if events.is_empty() && shots.is_empty() {
             return;
         }
         let n = events.len() as u64;
         let batch = Batch {
             stream: stream.to_string(),
             events,
+            shots,
             time: now_s(),
         };
         let sent = match self.tx.lock().ok().as_ref().and_then(|t| t.as_ref()) {
@@ -166,6 +184,16 @@ impl EventLog {
                 "event journal queue full or closed; events dropped"
             );
         }
+    }
+
+    /// This daemon start's mark in snapshot names.
+    pub(crate) fn boot(&self) -> &str {
+        &self.boot
+    }
+
+    /// The file of a saved snapshot.
+    pub(crate) fn snapshot_path(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.shared.snapshots.lock().ok()?.path(name)
     }
 
     /// The last sequence number written (0: none yet).
@@ -312,6 +340,13 @@ impl EventLog {
 /// The writer thread: each batch written and synced, then announced.
 fn write_loop(shared: &Shared, rx: &Receiver<Batch>) {
     while let Ok(batch) = rx.recv() {
+        if let Ok(mut s) = shared.snapshots.lock() {
+            for shot in &batch.shots {
+                if let Err(e) = s.save(shot) {
+                    tracing::warn!(error = %e, "cannot save a track's snapshot");
+                }
+            }
+        }
         let written = {
             let Ok(mut j) = shared.journal.lock() else {
                 return;

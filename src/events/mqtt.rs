@@ -193,20 +193,33 @@ impl Sink {
             return Ok(());
         }
         let log = self.log.clone();
-        let lines = tokio::task::spawn_blocking(move || log.read_after(after, WINDOW))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        if let Some(&(first, _)) = lines.first() {
+        let lines = tokio::task::spawn_blocking(move || {
+            log.read_after(after, WINDOW).map(|lines| {
+                lines
+                    .into_iter()
+                    .map(|(seq, line)| {
+                        let shot = ended_snapshot(&log, &line);
+                        (seq, line, shot)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if let Some(&(first, _, _)) = lines.first() {
             if first > after + 1 {
                 let lost = first - after - 1;
                 self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
                 tracing::warn!(lost, "MQTT: events were dropped by the journal's retention before delivery (events_max, events_max_mb)");
             }
         }
-        for (seq, line) in lines {
+        for (seq, line, shot) in lines {
             self.taken = seq;
-            let messages = self.view.messages(&line);
+            let mut messages = self.view.messages(&line);
+            if let Some((stream, label, jpeg)) = shot {
+                messages.push(self.view.snapshot(&stream, &label, jpeg));
+            }
             for (i, m) in messages.iter().enumerate() {
                 publish(client, m)?;
                 inflight.push_back((i + 1 == messages.len()).then_some(seq));
@@ -249,6 +262,21 @@ impl Sink {
         self.stats.position.store(seq, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// For an `end` event whose track's snapshot was saved: its stream, label and JPEG.
+fn ended_snapshot(log: &EventLog, line: &[u8]) -> Option<(String, String, Vec<u8>)> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    if v["type"] != "end" {
+        return None;
+    }
+    let path = log.snapshot_path(v["snapshot"].as_str()?)?;
+    let jpeg = std::fs::read(path).ok()?;
+    Some((
+        v["stream"].as_str()?.to_string(),
+        v["label"].as_str()?.to_string(),
+        jpeg,
+    ))
 }
 
 fn publish(client: &AsyncClient, m: &Message) -> Result<(), String> {

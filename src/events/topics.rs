@@ -7,7 +7,8 @@
 //! - `P/events`: every event, the journal's JSON line;
 //! - `P/<stream>/<label>`: tracks of that label in view (retained);
 //! - `P/<stream>/zones/<zone>/<label>`: the zone's occupancy by that label (retained);
-//! - `P/<stream>/lines/<line>`: `{"<label>": {"in": N, "out": M}, …}` (retained).
+//! - `P/<stream>/lines/<line>`: `{"<label>": {"in": N, "out": M}, …}` (retained);
+//! - `P/<stream>/<label>/snapshot`: the JPEG of the last ended track's best frame (retained).
 //!
 //! Labels are made topic-safe one way: lower-cased, every character other than `a-z`, `0-9`, `_`
 //! and `-` becomes `_` ("a red square" → `a_red_square`). Stream, zone and line names are already
@@ -57,6 +58,15 @@ impl View {
             prefix: prefix.to_string(),
             discovery: discovery.map(str::to_string),
             ..View::default()
+        }
+    }
+
+    /// The retained snapshot message of a track of `label` on `stream` that ended.
+    pub(crate) fn snapshot(&self, stream: &str, label: &str, jpeg: Vec<u8>) -> Message {
+        Message {
+            topic: format!("{}/{stream}/{}/snapshot", self.prefix, topic_safe(label)),
+            payload: jpeg,
+            retain: true,
         }
     }
 

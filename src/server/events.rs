@@ -3,7 +3,8 @@
 //! it is written, filtered by stream and type. The follower reads the journal at its own pace (a
 //! slow one reads the disk, it is never cut off), shares the `max_followers` permits with stream
 //! followers, gets a keep-alive line after `stream_keepalive_ms` of silence, and ends when the
-//! daemon stops.
+//! daemon stops. `GET /v1/events/{id}/snapshot.jpg`: the best snapshot of the event's track
+//! (saved when the track ends).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, Guard};
 use super::error::ApiError;
-use super::request::{error_response, parse_number, query_pairs, Resp};
+use super::request::{blocking, error_response, parse_number, query_pairs, Resp};
 use super::state::AppState;
 use crate::events::{EventLog, Head};
 use crate::video::rules::Kind;
@@ -80,19 +81,67 @@ impl Filter {
     }
 }
 
-/// Routes `/v1/events`.
+/// Routes `/v1/events` and `/v1/events/{id}/snapshot.jpg`.
 pub(super) async fn route(req: &Parts, st: &Arc<AppState>) -> Resp {
+    let path = req.uri.path();
     if req.method != Method::GET {
         return error_response(&ApiError::new(
             405,
             "method_not_allowed",
-            format!("{} is not allowed on /v1/events", req.method),
+            format!("{} is not allowed on {path}", req.method),
         ));
     }
-    match follow(req, st) {
-        Ok(r) => r,
-        Err(e) => error_response(&e),
-    }
+    let answer = match path
+        .strip_prefix("/v1/events/")
+        .and_then(|r| r.strip_suffix("/snapshot.jpg"))
+    {
+        Some(id) => snapshot(st, id.to_string()).await,
+        None if path == "/v1/events" => follow(req, st),
+        None => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no route for {path}"),
+        )),
+    };
+    answer.unwrap_or_else(|e| error_response(&e))
+}
+
+/// The best snapshot of event `id`'s track.
+async fn snapshot(st: &Arc<AppState>, id: String) -> Result<Resp, ApiError> {
+    let log = st
+        .events
+        .get()
+        .ok_or_else(|| ApiError::new(503, "not_ready", "the daemon is not ready yet"))?
+        .clone();
+    let missing = |what: &str| ApiError::new(404, "not_found", format!("{what} (event {id:?})"));
+    let seq = id
+        .rsplit_once('-')
+        .and_then(|(_, s)| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .ok_or_else(|| missing("no such event"))?;
+    let (want, log2) = (id.clone(), log.clone());
+    let file = blocking("event lookup", move || -> Option<String> {
+        let lines = log2.read_after(seq - 1, 1).ok()?;
+        let (s, line) = lines.into_iter().next()?;
+        let v: serde_json::Value = serde_json::from_slice(&line).ok()?;
+        (s == seq && v["id"] == want.as_str())
+            .then(|| v["snapshot"].as_str().map(str::to_string))
+            .flatten()
+    })
+    .await?
+    .ok_or_else(|| missing("no such event in the journal, or it has no track"))?;
+    let path = log
+        .snapshot_path(&file)
+        .ok_or_else(|| missing("no snapshot yet: a track's best snapshot is saved when it ends, and kept within snapshots_max"))?;
+    let jpeg = blocking("snapshot read", move || std::fs::read(path))
+        .await?
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    let mut r = Response::new(Body::full(jpeg));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
 }
 
 fn follow(req: &Parts, st: &Arc<AppState>) -> Result<Resp, ApiError> {

@@ -122,7 +122,9 @@ async fn route(req: &Parts, body: &mut Option<Incoming>, st: &Arc<AppState>, pee
         (_, p) if p == "/v1/streams" || p.starts_with("/v1/streams/") => {
             super::streams::route(req, body, st).await
         }
-        (_, "/v1/events") => super::events::route(req, st).await,
+        (_, p) if p == "/v1/events" || p.starts_with("/v1/events/") => {
+            super::events::route(req, st).await
+        }
         (
             _,
             "/livez" | "/readyz" | "/api/health" | "/api/optimization" | "/metrics" | "/v1/detect",

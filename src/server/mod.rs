@@ -371,5 +371,10 @@ fn open_events(
             max_events: c.events_max,
             max_bytes: c.events_max_mb << 20,
         },
+        &c.state_dir.join("snapshots"),
+        crate::events::ShotRetention {
+            max_files: usize::try_from(c.snapshots_max).unwrap_or(usize::MAX),
+            max_bytes: c.snapshots_max_mb << 20,
+        },
     )
 }

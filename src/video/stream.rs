@@ -495,7 +495,7 @@ impl Run {
             detections: &tracked,
         });
         self.shared.hub.publish_frame(seq, line);
-        tracking.report(t_ms, out.width, out.height, &tracked);
+        tracking.report(t_ms, &rgb, &tracked);
         let annotations = tracked
             .iter()
             .map(|t| Annotation::of(&t.detection, t.track_id))

@@ -202,6 +202,11 @@ fn manager(dir: &std::path::Path, frames: Arc<Scripted>) -> Arc<StreamManager> {
             max_events: 10_000,
             max_bytes: 1 << 20,
         },
+        &dir.join("snapshots"),
+        crate::events::ShotRetention {
+            max_files: 100,
+            max_bytes: 1 << 24,
+        },
     )
     .expect("event log");
     StreamManager::start(cfg, svc, sets, frames, events, &[])

@@ -1,19 +1,30 @@
 //! A stream's tracks and rules together: the tracker gives each detection its id, the rules turn
-//! the reported tracks into events (`video::rules`), and the events go to the daemon's event log
-//! without waiting for it.
+//! the reported tracks into events (`video::rules`), each track's best frame is kept for its
+//! snapshot, and the events go to the daemon's event log without waiting for it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::draw::Annotation;
 use super::events::TrackedDetection;
-use super::rules::{Observation, Rules};
+use super::rules::{Kind, Observation, RuleEvent, Rules};
 use super::track::{TrackInput, Tracker};
-use crate::events::EventLog;
+use crate::events::{EventLog, Shot};
+use crate::preprocess::Rgb;
+
+/// A live track's best frame so far.
+struct Best {
+    score: f32,
+    rgb: Arc<Rgb>,
+    annotation: Annotation,
+}
 
 pub(crate) struct Tracking {
     tracker: Tracker,
     rules: Rules,
     events: Arc<EventLog>,
     stream: String,
+    best: HashMap<u64, Best>,
 }
 
 impl Tracking {
@@ -23,6 +34,7 @@ impl Tracking {
             rules,
             events,
             stream: stream.to_string(),
+            best: HashMap::new(),
         }
     }
 
@@ -31,14 +43,9 @@ impl Tracking {
         self.tracker.update(t_ms, inputs)
     }
 
-    /// The rules' events for the detections a frame event reports (each has a track id).
-    pub(crate) fn report(
-        &mut self,
-        t_ms: u64,
-        width: u32,
-        height: u32,
-        reported: &[TrackedDetection],
-    ) {
+    /// The rules' events for the detections a frame event reports (each has a track id), with
+    /// the snapshots of the tracks that end.
+    pub(crate) fn report(&mut self, t_ms: u64, rgb: &Arc<Rgb>, reported: &[TrackedDetection]) {
         let seen: Vec<Observation<'_>> = reported
             .iter()
             .filter_map(|t| {
@@ -50,8 +57,9 @@ impl Tracking {
                 })
             })
             .collect();
-        let events = self.rules.frame(t_ms, width, height, &seen);
-        self.events.submit(&self.stream, events);
+        let events = self.rules.frame(t_ms, rgb.width, rgb.height, &seen);
+        self.keep_best(rgb, reported);
+        self.submit(events);
     }
 
     /// Ends every track (a new attempt, another query set, the end of the run): their `end`
@@ -59,6 +67,48 @@ impl Tracking {
     pub(crate) fn restart(&mut self) {
         self.tracker.reset();
         let events = self.rules.end_all();
-        self.events.submit(&self.stream, events);
+        self.submit(events);
+        self.best.clear();
+    }
+
+    /// Keeps the frame where each reported track scored highest so far.
+    fn keep_best(&mut self, rgb: &Arc<Rgb>, reported: &[TrackedDetection]) {
+        for t in reported {
+            let Some(id) = t.track_id else { continue };
+            let better = self
+                .best
+                .get(&id)
+                .is_none_or(|b| t.detection.score > b.score);
+            if better {
+                self.best.insert(
+                    id,
+                    Best {
+                        score: t.detection.score,
+                        rgb: rgb.clone(),
+                        annotation: Annotation::of(&t.detection, Some(id)),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Names each event's snapshot, takes the best frames of the tracks that end, and hands
+    /// both to the event log.
+    fn submit(&mut self, mut events: Vec<RuleEvent>) {
+        let mut shots = Vec::new();
+        for e in &mut events {
+            let file = format!("{}-{}-{}.jpg", self.stream, self.events.boot(), e.track_id);
+            if e.kind == Kind::End {
+                if let Some(b) = self.best.remove(&e.track_id) {
+                    shots.push(Shot {
+                        file: file.clone(),
+                        rgb: b.rgb,
+                        annotation: b.annotation,
+                    });
+                }
+            }
+            e.snapshot = Some(file);
+        }
+        self.events.submit(&self.stream, events, shots);
     }
 }

@@ -194,6 +194,28 @@ fn a_clip_with_a_line_and_a_zone_gives_the_events_its_tracks_imply() {
     let events = caught_up(&d, "/v1/events?since=0");
     check_events(&events, &seen);
 
+    // The best snapshot of a track, from any of its events; none for an unknown id.
+    let end = of_type(&events, "end")[0];
+    let new = of_type(&events, "new")
+        .into_iter()
+        .find(|e| e["track_id"] == end["track_id"])
+        .expect("its new event");
+    for e in [end, new] {
+        let r = d.request(
+            "GET",
+            &format!("/v1/events/{}/snapshot.jpg", e["id"].as_str().expect("id")),
+            None,
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("content-type"), Some("image/jpeg"));
+        let img = image::load_from_memory(&r.body).expect("a JPEG");
+        assert_eq!((img.width(), img.height()), (320, 240));
+    }
+    assert_eq!(end["snapshot"], new["snapshot"]);
+    let r = d.request("GET", "/v1/events/moving-999999/snapshot.jpg", None, b"");
+    assert_eq!((r.status, r.kind()), (404, "not_found".to_string()));
+
     // Filters.
     let crossings = caught_up(&d, "/v1/events?since=0&stream=moving&type=line_cross");
     assert_eq!(crossings.len(), of_type(&events, "line_cross").len());

@@ -116,8 +116,8 @@ impl Subscriber {
 
     /// (topic, payload) of each line received so far.
     fn lines(&self) -> Vec<(String, String)> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
+        // Snapshot payloads are JPEG bytes: read leniently.
+        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default())
             .lines()
             .filter_map(|l| l.split_once(' '))
             .map(|(t, p)| (t.to_string(), p.to_string()))
@@ -259,6 +259,10 @@ fn events_reach_the_broker_once_in_order_across_broker_and_daemon_restarts() {
     assert!(
         retained("homeassistant/binary_sensor/iv_moving_right_a_red_square_present/config")
             .is_some()
+    );
+    assert!(
+        retained("iv/moving/a_red_square/snapshot").is_some_and(|p| !p.is_empty()),
+        "the square's best snapshot"
     );
     for name in ["moving", "during"] {
         let r = d.request("DELETE", &format!("/v1/streams/{name}"), None, b"");

@@ -116,6 +116,9 @@ pub(crate) struct RuleEvent {
     pub direction: Option<Direction>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counts: Option<LineCount>,
+    /// The track's best snapshot (`GET /v1/events/{id}/snapshot.jpg`), saved when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// How tracks live and are reported.
@@ -509,6 +512,7 @@ impl Rules {
             line: None,
             direction: None,
             counts: None,
+            snapshot: None,
         }
     }
 }
