@@ -115,6 +115,21 @@ pub struct BenchReport {
     pub profile: Option<super::ort_profile::ProfileSummary>,
     /// What a stream's tracker adds to each frame, measured in this run.
     pub tracking: TrackingCost,
+    /// What 10 zones, 10 lines and publishing their events add to each frame, measured in
+    /// this run.
+    pub rules: RulesCost,
+}
+
+/// The rules and their publishing on the tracking scene, against one image's inference.
+#[derive(Debug, Clone, Serialize)]
+pub struct RulesCost {
+    pub objects: usize,
+    pub zones: usize,
+    pub lines: usize,
+    pub events_per_frame: f64,
+    pub frame_us: f64,
+    /// `frame_us` over the optimized engine's p50 batch latency per image.
+    pub share_of_frame: f64,
 }
 
 /// One tracker update on a busy synthetic scene, against one image's inference.
@@ -137,6 +152,20 @@ fn tracking_cost(optimized: &SideResult) -> TrackingCost {
         objects: TRACKING_OBJECTS,
         update_us,
         share_of_frame: update_us / frame_us,
+    }
+}
+
+fn rules_cost(optimized: &SideResult) -> RulesCost {
+    let (cost, events) = crate::video::rules::bench::frame_cost(TRACKING_OBJECTS);
+    let frame_us = cost.as_secs_f64() * 1e6;
+    let image_us = optimized.batch_latency.p50_ms * 1e3 / optimized.batch_size.max(1) as f64;
+    RulesCost {
+        objects: TRACKING_OBJECTS,
+        zones: crate::video::rules::bench::RULES,
+        lines: crate::video::rules::bench::RULES,
+        events_per_frame: events,
+        frame_us,
+        share_of_frame: frame_us / image_us,
     }
 }
 
@@ -468,6 +497,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .as_ref()
         .map(|e| e.batch_latency.p50_ms / optimized.batch_latency.p50_ms);
     let tracking = tracking_cost(&optimized);
+    let rules = rules_cost(&optimized);
     Ok(BenchReport {
         model: args.model.display().to_string(),
         backend,
@@ -491,6 +521,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         cpu_flags,
         profile,
         tracking,
+        rules,
     })
 }
 
@@ -538,6 +569,16 @@ pub fn render_text(r: &BenchReport) -> String {
         t.update_us,
         t.objects,
         t.share_of_frame * 100.0
+    ));
+    let c = &r.rules;
+    s.push_str(&format!(
+        "rules: {:.1} us per frame of {} objects through {} zones and {} lines, {:.2} events a frame serialised and made MQTT messages ({:.3}% of an image's inference)\n",
+        c.frame_us,
+        c.objects,
+        c.zones,
+        c.lines,
+        c.events_per_frame,
+        c.share_of_frame * 100.0
     ));
     if let Some(p) = &r.profile {
         s.push_str(&super::ort_profile::render(p, 15));

@@ -9,7 +9,7 @@ mod cursor;
 pub(crate) mod journal;
 pub(crate) mod mqtt;
 pub(crate) mod snapshots;
-mod topics;
+pub(crate) mod topics;
 pub(crate) mod webhook;
 
 use std::collections::BTreeMap;
@@ -353,7 +353,7 @@ fn write_loop(shared: &Shared, rx: &Receiver<Batch>) {
             };
             let mut events = batch.events.iter();
             j.append(batch.events.len(), |seq| match events.next() {
-                Some(e) => line(seq, &batch, e),
+                Some(e) => record_line(seq, &batch.stream, batch.time, e),
                 None => Bytes::new(),
             })
         };
@@ -376,13 +376,13 @@ fn write_loop(shared: &Shared, rx: &Receiver<Batch>) {
     }
 }
 
-/// The journal line of `event`, numbered `seq`.
-fn line(seq: u64, batch: &Batch, event: &RuleEvent) -> Bytes {
+/// The journal line of `event` of `stream`, numbered `seq`, decided at `time`.
+pub(crate) fn record_line(seq: u64, stream: &str, time: f64, event: &RuleEvent) -> Bytes {
     crate::video::events::line(&Record {
         seq,
-        id: format!("{}-{seq}", batch.stream),
-        time: batch.time,
-        stream: &batch.stream,
+        id: format!("{stream}-{seq}"),
+        time,
+        stream,
         event,
     })
 }

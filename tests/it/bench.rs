@@ -36,6 +36,26 @@ fn compare_report_and_backend_choice() {
     assert!((speedup - e / o).abs() < 1e-9, "{speedup} vs {}", e / o);
     assert!(opt["batch_latency"]["p95_ms"].as_f64() >= opt["batch_latency"]["p50_ms"].as_f64());
     assert!(r["peak_rss_mb"].as_f64().is_some_and(|m| m > 1.0));
+    // The rules' cost: 10 zones, 10 lines, the tracking scene's 50 objects, events published.
+    let rules = &r["rules"];
+    assert_eq!(
+        (
+            rules["zones"].clone(),
+            rules["lines"].clone(),
+            rules["objects"].clone()
+        ),
+        (10.into(), 10.into(), 50.into())
+    );
+    assert!(
+        rules["events_per_frame"].as_f64().is_some_and(|e| e > 0.5),
+        "{rules}"
+    );
+    let us = rules["frame_us"].as_f64().expect("frame_us");
+    let share = rules["share_of_frame"].as_f64().expect("share");
+    assert!(
+        us > 0.0 && (share - us / (o * 1e3)).abs() < 1e-6 * share.max(1.0),
+        "{rules}"
+    );
     if !gpu.available {
         assert_eq!(r["backend"], "cpu");
         let skipped: Vec<&str> = r["fallbacks"]

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::geometry::{self, Point};
 use crate::spec::{Lines, Zones};
 
+pub(crate) mod bench;
 #[cfg(test)]
 mod tests;
 
