@@ -77,8 +77,9 @@ class Daemon:
         r = c.getresponse()
         return r.status, r.read()
 
-    def run(self, name, body):
-        """Seconds from PUT to the end of the stream's event body, and its frame count."""
+    def run(self, name, body, keep=False):
+        """Seconds from PUT to the end of the stream's event body, and its frame count; the stream is
+        deleted unless `keep`."""
         t0 = time.perf_counter()
         status, text = self.req("PUT", f"/v1/streams/{name}", json.dumps(body))
         if status != 201:
@@ -93,7 +94,8 @@ class Daemon:
             if ev.get("state") == "failed":
                 sys.exit(f"stream {name} failed: {line!r}")
         elapsed = time.perf_counter() - t0
-        self.req("DELETE", f"/v1/streams/{name}")
+        if not keep:
+            self.req("DELETE", f"/v1/streams/{name}")
         return elapsed, frames
 
     def stop(self):
