@@ -160,3 +160,69 @@ fn toml_round_trips() {
     let back: Config = toml::from_str(&c.to_toml()).expect("parses");
     assert_eq!(back, c);
 }
+
+#[test]
+fn stream_rules_mqtt_and_webhooks_come_from_the_file_and_are_checked() {
+    figment::Jail::expect_with(|jail| {
+        let file = r#"
+events_update_interval_s = 0
+
+[[streams]]
+name = "dock"
+url = "rtsp://cam/1"
+queries = ["a forklift"]
+zones.bay = { polygon = [[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]], inertia = 2, loiter_s = 30 }
+lines.door = { points = [[0.5, 0.0], [0.5, 1.0]], labels = ["a forklift"] }
+
+[mqtt]
+url = "mqtts://broker.lan"
+username = "iv"
+
+[[webhooks]]
+url = "https://hooks.example/iv"
+events = ["line_cross"]
+"#;
+        jail.create_file("c.toml", file)?;
+        let c = Config::load(Some(Path::new("c.toml")), &ConfigOverrides::default())
+            .map_err(|e| e.to_string())?;
+        let s = &c.streams[0];
+        assert_eq!(s.zones["bay"].inertia, 2);
+        assert_eq!(s.zones["bay"].loiter_s, Some(30.0));
+        assert_eq!(s.lines["door"].labels, vec!["a forklift".to_string()]);
+        let m = c.mqtt.as_ref().expect("[mqtt]");
+        assert_eq!(
+            (m.topic_prefix.as_str(), m.home_assistant),
+            ("intelligent-video", false)
+        );
+        assert_eq!(m.broker().map(|b| (b.port, b.tls)), Ok((8883, true)));
+        assert_eq!(c.webhooks[0].events, vec!["line_cross".to_string()]);
+        assert_eq!(c.events_update_interval_s, 0.0);
+        // Round trip through `config check`'s TOML.
+        let back: Config = toml::from_str(&c.to_toml()).map_err(|e| e.to_string())?;
+        assert_eq!(back, c);
+
+        let bad = file.replace("[0.9, 0.9]]", "[0.9, 0.9], [0.1, 0.9], [0.9, 0.1]]");
+        jail.create_file("c.toml", &bad)?;
+        let e = Config::load(Some(Path::new("c.toml")), &ConfigOverrides::default())
+            .expect_err("a self-crossing zone");
+        assert!(
+            e.to_string()
+                .contains("stream \"dock\": zone \"bay\": polygon crosses itself"),
+            "{e}"
+        );
+        let bad = file.replace("events = [\"line_cross\"]", "events = [\"crossing\"]");
+        jail.create_file("c.toml", &bad)?;
+        let e = Config::load(Some(Path::new("c.toml")), &ConfigOverrides::default())
+            .expect_err("an unknown event type");
+        assert!(
+            e.to_string().contains("unknown event type \"crossing\""),
+            "{e}"
+        );
+        let bad = file.replace("mqtts://broker.lan", "tcp://broker.lan");
+        jail.create_file("c.toml", &bad)?;
+        let e = Config::load(Some(Path::new("c.toml")), &ConfigOverrides::default())
+            .expect_err("a bad broker URL");
+        assert!(e.to_string().starts_with("invalid setting mqtt:"), "{e}");
+        Ok(())
+    });
+}
