@@ -31,6 +31,19 @@ pub struct MqttConfig {
     pub home_assistant: bool,
     #[serde(default = "default_discovery_prefix")]
     pub discovery_prefix: String,
+    /// `"3.1.1"` (default) or `"5"`.
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+}
+
+/// The MQTT protocol version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MqttProtocol {
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
 }
 
 fn default_client_id() -> String {
@@ -149,6 +162,7 @@ mod tests {
             password_file: None,
             home_assistant: false,
             discovery_prefix: default_discovery_prefix(),
+            protocol: MqttProtocol::V311,
         }
     }
 

@@ -177,6 +177,7 @@ lines.door = { points = [[0.5, 0.0], [0.5, 1.0]], labels = ["a forklift"] }
 [mqtt]
 url = "mqtts://broker.lan"
 username = "iv"
+protocol = "5"
 
 [[webhooks]]
 url = "https://hooks.example/iv"
@@ -195,6 +196,7 @@ events = ["line_cross"]
             ("intelligent-video", false)
         );
         assert_eq!(m.broker().map(|b| (b.port, b.tls)), Ok((8883, true)));
+        assert_eq!(m.protocol, super::mqtt::MqttProtocol::V5);
         assert_eq!(c.webhooks[0].events, vec!["line_cross".to_string()]);
         assert_eq!(c.events_update_interval_s, 0.0);
         // Round trip through `config check`'s TOML.

@@ -8,6 +8,7 @@
 mod cursor;
 pub(crate) mod journal;
 pub(crate) mod mqtt;
+mod mqtt_link;
 pub(crate) mod snapshots;
 pub(crate) mod topics;
 pub(crate) mod webhook;

@@ -12,20 +12,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::cursor::Cursor;
+use super::mqtt_link::{Heard, Link, LinkOptions, Said};
 use super::topics::{Message, View};
 use super::{EventLog, SinkStats};
 use crate::config::mqtt::MqttConfig;
 use crate::pacing::Backoff;
 
-/// Messages in flight at most (the client's request queue holds more).
+/// Messages in flight at most (the client's request queue holds 64).
 const WINDOW: usize = 32;
-/// The client's request queue.
-const CLIENT_QUEUE: usize = 64;
 /// A broker that has not accepted the connection by then is tried again later.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,17 +67,6 @@ struct Sink {
     stats: Arc<SinkStats>,
 }
 
-/// Aborts the event loop's task when the session ends.
-struct Poller(tokio::task::JoinHandle<()>);
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-type Polled = Result<Event, String>;
-
 impl Sink {
     async fn run(mut self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -103,45 +90,37 @@ impl Sink {
         }
     }
 
-    fn options(&self) -> Result<MqttOptions, String> {
+    fn options(&self) -> Result<LinkOptions, String> {
         let broker = self.cfg.broker()?;
-        let mut o = MqttOptions::new(&self.cfg.client_id, &broker.host, broker.port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_clean_session(true);
-        o.set_max_packet_size(1 << 20, 1 << 20);
-        o.set_last_will(LastWill::new(
-            format!("{}/available", self.cfg.topic_prefix),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-        if let Some(user) = &self.cfg.username {
-            let password = self.cfg.password()?.unwrap_or_default();
-            o.set_credentials(user, password);
-        }
-        if broker.tls {
-            o.set_transport(Transport::Tls(tls_config().into()));
-        }
-        Ok(o)
+        let credentials = match &self.cfg.username {
+            Some(user) => Some((user.clone(), self.cfg.password()?.unwrap_or_default())),
+            None => None,
+        };
+        Ok(LinkOptions {
+            client_id: self.cfg.client_id.clone(),
+            host: broker.host,
+            port: broker.port,
+            tls: broker.tls.then(tls_config),
+            credentials,
+            will_topic: format!("{}/available", self.cfg.topic_prefix),
+            protocol: self.cfg.protocol,
+        })
     }
 
     /// One connection; `Ok` when stopped, else the error and whether anything was delivered.
     async fn session(&mut self, stop: &CancellationToken) -> Result<(), (String, bool)> {
-        let (client, eventloop) =
-            AsyncClient::new(self.options().map_err(|e| (e, false))?, CLIENT_QUEUE);
-        let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
-        let _poller = Poller(tokio::spawn(poll(eventloop, tx)));
+        let (client, mut rx, _poller) = Link::open(self.options().map_err(|e| (e, false))?);
         connected(&mut rx, stop).await.map_err(|e| (e, false))?;
         self.stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(url = %self.cfg.url, "MQTT connected");
         let mut inflight: VecDeque<Option<u64>> = VecDeque::new();
         let mut delivered = false;
         let online = self.view.available(true);
-        publish(&client, &online).map_err(|e| (e, false))?;
+        client.publish(&online).map_err(|e| (e, false))?;
         inflight.push_back(None);
         for (seq, messages) in &self.unacked {
             for (i, m) in messages.iter().enumerate() {
-                publish(&client, m).map_err(|e| (e, false))?;
+                client.publish(m).map_err(|e| (e, false))?;
                 inflight.push_back((i + 1 == messages.len()).then_some(*seq));
             }
         }
@@ -154,8 +133,8 @@ impl Sink {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
-                    let _ = publish(&client, &self.view.available(false));
-                    let _ = client.try_disconnect();
+                    let _ = client.publish(&self.view.available(false));
+                    client.disconnect();
                     // Let the event loop send them.
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
                         while let Some(Ok(_)) = rx.recv().await {}
@@ -163,7 +142,7 @@ impl Sink {
                     return Ok(());
                 }
                 ev = rx.recv() => match ev {
-                    Some(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                    Some(Ok(Said::PubAck)) => {
                         if let Some(Some(seq)) = inflight.pop_front() {
                             self.delivered(seq).map_err(|e| (e, delivered))?;
                             delivered = true;
@@ -185,7 +164,7 @@ impl Sink {
     /// Publishes events written since the last one taken, while the window has room.
     async fn take_new(
         &mut self,
-        client: &AsyncClient,
+        client: &Link,
         inflight: &mut VecDeque<Option<u64>>,
     ) -> Result<(), String> {
         let after = self.taken;
@@ -221,7 +200,7 @@ impl Sink {
                 messages.push(self.view.snapshot(&stream, &label, jpeg));
             }
             for (i, m) in messages.iter().enumerate() {
-                publish(client, m)?;
+                client.publish(m)?;
                 inflight.push_back((i + 1 == messages.len()).then_some(seq));
             }
             if messages.is_empty() {
@@ -279,37 +258,12 @@ fn ended_snapshot(log: &EventLog, line: &[u8]) -> Option<(String, String, Vec<u8
     ))
 }
 
-fn publish(client: &AsyncClient, m: &Message) -> Result<(), String> {
-    client
-        .try_publish(
-            m.topic.clone(),
-            QoS::AtLeastOnce,
-            m.retain,
-            m.payload.clone(),
-        )
-        .map_err(|e| format!("cannot publish to {}: {e}", m.topic))
-}
-
-/// Polls the event loop, forwarding what happens; ends at the first error.
-async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Polled>) {
-    loop {
-        let r = eventloop.poll().await.map_err(|e| e.to_string());
-        let failed = r.is_err();
-        if tx.send(r).await.is_err() || failed {
-            return;
-        }
-    }
-}
-
 /// Waits for the broker's CONNACK.
-async fn connected(
-    rx: &mut mpsc::Receiver<Polled>,
-    stop: &CancellationToken,
-) -> Result<(), String> {
+async fn connected(rx: &mut mpsc::Receiver<Heard>, stop: &CancellationToken) -> Result<(), String> {
     let wait = async {
         loop {
             match rx.recv().await {
-                Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok(()),
+                Some(Ok(Said::ConnAck)) => return Ok(()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
                 None => return Err("the MQTT event loop ended".to_string()),

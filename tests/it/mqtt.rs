@@ -1,4 +1,4 @@
-//! MQTT end to end with Debian's `mosquitto` (started here on 127.0.0.1 at a free port, with
+//! MQTT (3.1.1 and 5) end to end with Debian's `mosquitto` (started here on 127.0.0.1 at a free port, with
 //! persistence, and a `mosquitto_sub` with a persistent QoS 1 session as the reader): the events
 //! of a clip arrive on `<prefix>/events` once and in order (their ids are the journal's) with the
 //! retained state beside them; the events of a second stream that runs while the broker is
@@ -173,6 +173,16 @@ fn outbox(d: &Daemon) -> f64 {
 
 #[test]
 fn events_reach_the_broker_once_in_order_across_broker_and_daemon_restarts() {
+    across_restarts("3.1.1");
+}
+
+#[test]
+fn with_mqtt_5_too() {
+    across_restarts("5");
+}
+
+/// The whole scenario with `protocol` (`[mqtt] protocol`).
+fn across_restarts(protocol: &str) {
     let tmp = tempfile::tempdir().expect("tmp");
     let clips = tmp.path().join("clips");
     let video = clip(&clips);
@@ -184,7 +194,7 @@ fn events_reach_the_broker_once_in_order_across_broker_and_daemon_restarts() {
     let config = tmp.path().join("config.toml");
     std::fs::write(
         &config,
-        format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic_prefix = \"iv\"\nclient_id = \"iv-under-test\"\nhome_assistant = true\n"),
+        format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic_prefix = \"iv\"\nclient_id = \"iv-under-test\"\nhome_assistant = true\nprotocol = {protocol:?}\n"),
     )
     .expect("config");
     let state = tmp.path().join("state");
