@@ -23,6 +23,8 @@ const SEGMENTS_PER_LIMIT: u64 = 8;
 pub(crate) enum JournalError {
     #[error("event journal {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("no event journal: {0}")]
+    Unavailable(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {

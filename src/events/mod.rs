@@ -65,8 +65,9 @@ struct Batch {
 }
 
 struct Shared {
-    journal: Mutex<Journal>,
-    snapshots: Mutex<Snapshots>,
+    /// `None`: the journal could not be opened (the daemon serves without events).
+    journal: Mutex<Option<Journal>>,
+    snapshots: Mutex<Option<Snapshots>>,
     /// The last sequence number written and synced.
     last: watch::Sender<u64>,
     /// Events written, by type.
@@ -102,6 +103,8 @@ impl SinkStats {
 /// The event log: submit from stream tasks, read from anywhere.
 pub(crate) struct EventLog {
     shared: Arc<Shared>,
+    /// Why there is no journal (its folder could not be opened), if so.
+    unavailable: Option<String>,
     /// This daemon start (hex milliseconds), in snapshot names.
     boot: String,
     sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
@@ -133,8 +136,8 @@ impl EventLog {
         })?;
         let (last, _) = watch::channel(journal.next_seq() - 1);
         let shared = Arc::new(Shared {
-            journal: Mutex::new(journal),
-            snapshots: Mutex::new(snapshots),
+            journal: Mutex::new(Some(journal)),
+            snapshots: Mutex::new(Some(snapshots)),
             last,
             written: Mutex::new(BTreeMap::new()),
             dropped: AtomicU64::new(0),
@@ -150,11 +153,37 @@ impl EventLog {
             })?;
         Ok(Arc::new(EventLog {
             shared,
+            unavailable: None,
             boot: format!("{:x}", (now_s() * 1000.0) as u64),
             sinks: Mutex::new(Vec::new()),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         }))
+    }
+
+    /// An event log without a journal (its folder could not be opened): the daemon serves, events
+    /// are dropped (counted), readers are told why.
+    pub(crate) fn unavailable(reason: String) -> Arc<Self> {
+        let (last, _) = watch::channel(0);
+        Arc::new(EventLog {
+            shared: Arc::new(Shared {
+                journal: Mutex::new(None),
+                snapshots: Mutex::new(None),
+                last,
+                written: Mutex::new(BTreeMap::new()),
+                dropped: AtomicU64::new(0),
+            }),
+            unavailable: Some(reason),
+            boot: String::new(),
+            sinks: Mutex::new(Vec::new()),
+            tx: Mutex::new(None),
+            writer: Mutex::new(None),
+        })
+    }
+
+    /// Why events are not kept, when they are not.
+    pub(crate) fn why_unavailable(&self) -> Option<&str> {
+        self.unavailable.as_deref()
     }
 
     /// Hands a frame's events to the writer; never waits. A full queue drops them, counted and
@@ -179,6 +208,9 @@ impl EventLog {
         };
         if !sent {
             self.shared.dropped.fetch_add(n, Ordering::Relaxed);
+            if self.unavailable.is_some() {
+                return; // said once, at start
+            }
             tracing::warn!(
                 stream,
                 events = n,
@@ -194,7 +226,7 @@ impl EventLog {
 
     /// The file of a saved snapshot.
     pub(crate) fn snapshot_path(&self, name: &str) -> Option<std::path::PathBuf> {
-        self.shared.snapshots.lock().ok()?.path(name)
+        self.shared.snapshots.lock().ok()?.as_ref()?.path(name)
     }
 
     /// The last sequence number written (0: none yet).
@@ -214,9 +246,15 @@ impl EventLog {
         after: u64,
         max: usize,
     ) -> Result<Vec<(u64, Bytes)>, JournalError> {
-        match self.shared.journal.lock() {
-            Ok(j) => j.read_after(after, max),
-            Err(p) => p.into_inner().read_after(after, max),
+        let j = match self.shared.journal.lock() {
+            Ok(j) => j,
+            Err(p) => p.into_inner(),
+        };
+        match j.as_ref() {
+            Some(j) => j.read_after(after, max),
+            None => Err(JournalError::Unavailable(
+                self.unavailable.clone().unwrap_or_default(),
+            )),
         }
     }
 
@@ -341,7 +379,13 @@ impl EventLog {
 /// The writer thread: each batch written and synced, then announced.
 fn write_loop(shared: &Shared, rx: &Receiver<Batch>) {
     while let Ok(batch) = rx.recv() {
-        if let Ok(mut s) = shared.snapshots.lock() {
+        if let Some(s) = shared
+            .snapshots
+            .lock()
+            .as_deref_mut()
+            .ok()
+            .and_then(Option::as_mut)
+        {
             for shot in &batch.shots {
                 if let Err(e) = s.save(shot) {
                     tracing::warn!(error = %e, "cannot save a track's snapshot");
@@ -349,7 +393,10 @@ fn write_loop(shared: &Shared, rx: &Receiver<Batch>) {
             }
         }
         let written = {
-            let Ok(mut j) = shared.journal.lock() else {
+            let Ok(mut guard) = shared.journal.lock() else {
+                return;
+            };
+            let Some(j) = guard.as_mut() else {
                 return;
             };
             let mut events = batch.events.iter();

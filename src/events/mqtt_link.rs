@@ -109,23 +109,8 @@ fn open_v311(o: LinkOptions) -> (Link, mpsc::Receiver<Heard>, Poller) {
     if let Some(tls) = o.tls {
         m.set_transport(rumqttc::Transport::Tls(tls.into()));
     }
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(m, CLIENT_QUEUE);
-    let task = tokio::spawn(async move {
-        loop {
-            let heard = eventloop.poll().await.map_err(|e| e.to_string()).map(|e| {
-                use rumqttc::{Event, Packet};
-                match e {
-                    Event::Incoming(Packet::ConnAck(_)) => Said::ConnAck,
-                    Event::Incoming(Packet::PubAck(_)) => Said::PubAck,
-                    _ => Said::Other,
-                }
-            });
-            let failed = heard.is_err();
-            if tx.send(heard).await.is_err() || failed {
-                return;
-            }
-        }
-    });
+    let (client, eventloop) = rumqttc::AsyncClient::new(m, CLIENT_QUEUE);
+    let task = spawn_poller(eventloop, tx);
     (Link::V311(client), rx, Poller(task))
 }
 
@@ -150,23 +135,57 @@ fn open_v5(o: LinkOptions) -> (Link, mpsc::Receiver<Heard>, Poller) {
     if let Some(tls) = o.tls {
         m.set_transport(rumqttc::Transport::Tls(tls.into()));
     }
-    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(m, CLIENT_QUEUE);
-    let task = tokio::spawn(async move {
+    let (client, eventloop) = rumqttc::v5::AsyncClient::new(m, CLIENT_QUEUE);
+    let task = spawn_poller(eventloop, tx);
+    (Link::V5(client), rx, Poller(task))
+}
+
+/// An event loop of either version, as what the broker says.
+trait Listen: Send + 'static {
+    fn next(&mut self) -> impl std::future::Future<Output = Heard> + Send;
+}
+
+impl Listen for rumqttc::EventLoop {
+    async fn next(&mut self) -> Heard {
+        use rumqttc::{Event, Packet};
+        self.poll()
+            .await
+            .map_err(|e| e.to_string())
+            .map(|e| match e {
+                Event::Incoming(Packet::ConnAck(_)) => Said::ConnAck,
+                Event::Incoming(Packet::PubAck(_)) => Said::PubAck,
+                _ => Said::Other,
+            })
+    }
+}
+
+impl Listen for rumqttc::v5::EventLoop {
+    async fn next(&mut self) -> Heard {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        use rumqttc::v5::Event;
+        self.poll()
+            .await
+            .map_err(|e| e.to_string())
+            .map(|e| match e {
+                Event::Incoming(Packet::ConnAck(_)) => Said::ConnAck,
+                Event::Incoming(Packet::PubAck(_)) => Said::PubAck,
+                _ => Said::Other,
+            })
+    }
+}
+
+/// Polls `eventloop` on a task, forwarding what the broker says until the first error.
+fn spawn_poller(
+    mut eventloop: impl Listen,
+    tx: mpsc::Sender<Heard>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
-            let heard = eventloop.poll().await.map_err(|e| e.to_string()).map(|e| {
-                use rumqttc::v5::mqttbytes::v5::Packet;
-                use rumqttc::v5::Event;
-                match e {
-                    Event::Incoming(Packet::ConnAck(_)) => Said::ConnAck,
-                    Event::Incoming(Packet::PubAck(_)) => Said::PubAck,
-                    _ => Said::Other,
-                }
-            });
+            let heard = eventloop.next().await;
             let failed = heard.is_err();
             if tx.send(heard).await.is_err() || failed {
                 return;
             }
         }
-    });
-    (Link::V5(client), rx, Poller(task))
+    })
 }

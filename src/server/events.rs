@@ -19,13 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, Guard};
 use super::error::ApiError;
-use super::request::{blocking, error_response, parse_number, query_pairs, Resp};
+use super::request::{
+    blocking, error_response, follower_permit, let_go, ndjson_response, parse_number, query_pairs,
+    send_line, Resp,
+};
 use super::state::AppState;
 use crate::events::{EventLog, Head};
 use crate::video::rules::Kind;
 
-/// A follower whose connection took no line for this long is disconnected.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines waiting for a follower's connection.
 const QUEUE: usize = 64;
 /// Journal lines read at once.
@@ -153,16 +154,10 @@ fn follow(req: &Parts, st: &Arc<AppState>) -> Result<Resp, ApiError> {
             "the daemon is not ready yet",
         ));
     };
-    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            429,
-            "too_many_followers",
-            format!(
-                "{} events followers are connected already (max_followers, at most half of max_connections)",
-                st.config.follower_limit()
-            ),
-        )
-    })?;
+    if let Some(why) = log.why_unavailable() {
+        return Err(ApiError::new(503, "events_unavailable", why.to_string()));
+    }
+    let permit = follower_permit(st)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let guard = Guard::default();
     let follower = Follower {
@@ -176,14 +171,7 @@ fn follow(req: &Parts, st: &Arc<AppState>) -> Result<Resp, ApiError> {
         _permit: permit,
     };
     tokio::spawn(follower.forward());
-    let mut r = Response::new(Body::stream(rx, guard));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
+    Ok(ndjson_response(rx, guard))
 }
 
 struct Follower {
@@ -257,16 +245,11 @@ impl Follower {
     }
 
     async fn send(&self, line: Bytes) -> bool {
-        matches!(
-            tokio::time::timeout(SEND_TIMEOUT, self.tx.send(line)).await,
-            Ok(Ok(()))
-        )
+        send_line(&self.tx, line).await
     }
 
     fn let_go(&self) {
-        if let Ok(mut g) = self.guard.lock() {
-            g.take();
-        }
+        let_go(&self.guard);
     }
 }
 

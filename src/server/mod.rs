@@ -258,10 +258,7 @@ async fn lifecycle(
     if let Ok(mut e) = st.engine.lock() {
         *e = info;
     }
-    let running = match start_running(&st, &service) {
-        Ok(r) => r,
-        Err(e) => return failed(&st, e),
-    };
+    let running = start_running(&st, &service);
     st.set_phase(Phase::Ready);
     let line = format!("serving on {backend}");
     st.set_status(&line);
@@ -290,11 +287,18 @@ struct Running {
 }
 
 /// Opens the event log, starts the sinks, then the streams (whose rules write to the log).
-fn start_running(st: &Arc<AppState>, service: &DetectService) -> Result<Running, ServeError> {
-    let events = open_events(&st.config).map_err(|e| ServeError::Internal(e.to_string()))?;
+fn start_running(st: &Arc<AppState>, service: &DetectService) -> Running {
+    // A state folder that cannot hold the journal costs the events, not detection.
+    let events = open_events(&st.config).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "events are not kept: the journal cannot be opened");
+        crate::events::EventLog::unavailable(e.to_string())
+    });
     let _ = st.events.set(events.clone());
     let sinks_stop = CancellationToken::new();
-    let sinks = start_sinks(&st.config, &events, &sinks_stop).map_err(ServeError::Internal)?;
+    let sinks = match events.why_unavailable() {
+        Some(_) => Vec::new(),
+        None => start_sinks(&st.config, &events, &sinks_stop),
+    };
     let streams = StreamManager::start(
         ManagerConfig::from_config(&st.config),
         service.clone(),
@@ -304,12 +308,12 @@ fn start_running(st: &Arc<AppState>, service: &DetectService) -> Result<Running,
         &st.config.streams,
     );
     let _ = st.streams.set(streams.clone());
-    Ok(Running {
+    Running {
         events,
         sinks,
         sinks_stop,
         streams,
-    })
+    }
 }
 
 impl Running {
@@ -333,32 +337,37 @@ impl Running {
 }
 
 /// The event sinks configured (`[mqtt]`, `[[webhooks]]`); their positions are in
-/// `state_dir/events/sinks/`.
+/// `state_dir/events/sinks/`. One whose position cannot be kept is logged and not started.
 fn start_sinks(
     c: &crate::config::Config,
     events: &Arc<crate::events::EventLog>,
     stop: &CancellationToken,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let dir = c.state_dir.join("events/sinks");
-    let mut tasks = Vec::new();
+    let mut started = Vec::new();
     if let Some(m) = &c.mqtt {
-        tasks.push(crate::events::mqtt::spawn(
+        started.push(crate::events::mqtt::spawn(
             m.clone(),
             events.clone(),
             &dir.join("mqtt"),
             stop.clone(),
-        )?);
+        ));
     }
     for w in &c.webhooks {
-        let cursor = dir.join(w.id());
-        tasks.push(crate::events::webhook::spawn(
+        started.push(crate::events::webhook::spawn(
             w.clone(),
             events.clone(),
-            &cursor,
+            &dir.join(w.id()),
             stop.clone(),
-        )?);
+        ));
     }
-    Ok(tasks)
+    started
+        .into_iter()
+        .filter_map(|s| {
+            s.map_err(|e| tracing::error!(error = %e, "an event sink is not started"))
+                .ok()
+        })
+        .collect()
 }
 
 /// The event journal in `state_dir/events/` with the configured retention.

@@ -233,3 +233,56 @@ pub(crate) fn media_type(req: &Parts) -> String {
         })
         .unwrap_or_default()
 }
+
+/// A follower whose connection took no line for this long is let go.
+pub(crate) const FOLLOWER_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A place among the events followers (`max_followers`, at most half of `max_connections`), or
+/// 429 `too_many_followers`.
+pub(crate) fn follower_permit(
+    st: &AppState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    st.followers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            429,
+            "too_many_followers",
+            format!(
+                "{} events followers are connected already (max_followers, at most half of max_connections)",
+                st.config.follower_limit()
+            ),
+        )
+    })
+}
+
+/// The NDJSON response whose body is fed by `rx` (holding its connection's in-flight mark).
+pub(crate) fn ndjson_response(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    guard: super::body::Guard,
+) -> Resp {
+    let mut r = Response::new(Body::stream(rx, guard));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+/// Sends one line to a follower within `FOLLOWER_SEND_TIMEOUT`; false when it is gone or stuck.
+pub(crate) async fn send_line(tx: &tokio::sync::mpsc::Sender<Bytes>, line: Bytes) -> bool {
+    matches!(
+        tokio::time::timeout(FOLLOWER_SEND_TIMEOUT, tx.send(line)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Lets a stuck follower go: its connection loses its in-flight mark, so the connection cap can
+/// evict it.
+pub(crate) fn let_go(guard: &super::body::Guard) {
+    if let Ok(mut g) = guard.lock() {
+        g.take();
+    }
+}

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::body::{Body, Guard};
 use super::error::ApiError;
 use super::request::{
-    blocking, error_response, json_response, parse_number, query_pairs, read_body, ready_service,
-    require_json, Resp,
+    blocking, error_response, follower_permit, json_response, let_go, ndjson_response,
+    parse_number, query_pairs, read_body, ready_service, require_json, send_line, Resp,
 };
 use super::state::AppState;
 use crate::spec::{check_name, SpecError, StreamBody};
@@ -26,8 +26,6 @@ use crate::video::draw;
 use crate::video::events::{self, StateEvent, Subscription};
 use crate::video::manager::{ManagerError, Put, StreamManager};
 
-/// A follower whose connection took no line for this long is disconnected.
-const FOLLOWER_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines waiting for a follower's connection.
 const FOLLOWER_QUEUE: usize = 64;
 /// Biggest `PUT /v1/streams/{name}` body.
@@ -187,16 +185,7 @@ fn follow(
         }
     }
     let shared = m.get(name).ok_or_else(|| not_found(name))?;
-    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            429,
-            "too_many_followers",
-            format!(
-                "{} events followers are connected already (max_followers, at most half of max_connections)",
-                st.config.follower_limit()
-            ),
-        )
-    })?;
+    let permit = follower_permit(st)?;
     let sub = shared.hub.subscribe(since);
     let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
     let guard = Guard::default();
@@ -209,14 +198,7 @@ fn follow(
         _permit: permit,
     };
     tokio::spawn(follower.forward(sub));
-    let mut r = Response::new(Body::stream(rx, guard));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
+    Ok(ndjson_response(rx, guard))
 }
 
 /// One events follower's feeder.
@@ -307,18 +289,12 @@ impl Follower {
     }
 
     fn let_go(&self) {
-        if let Ok(mut g) = self.guard.lock() {
-            g.take();
-        }
+        let_go(&self.guard);
     }
 }
 
-/// Sends one line, within `FOLLOWER_SEND_TIMEOUT`; false when the follower is gone or stuck.
 async fn send(tx: &mpsc::Sender<Bytes>, line: Bytes) -> bool {
-    matches!(
-        tokio::time::timeout(FOLLOWER_SEND_TIMEOUT, tx.send(line)).await,
-        Ok(Ok(()))
-    )
+    send_line(tx, line).await
 }
 
 /// `{"stream":"cam","keepalive":true}`: nothing happened; the stream runs.

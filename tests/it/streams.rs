@@ -715,6 +715,12 @@ fn a_stream_that_cannot_be_saved_is_not_started() {
         json!([]),
         "nothing runs that would be lost at restart"
     );
+    // No journal there either: the daemon serves, and says why events are not kept.
+    let r = d.request("GET", "/v1/events", None, b"");
+    assert_eq!((r.status, r.kind().as_str()), (503, "events_unavailable"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("/dev/null/state/events")));
 }
 
 #[test]
