@@ -10,18 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::http::request::Parts;
-use hyper::{Method, Response};
+use hyper::Method;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{Body, Guard};
+use super::body::Guard;
 use super::error::ApiError;
 use super::request::{
-    blocking, error_response, follower_permit, let_go, ndjson_response, parse_number, query_pairs,
-    send_line, Resp,
+    blocking, error_response, follower_permit, jpeg_response, let_go, ndjson_response,
+    parse_number, query_pairs, send_line, Resp,
 };
 use super::state::AppState;
 use crate::events::{EventLog, Head};
@@ -137,12 +136,7 @@ async fn snapshot(st: &Arc<AppState>, id: String) -> Result<Resp, ApiError> {
     let jpeg = blocking("snapshot read", move || std::fs::read(path))
         .await?
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
-    let mut r = Response::new(Body::full(jpeg));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
+    Ok(jpeg_response(jpeg))
 }
 
 fn follow(req: &Parts, st: &Arc<AppState>) -> Result<Resp, ApiError> {

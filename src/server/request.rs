@@ -286,3 +286,15 @@ pub(crate) fn let_go(guard: &super::body::Guard) {
         g.take();
     }
 }
+
+/// A JPEG answer that is never cached (a snapshot).
+pub(crate) fn jpeg_response(jpeg: Vec<u8>) -> Resp {
+    let mut r = Response::new(Body::full(jpeg));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    r
+}

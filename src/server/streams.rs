@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::{Method, Response};
 use serde_json::json;
@@ -17,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::body::{Body, Guard};
 use super::error::ApiError;
 use super::request::{
-    blocking, error_response, follower_permit, json_response, let_go, ndjson_response,
-    parse_number, query_pairs, read_body, ready_service, require_json, send_line, Resp,
+    blocking, error_response, follower_permit, jpeg_response, json_response, let_go,
+    ndjson_response, parse_number, query_pairs, read_body, ready_service, require_json, send_line,
+    Resp,
 };
 use super::state::AppState;
 use crate::spec::{check_name, SpecError, StreamBody};
@@ -351,12 +351,7 @@ async fn snapshot(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, Ap
     })
     .await?
     .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
-    let mut r = Response::new(Body::full(jpeg));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
+    Ok(jpeg_response(jpeg))
 }
 
 #[cfg(test)]
