@@ -107,7 +107,8 @@ pub struct Config {
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
     /// The daemon's state: streams added through the API (`streams.json`), saved query sets
-    /// (`query-sets.json`), installed ONNX Runtime builds (`runtimes/`); default: systemd's
+    /// (`query-sets.json`), installed ONNX Runtime builds (`runtimes/`), the event journal and the
+    /// sinks' positions (`events/`), tracks' best snapshots (`snapshots/`); default: systemd's
     /// `STATE_DIRECTORY`, else `/var/lib/intelligent-video`.
     pub state_dir: PathBuf,
     /// Streams of the config file (`[[streams]]` tables; read-only through the API).
