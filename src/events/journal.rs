@@ -273,11 +273,11 @@ impl Journal {
         after: u64,
         max: usize,
     ) -> Result<Vec<(u64, Bytes)>, JournalError> {
-        if after + 1 >= self.next_seq {
+        if after.saturating_add(1) >= self.next_seq {
             return Ok(Vec::new());
         }
         if let Some(&(first, _)) = self.tail.front() {
-            if first <= after + 1 {
+            if first <= after.saturating_add(1) {
                 return Ok(self
                     .tail
                     .iter()
@@ -295,7 +295,7 @@ impl Journal {
         let segs: Vec<&Segment> = self.segments.iter().collect();
         for (i, seg) in segs.iter().enumerate() {
             let next_first = segs.get(i + 1).map_or(u64::MAX, |s| s.first);
-            if next_first <= after + 1 {
+            if next_first <= after.saturating_add(1) {
                 continue;
             }
             let f = File::open(&seg.path).map_err(io_err(&seg.path))?;
@@ -420,6 +420,11 @@ mod tests {
         let all = j.read_after(0, usize::MAX).expect("test step");
         assert_eq!(seqs(&all), (1..=n).collect::<Vec<_>>());
         assert_eq!(j.read_after(n, 10).expect("test step"), vec![]);
+        assert_eq!(
+            j.read_after(u64::MAX, 10).expect("test step"),
+            vec![],
+            "no overflow"
+        );
         assert_eq!(seq_of(b"{\"seq\":42,\"x\":1}"), Some(42));
         assert_eq!(seq_of(b"{\"x\":1}"), None);
     }

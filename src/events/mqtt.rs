@@ -187,8 +187,8 @@ impl Sink {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         if let Some(&(first, _, _)) = lines.first() {
-            if first > after + 1 {
-                let lost = first - after - 1;
+            if first > after.saturating_add(1) {
+                let lost = first - after.saturating_add(1);
                 self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
                 tracing::warn!(lost, "MQTT: events were dropped by the journal's retention before delivery (events_max, events_max_mb)");
             }

@@ -113,11 +113,11 @@ impl Hook {
                 continue;
             }
             if let Some(&(first, _)) = lines.first() {
-                if first > after + 1 {
+                if first > after.saturating_add(1) {
                     self.stats
                         .dropped
-                        .fetch_add(first - after - 1, Ordering::Relaxed);
-                    tracing::warn!(webhook = %self.cfg.id(), lost = first - after - 1, "events were dropped by the journal's retention before delivery");
+                        .fetch_add(first - after.saturating_add(1), Ordering::Relaxed);
+                    tracing::warn!(webhook = %self.cfg.id(), lost = first - after.saturating_add(1), "events were dropped by the journal's retention before delivery");
                 }
             }
             for (seq, line) in lines {
