@@ -194,7 +194,7 @@ fn across_restarts(protocol: &str) {
     let config = tmp.path().join("config.toml");
     std::fs::write(
         &config,
-        format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic_prefix = \"iv\"\nclient_id = \"iv-under-test\"\nhome_assistant = true\nprotocol = {protocol:?}\n"),
+        format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic_prefix = \"iv\"\nclient_id = \"iv-under-test-{port}\"\nhome_assistant = true\nprotocol = {protocol:?}\n"),
     )
     .expect("config");
     let state = tmp.path().join("state");

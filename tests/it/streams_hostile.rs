@@ -501,7 +501,7 @@ fn replaced_and_deleted_streams_leave_no_pipeline_behind() {
 
 /// An RTSP "server" that answers one byte a second, then closes each connection after `hold`.
 fn trickling_server(hold: Duration) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", free_port())).expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         for conn in listener.incoming() {

@@ -15,7 +15,7 @@ use sha2::Sha256;
 
 use crate::events::{caught_up, clip, stream_body};
 use crate::streams::{file_roots, put, wait_status};
-use crate::support::daemon::Daemon;
+use crate::support::daemon::{free_port, Daemon};
 use crate::support::{fixtures, metrics, wait};
 
 /// One request a receiver got: its headers (lower-case names) and body, and the status it gave.
@@ -37,7 +37,7 @@ impl Received {
 
 /// A receiver on a free port answering `status(n)` to its n-th request (0-based).
 fn receiver(status: fn(usize) -> u16) -> (u16, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = TcpListener::bind(("127.0.0.1", free_port())).expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let got = Arc::new(Mutex::new(Vec::new()));
     let log = got.clone();

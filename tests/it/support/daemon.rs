@@ -171,10 +171,21 @@ pub(crate) struct Daemon {
     pub(crate) stderr_path: PathBuf,
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now and that no other test of this process got.
+///
+/// A port is handed out once: a test that stops its broker and starts it again on the same port
+/// must not find another test's broker there (CI saw exactly that: two MQTT tests, one port).
 pub(crate) fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("addr").port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+        let port = l.local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Daemon {
