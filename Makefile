@@ -5,7 +5,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: build test ort ort-arm64 lint fmt deb deb-arm64 build-arm64 clean-ort
+.PHONY: run build test ort ort-arm64 lint fmt deb deb-arm64 build-arm64 clean-ort
 
 # arm64 (DGX Spark) cross build: Debian's cross toolchain and arm64 GStreamer libraries
 # (`dpkg --add-architecture arm64`; see README "arm64 package"), rustup's aarch64 target.
@@ -34,6 +34,23 @@ $(ORT_ARM64_LIB):
 	$(PYTHON) packaging/extract-ort.py $(ORT_ARM64_DIR)/wheel $(ORT_ARM64_DIR)
 
 ort-arm64: $(ORT_ARM64_LIB)
+
+# A foreground daemon from this checkout: builds, installs the configured model into target/models
+# (once; `model pull --if-missing`), serves on target/run/iv.sock with health on RUN_HTTP.
+# `make run MODEL=DIR` serves a local model folder instead (e.g. models/fixtures/tiny-track).
+RUN_CONFIG := packaging/run.toml
+RUN_HTTP ?= 127.0.0.1:8000
+MODEL ?=
+IV := target/release/intelligent-video
+run: build
+	@mkdir -p target/run
+	@$(if $(MODEL),,$(IV) model pull --if-missing --config $(RUN_CONFIG) >/dev/null)
+	@echo "Starting the daemon in the foreground (Ctrl-C stops it). Once it logs \"ready\", from another terminal:"
+	@echo "  curl -s --unix-socket target/run/iv.sock -H 'content-type: image/jpeg' --data-binary @docs/detect-input.jpg \\"
+	@echo "      'http://localhost/v1/detect?query=a+red+square&query=a+blue+disc'"
+	@echo "  curl -s http://$(RUN_HTTP)/api/health"
+	@echo "  $(IV) detect $(if $(MODEL),--model $(MODEL),--config $(RUN_CONFIG)) --query 'a red square' --draw out.jpg docs/detect-input.jpg"
+	exec $(IV) serve --config $(RUN_CONFIG) --http-addr $(RUN_HTTP)$(if $(MODEL), --model $(MODEL))
 
 # Release binary at target/release/intelligent-video, with the library next to it. The library is
 # replaced by a new file (new inode), never rewritten in place under a daemon that has it mapped.

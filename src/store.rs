@@ -2,7 +2,8 @@
 //! checkpoints kept as `<store>/<org>/<name>`. `pull` downloads the files the pipeline needs from a
 //! hub endpoint (`HF_ENDPOINT`, default `https://huggingface.co`), verifies each file's size and hash
 //! (LFS sha256, or the git blob sha1 for small files), writes into a partial folder and renames it into
-//! place, so a failed or interrupted pull never leaves a half model. The daemon never downloads.
+//! place, so a failed or interrupted pull never leaves a half model. `copy_from` installs the same
+//! files from a local model folder (a machine without the hub). The daemon never downloads.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -90,7 +91,18 @@ pub(crate) struct Pulled {
 
 /// The files the pipeline reads, in download order (tokenizer: `tokenizer.json`, else vocab+merges).
 fn wanted(siblings: &[Sibling]) -> Result<Vec<&Sibling>, StoreError> {
-    let has = |n: &str| siblings.iter().any(|s| s.rfilename == n);
+    let names = wanted_names("the repository", |n| {
+        siblings.iter().any(|s| s.rfilename == n)
+    })?;
+    Ok(names
+        .into_iter()
+        .filter_map(|n| siblings.iter().find(|s| s.rfilename == n))
+        .collect())
+}
+
+/// The names of the files the pipeline reads among those `has` says are there; the optional
+/// tokenizer configs are listed and left to the caller to skip when absent.
+fn wanted_names(what: &str, has: impl Fn(&str) -> bool) -> Result<Vec<&'static str>, StoreError> {
     for req in [
         "config.json",
         "preprocessor_config.json",
@@ -98,7 +110,7 @@ fn wanted(siblings: &[Sibling]) -> Result<Vec<&Sibling>, StoreError> {
     ] {
         if !has(req) {
             return Err(StoreError::Missing(format!(
-                "the repository has no {req} (only safetensors checkpoints are supported)"
+                "{what} has no {req} (only safetensors checkpoints are supported)"
             )));
         }
     }
@@ -113,15 +125,12 @@ fn wanted(siblings: &[Sibling]) -> Result<Vec<&Sibling>, StoreError> {
     } else if has("vocab.json") && has("merges.txt") {
         names.extend(["vocab.json", "merges.txt"]);
     } else {
-        return Err(StoreError::Missing(
-            "the repository has neither tokenizer.json nor vocab.json + merges.txt".into(),
-        ));
+        return Err(StoreError::Missing(format!(
+            "{what} has neither tokenizer.json nor vocab.json + merges.txt"
+        )));
     }
     names.push("model.safetensors");
-    Ok(names
-        .into_iter()
-        .filter_map(|n| siblings.iter().find(|s| s.rfilename == n))
-        .collect())
+    Ok(names)
 }
 
 fn agent() -> ureq::Agent {
@@ -141,7 +150,12 @@ fn http_err(url: &str, e: ureq::Error) -> StoreError {
         ureq::Error::StatusCode(401 | 403) => {
             "access denied: gated or private models need a token, not supported yet".to_string()
         }
-        other => other.to_string(),
+        ureq::Error::StatusCode(code) => format!("the hub answered {code}"),
+        other => format!(
+            "{other}: the hub cannot be reached from here. Set HF_ENDPOINT (or --endpoint) to a \
+             reachable mirror, or copy the model folder to this machine and install it with \
+             `intelligent-video model pull --from DIR`"
+        ),
     };
     StoreError::Http {
         url: url.to_string(),
@@ -157,11 +171,65 @@ pub(crate) fn pull(
     endpoint: &str,
     progress: &dyn Fn(&str, u64, u64),
 ) -> Result<Pulled, StoreError> {
-    let (org, name) = parse_id(id)?;
+    parse_id(id)?;
     let endpoint = endpoint.trim_end_matches('/');
     let agent = agent();
     let info = repo_info(&agent, endpoint, id, revision)?;
     let files = wanted(&info.siblings)?;
+    install(store, id, revision, info.sha.clone(), |partial| {
+        let mut written = Vec::new();
+        for f in files {
+            let url = format!("{endpoint}/{id}/resolve/{revision}/{}", f.rfilename);
+            let n = download(&agent, &url, f, &partial.join(&f.rfilename), progress)?;
+            written.push((f.rfilename.clone(), n));
+        }
+        Ok(written)
+    })
+}
+
+/// Installs `id` from a local model folder `src` (a copy of the hub's folder, e.g. made where the
+/// hub is reachable): the same files `pull` takes, copied; the revision records where from.
+pub(crate) fn copy_from(store: &Path, id: &str, src: &Path) -> Result<Pulled, StoreError> {
+    parse_id(id)?;
+    if !src.is_dir() {
+        return Err(StoreError::Missing(format!(
+            "{} is not a folder (expected a model folder with config.json and model.safetensors)",
+            src.display()
+        )));
+    }
+    let names = wanted_names(&src.display().to_string(), |n| src.join(n).is_file())?;
+    let source = std::fs::canonicalize(src).map_err(io(src))?;
+    let revision = format!("local:{}", source.display());
+    install(store, id, &revision, None, |partial| {
+        let mut written = Vec::new();
+        for name in names.into_iter().filter(|n| src.join(n).is_file()) {
+            let (from, to) = (src.join(name), partial.join(name));
+            let n = std::fs::copy(&from, &to).map_err(io(&from))?;
+            std::fs::File::open(&to)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&to))?;
+            written.push((name.to_string(), n));
+        }
+        Ok(written)
+    })
+}
+
+/// Whether `id` is installed in `store` (its folder has `config.json`).
+pub(crate) fn is_installed(store: &Path, id: &str) -> Result<bool, StoreError> {
+    let (org, name) = parse_id(id)?;
+    Ok(store.join(org).join(name).join("config.json").is_file())
+}
+
+/// Fills a partial folder with `fill`, writes the metadata and swaps it into `<store>/<org>/<name>`;
+/// the partial folder is removed when anything fails, so the previous copy stays whole.
+fn install(
+    store: &Path,
+    id: &str,
+    revision: &str,
+    commit: Option<String>,
+    fill: impl FnOnce(&Path) -> Result<Vec<(String, u64)>, StoreError>,
+) -> Result<Pulled, StoreError> {
+    let (org, name) = parse_id(id)?;
     let final_dir = store.join(org).join(name);
     let parent = store.join(org);
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
@@ -169,17 +237,11 @@ pub(crate) fn pull(
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
     let result = (|| {
-        let mut written = Vec::new();
-        for f in files {
-            let url = format!("{endpoint}/{id}/resolve/{revision}/{}", f.rfilename);
-            let n = download(&agent, &url, f, &partial.join(&f.rfilename), progress)?;
-            written.push((f.rfilename.clone(), n));
-        }
         let pulled = Pulled {
             id: id.to_string(),
             revision: revision.to_string(),
-            commit: info.sha.clone(),
-            files: written,
+            commit,
+            files: fill(&partial)?,
             dir: final_dir.clone(),
         };
         let meta = partial.join(META_FILE);

@@ -32,7 +32,7 @@ pub struct BenchArgs {
     /// Encoded image used for the preprocessing measurement (default: a synthetic 1920×1080 frame).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Backend, chosen like the daemon's `IV_OPTIMIZATION_BACKEND` (auto: TensorRT → CUDA → CPU,
+    /// Backend, chosen like the daemon's `IV_OPTIMIZATION_BACKEND` (auto: TensorRT → TensorRT-RTX → CUDA → CPU,
     /// skipping tiers this machine cannot run; the skipped ones are reported).
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendPreference,
@@ -93,6 +93,8 @@ pub struct SideResult {
 pub struct BenchReport {
     pub model: String,
     pub backend: String,
+    /// The engine's precision (`--precision`).
+    pub precision: Precision,
     /// GPU tiers skipped by `--backend auto|tensorrt|cuda`, with the reason.
     pub fallbacks: Vec<crate::engine::Fallback>,
     pub image_size: usize,
@@ -118,6 +120,8 @@ pub struct BenchReport {
     /// What 10 zones, 10 lines and publishing their events add to each frame, measured in
     /// this run.
     pub rules: RulesCost,
+    /// The run in one line a person can paste (the text report's last line).
+    pub summary: String,
 }
 
 /// The rules and their publishing on the tracking scene, against one image's inference.
@@ -269,6 +273,12 @@ impl Progress {
             total,
         }
     }
+    /// Says what the run is doing before its timed part (on a terminal).
+    fn stage(&self, what: &str) {
+        if self.on {
+            eprintln!("{:>9}: {what}", self.label);
+        }
+    }
     fn tick(&self, done: usize) {
         if self.on {
             let width = 30;
@@ -364,14 +374,19 @@ fn measure_side(
         profile,
         ..args.runtime.detector_options()
     };
-    let t = Instant::now();
-    let mut det = load_detector(&args.model, &opts)
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let load_s = t.elapsed().as_secs_f64();
     let b = args.batch_size.max(1);
     let batches = args.num_images.max(1).div_ceil(b);
     let label = if optimize { "optimized" } else { "eager" };
     let bar = Progress::new(label, batches, args.json);
+    bar.stage(if optimize {
+        "loading the model and building the optimized engine"
+    } else {
+        "loading the model without graph optimizations"
+    });
+    let t = Instant::now();
+    let mut det = load_detector(&args.model, &opts)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let load_s = t.elapsed().as_secs_f64();
     let start = Instant::now();
     let lat = time_inference(&mut det, frame, batches, b, &|i| bar.tick(i))?;
     let total = start.elapsed().as_secs_f64();
@@ -498,9 +513,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .map(|e| e.batch_latency.p50_ms / optimized.batch_latency.p50_ms);
     let tracking = tracking_cost(&optimized);
     let rules = rules_cost(&optimized);
-    Ok(BenchReport {
+    let mut report = BenchReport {
         model: args.model.display().to_string(),
         backend,
+        precision,
         fallbacks,
         image_size,
         threads: if args.runtime.threads == 0 {
@@ -522,7 +538,57 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         profile,
         tracking,
         rules,
-    })
+        summary: String::new(),
+    };
+    report.summary = summary_line(&report);
+    Ok(report)
+}
+
+/// The widest SIMD level among this CPU's flags, for the summary.
+fn simd_level(flags: &[&str]) -> &'static str {
+    let has = |f: &str| flags.contains(&f);
+    if has("amx_tile") {
+        "AMX"
+    } else if has("avx512f") {
+        "AVX-512"
+    } else if has("avx2") {
+        "AVX2"
+    } else if has("sve") {
+        "SVE"
+    } else if has("asimd") {
+        "NEON"
+    } else {
+        "no wide SIMD"
+    }
+}
+
+/// One line with what was run, where, and the headline numbers.
+pub fn summary_line(r: &BenchReport) -> String {
+    let model = std::path::Path::new(&r.model)
+        .file_name()
+        .map_or_else(|| r.model.clone(), |n| n.to_string_lossy().to_string());
+    let o = &r.optimized;
+    let mut s = format!(
+        "intelligent-video {} bench: {model} {}x{} on {} {}, {} threads, {} ({}): {:.3} images/s, p50 {:.1} ms per batch of {}",
+        env!("CARGO_PKG_VERSION"),
+        r.image_size,
+        r.image_size,
+        r.backend,
+        r.precision.name(),
+        r.threads,
+        r.cpu_model.as_deref().unwrap_or("unknown CPU"),
+        simd_level(&r.cpu_flags),
+        o.images_per_s,
+        o.batch_latency.p50_ms,
+        o.batch_size,
+    );
+    if let Some(x) = r.speedup {
+        s.push_str(&format!(", {x:.2}x faster than eager"));
+    }
+    if let Some(m) = r.peak_rss_mb {
+        s.push_str(&format!(", peak RSS {m:.0} MiB"));
+    }
+    s
 }
 
 /// Human-readable report.
@@ -583,5 +649,6 @@ pub fn render_text(r: &BenchReport) -> String {
     if let Some(p) = &r.profile {
         s.push_str(&super::ort_profile::render(p, 15));
     }
+    s.push_str(&format!("summary: {}\n", r.summary));
     s
 }

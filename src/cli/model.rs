@@ -11,7 +11,8 @@ use crate::store;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ModelCommand {
-    /// Download a Hugging Face checkpoint (default: the configured model) into the model store.
+    /// Download a Hugging Face checkpoint (default: the configured model) into the model store, or
+    /// install it from a local copy of its folder (--from).
     Pull {
         /// ORG/NAME (default: `model` from the configuration).
         id: Option<String>,
@@ -21,6 +22,13 @@ pub enum ModelCommand {
         /// Hub endpoint.
         #[arg(long, env = "HF_ENDPOINT", default_value = store::DEFAULT_ENDPOINT)]
         endpoint: String,
+        /// Install from this local model folder (config.json, preprocessor_config.json,
+        /// model.safetensors, the tokenizer files) instead of the hub.
+        #[arg(long, value_name = "DIR", conflicts_with = "revision")]
+        from: Option<PathBuf>,
+        /// Do nothing when the model is already installed.
+        #[arg(long)]
+        if_missing: bool,
         #[command(flatten)]
         place: StoreArgs,
     },
@@ -68,10 +76,22 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<()> {
             id,
             revision,
             endpoint,
+            from,
+            if_missing,
             place,
         } => {
             let (dir, cfg) = resolve(place)?;
             let id = id.clone().unwrap_or(cfg.model);
+            if *if_missing && store::is_installed(&dir, &id)? {
+                eprintln!("{id} is already installed in {}", dir.display());
+                return Ok(());
+            }
+            if let Some(src) = from {
+                let copied = store::copy_from(&dir, &id, src)
+                    .with_context(|| format!("cannot install {id} from {}", src.display()))?;
+                println!("{}", serde_json::to_string_pretty(&copied)?);
+                return Ok(());
+            }
             let tty = std::io::stderr().is_terminal();
             let progress = |file: &str, done: u64, total: u64| {
                 if tty {

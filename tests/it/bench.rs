@@ -64,13 +64,46 @@ fn compare_report_and_backend_choice() {
             .iter()
             .map(|f| f["backend"].as_str().expect("name"))
             .collect();
-        assert_eq!(skipped, vec!["tensorrt", "cuda"]);
+        assert_eq!(skipped, vec!["tensorrt", "tensorrt_rtx", "cuda"]);
         assert_eq!(r["fallbacks"][0]["reason"].as_str(), gpu.reason.as_deref());
     }
+    // The one-line summary carries the report's own headline numbers.
+    let summary = r["summary"].as_str().expect("summary");
+    let ips = opt["images_per_s"].as_f64().expect("images/s");
+    for part in [
+        format!(
+            "tiny-a 96x96 on {} fp32",
+            r["backend"].as_str().expect("backend")
+        ),
+        format!("{ips:.3} images/s"),
+        format!("p50 {o:.1} ms per batch of 1"),
+        format!("{speedup:.2}x faster than eager"),
+    ] {
+        assert!(summary.contains(&part), "{part:?} not in {summary:?}");
+    }
+    assert!(!summary.contains('\n'), "{summary:?}");
     let r = json(&bench(&["--backend", "cpu", "--json"]));
     assert_eq!(r["backend"], "cpu");
     assert_eq!(r["fallbacks"], serde_json::json!([]));
     assert!(r["eager"].is_null() && r["speedup"].is_null());
+}
+
+#[test]
+fn the_text_report_ends_with_the_summary_line() {
+    let out = bench(&["--backend", "cpu"]);
+    bin::assert_success(&out);
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let last = text.trim_end().lines().last().expect("a line");
+    assert!(
+        last.starts_with("summary: intelligent-video ") && last.contains(" images/s, p50 "),
+        "{text}"
+    );
+    // Not a terminal: no progress bar, no stage lines on stderr.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains('\r') && !err.contains("loading the model"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -23,7 +23,7 @@ const FILES: [&str; 6] = [
 
 /// Serves `acme/tiny-owl` at revision `main`; with `corrupt`, model.safetensors has a flipped byte.
 fn stand_in_hub(corrupt: Arc<AtomicBool>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let l = TcpListener::bind(("127.0.0.1", crate::support::daemon::free_port())).expect("bind");
     let port = l.local_addr().expect("addr").port();
     let dir = fixtures::model_dir("tiny-a");
     let siblings: Vec<serde_json::Value> = FILES
@@ -112,6 +112,17 @@ fn model(args: &[&str], store: &std::path::Path, port: u16) -> Output {
         .expect("runs")
 }
 
+/// `detect` with the installed model folder succeeds.
+fn assert_detects_with(dir: &std::path::Path) {
+    let det = bin::command()
+        .args(["detect", "--query", "person", "--model"])
+        .arg(dir)
+        .arg(fixtures::image_path("small_pad.png"))
+        .output()
+        .expect("detect");
+    bin::assert_success(&det);
+}
+
 #[test]
 fn pull_verifies_installs_atomically_lists_and_removes() {
     let corrupt = Arc::new(AtomicBool::new(false));
@@ -133,17 +144,7 @@ fn pull_verifies_installs_atomically_lists_and_removes() {
         "only the files the pipeline needs"
     );
     // The pulled model serves detections.
-    let det = bin::command()
-        .args(["detect", "--query", "person", "--model"])
-        .arg(&dir)
-        .arg(fixtures::image_path("small_pad.png"))
-        .output()
-        .expect("detect");
-    assert!(
-        det.status.success(),
-        "{}",
-        String::from_utf8_lossy(&det.stderr)
-    );
+    assert_detects_with(&dir);
 
     let list = model(&["list"], store.path(), port);
     let text = String::from_utf8(list.stdout).expect("utf8");
@@ -189,4 +190,101 @@ fn pull_verifies_installs_atomically_lists_and_removes() {
     let out = model(&["rm", "acme/tiny-owl"], store.path(), port);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not installed"));
+}
+
+/// Port 1 on loopback: nothing listens there, so a pull fails to connect (no network involved).
+const NO_HUB: u16 = 1;
+
+#[test]
+fn an_unreachable_hub_is_one_line_that_says_what_to_do() {
+    let store = tempfile::tempdir().expect("tmp");
+    let out = model(&["pull", "acme/tiny-owl"], store.path(), NO_HUB);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for needle in ["HF_ENDPOINT", "--endpoint", "model pull --from DIR"] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    assert!(!store.path().join("acme/tiny-owl").exists());
+}
+
+#[test]
+fn pull_from_a_local_folder_installs_without_the_hub() {
+    let store = tempfile::tempdir().expect("tmp");
+    let src = fixtures::model_dir("tiny-b"); // vocab.json + merges.txt, no tokenizer.json
+    let out = model(
+        &[
+            "pull",
+            "acme/local-owl",
+            "--from",
+            src.to_str().expect("utf8"),
+        ],
+        store.path(),
+        NO_HUB,
+    );
+    bin::assert_success(&out);
+    let dir = store.path().join("acme/local-owl");
+    for f in [
+        "config.json",
+        "preprocessor_config.json",
+        "vocab.json",
+        "merges.txt",
+        "model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(dir.join(f)).expect("copied"),
+            std::fs::read(src.join(f)).expect("fixture"),
+            "{f}"
+        );
+    }
+    let list = model(&["list"], store.path(), NO_HUB);
+    let text = String::from_utf8(list.stdout).expect("utf8");
+    assert!(
+        text.starts_with("acme/local-owl\t") && text.contains("local:"),
+        "{text}"
+    );
+    assert_detects_with(&dir);
+
+    // --if-missing keeps what is there (and needs no hub); without it, --from replaces it whole.
+    let before = std::fs::metadata(dir.join("model.safetensors"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let out = model(
+        &["pull", "acme/local-owl", "--if-missing"],
+        store.path(),
+        NO_HUB,
+    );
+    bin::assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already installed"));
+    let after = std::fs::metadata(dir.join("model.safetensors"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(before, after);
+
+    // A folder that is not a model is refused by name, and leaves neither a model nor a partial folder.
+    let not_model = tempfile::tempdir().expect("tmp");
+    std::fs::copy(
+        src.join("config.json"),
+        not_model.path().join("config.json"),
+    )
+    .expect("copy");
+    let out = model(
+        &[
+            "pull",
+            "acme/broken",
+            "--from",
+            not_model.path().to_str().expect("utf8"),
+        ],
+        store.path(),
+        NO_HUB,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no preprocessor_config.json"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(store.path().join("acme"))
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, vec!["local-owl".to_string()]);
 }
