@@ -20,7 +20,7 @@ r = json.load(open(sys.argv[1]))
 print(json.dumps({"check": "bench", "backend": r["backend"], "fallbacks": r["fallbacks"]}))
 if r["backend"] == "cpu":
     names = [f["backend"] for f in r["fallbacks"]]
-    assert names == ["tensorrt", "cuda"], names
+    assert names == ["tensorrt", "tensorrt_rtx", "cuda"], names
     for f in r["fallbacks"]:
         assert "libcuda" not in f["reason"], "the GPU was not discovered: " + f["reason"]
 PY

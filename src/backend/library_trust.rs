@@ -2,7 +2,8 @@
 //! initialisers, so a library that a less privileged user can replace (a file, a provider library
 //! beside it, or a folder above them, such as `<state_dir>/runtimes/`, which the service user
 //! owns) would run that user's code as root. [`check`] accepts a library only when the file, every
-//! `libonnxruntime*` file beside it (the providers ONNX Runtime loads from its own folder) and
+//! `libonnxruntime*` file beside it (the providers ONNX Runtime loads from its own folder), every
+//! CUDA library beside it (what a GPU build preloads, `runtimes::preload`) and
 //! every folder above them up to `/` are owned by root (or the process's own user) and not
 //! writable by group or others; a root-owned sticky folder (`/tmp`) may be writable, since nobody
 //! else can rename or remove what is not theirs in it. Links are resolved first: what is checked is
@@ -13,7 +14,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::runtimes::is_runtime_library;
+use crate::runtimes::is_installed_library;
 
 /// Write permission for group or others.
 const GROUP_OTHER_WRITE: u32 = 0o022;
@@ -59,7 +60,7 @@ pub(crate) fn check(library: &Path, euid: u32) -> Result<PathBuf, UntrustedLibra
         for entry in std::fs::read_dir(folder).map_err(unreadable(folder))? {
             let entry = entry.map_err(unreadable(folder))?;
             let name = entry.file_name();
-            if !name.to_str().is_some_and(is_runtime_library) {
+            if !name.to_str().is_some_and(is_installed_library) {
                 continue;
             }
             match entry.path().canonicalize() {

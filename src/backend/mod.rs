@@ -77,6 +77,16 @@ pub enum Provider {
         /// TensorRT timing cache folder (shared by every engine build; none = in memory).
         timing_cache: Option<PathBuf>,
     },
+    /// TensorRT-RTX's plugin EP (ONNX Runtime's EP ABI, registered from the loaded build's folder):
+    /// engines built just in time, their kernels kept in its runtime cache.
+    TensorRtRtx {
+        /// Largest image batch of the optimisation profile (profiles cover 1..=max_batch).
+        max_batch: usize,
+        /// Largest query count of the text graph's profile (1..=max_queries).
+        max_queries: usize,
+        /// TensorRT-RTX's runtime cache folder (none = in memory).
+        runtime_cache: Option<PathBuf>,
+    },
     /// CUDA EP; TF32 is always off (exact fp32).
     Cuda {
         /// `reduce-overhead`: capture CUDA graphs.
@@ -88,11 +98,17 @@ pub enum Provider {
     Cpu,
 }
 
+/// The execution provider name TensorRT-RTX's plugin registers its devices under.
+pub const TENSORRT_RTX_EP: &str = "NvTensorRTRTXExecutionProvider";
+/// Its plugin library in an installed build's folder.
+pub const TENSORRT_RTX_PLUGIN: &str = "libonnxruntime_providers_nv_tensorrt_rtx.so";
+
 impl Provider {
     /// Short name shown in APIs.
     pub fn name(&self) -> &'static str {
         match self {
             Provider::TensorRt { .. } => "tensorrt",
+            Provider::TensorRtRtx { .. } => "tensorrt_rtx",
             Provider::Cuda { .. } => "cuda",
             Provider::Cpu => "cpu",
         }
@@ -100,9 +116,10 @@ impl Provider {
 
     /// Whether this provider has a saved artifact worth caching: the ONNX Runtime-optimised graphs
     /// on the CPU, the built engines (as EP-context models) for TensorRT. The CUDA provider's
-    /// session set-up is cheap and its optimised graph is not portable, so it is not cached.
+    /// session set-up is cheap and its optimised graph is not portable, so it is not cached;
+    /// TensorRT-RTX keeps its own runtime cache (EP-context models for it are not written yet).
     pub fn caches_artifacts(&self) -> bool {
-        !matches!(self, Provider::Cuda { .. })
+        !matches!(self, Provider::Cuda { .. } | Provider::TensorRtRtx { .. })
     }
 }
 

@@ -65,6 +65,32 @@ pub fn tensorrt_options(
     o
 }
 
+/// TensorRT-RTX plugin EP options (`tensorrt_rtx_provider_options.h` of its wheel), each key
+/// prefixed with the EP's name as `SessionBuilder::with_devices` expects: the optimisation profile
+/// (batch 1..=max) and the runtime cache file of just-in-time kernels.
+pub fn tensorrt_rtx_options(
+    input: &ProfileInput,
+    graph: Graph,
+    runtime_cache: Option<&Path>,
+) -> Vec<(String, String)> {
+    let key = |k: &str| format!("{}.{k}", super::TENSORRT_RTX_EP);
+    let shape = |b: usize| format!("{}:{b}x{}", input.name, input.dims);
+    let mut o = vec![
+        (key("nv_profile_min_shapes"), shape(1)),
+        (key("nv_profile_opt_shapes"), shape(1)),
+        (key("nv_profile_max_shapes"), shape(input.max_batch.max(1))),
+    ];
+    if let Some(dir) = runtime_cache {
+        o.push((
+            key("nv_runtime_cache_path"),
+            dir.join(format!("{}.cache", graph.name()))
+                .display()
+                .to_string(),
+        ));
+    }
+    o
+}
+
 /// ONNX Runtime CUDA provider options: TF32 off (exact fp32), CUDA graphs for the image graph with
 /// `reduce-overhead`, exhaustive cuDNN search with `max-autotune`.
 pub fn cuda_options(
@@ -109,6 +135,34 @@ mod tests {
             dims: "3x960x960".into(),
             max_batch: 4,
         }
+    }
+
+    #[test]
+    fn tensorrt_rtx_options_are_keyed_by_its_ep_name() {
+        let o = tensorrt_rtx_options(&image_input(), Graph::Image, Some(Path::new("/c/rtx")));
+        let get = |k: &str| {
+            o.iter()
+                .find(|(key, _)| key == &format!("NvTensorRTRTXExecutionProvider.{k}"))
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            get("nv_profile_min_shapes"),
+            Some("pixel_values:1x3x960x960")
+        );
+        assert_eq!(
+            get("nv_profile_opt_shapes"),
+            Some("pixel_values:1x3x960x960")
+        );
+        assert_eq!(
+            get("nv_profile_max_shapes"),
+            Some("pixel_values:4x3x960x960")
+        );
+        assert_eq!(get("nv_runtime_cache_path"), Some("/c/rtx/image.cache"));
+        assert_eq!(o.len(), 4);
+        assert_eq!(
+            tensorrt_rtx_options(&image_input(), Graph::Text, None).len(),
+            3
+        );
     }
 
     #[test]

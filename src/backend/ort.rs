@@ -12,7 +12,7 @@ use ort::value::TensorRef;
 
 use ort::ep::{ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
 
-use super::options::{cuda_options, tensorrt_options, ProfileInput};
+use super::options::{cuda_options, tensorrt_options, tensorrt_rtx_options, ProfileInput};
 use super::{Backend, BackendError, GraphSource, ImageBatch, Provider, SessionPlan};
 use crate::model::graphs::IMAGE_OUTPUTS;
 use crate::vocab::Graph;
@@ -24,6 +24,38 @@ pub const PACKAGED_LIBRARY_DIR: &str = "/usr/lib/intelligent-video";
 
 static RUNTIME: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> =
     OnceLock::new();
+/// The CUDA libraries preloaded from the loaded build's folder (empty: none carried, or no driver).
+static PRELOADED: OnceLock<Vec<crate::runtimes::preload::Preloaded>> = OnceLock::new();
+
+/// The CUDA libraries preloaded from the loaded build's folder, once ONNX Runtime is loaded.
+pub(crate) fn preloaded_cuda_libraries() -> Vec<crate::runtimes::preload::Preloaded> {
+    PRELOADED.get().cloned().unwrap_or_default()
+}
+
+/// Preloads the CUDA libraries `folder` carries when the NVIDIA driver is there to use them (no
+/// driver: the GPU tiers are skipped anyway, and nothing is mapped for nothing).
+fn preload_cuda(folder: &Path) -> Vec<crate::runtimes::preload::Preloaded> {
+    use crate::runtimes::preload;
+    if preload::carried(folder).is_empty() {
+        return Vec::new();
+    }
+    // SAFETY: the NVIDIA driver's library, opened as ONNX Runtime's CUDA provider opens it; it is
+    // closed again at once (the GPU probe and the providers open it themselves).
+    if unsafe { libloading::Library::new("libcuda.so.1") }.is_err() {
+        tracing::info!(folder = %folder.display(), "the build carries CUDA libraries; no NVIDIA driver, so they are not loaded");
+        return Vec::new();
+    }
+    let report = preload::preload(folder);
+    for p in &report {
+        if p.status == "loaded" {
+            tracing::debug!(library = %p.library, "preloaded from the build");
+        } else {
+            tracing::warn!(library = %p.library, reason = %p.status, "a CUDA library of the build does not load");
+        }
+    }
+    tracing::info!(folder = %folder.display(), libraries = report.len(), "CUDA libraries preloaded from the build");
+    report
+}
 
 fn lib_in(dir: &Path) -> Option<PathBuf> {
     let plain = dir.join("libonnxruntime.so");
@@ -106,6 +138,9 @@ pub fn runtime(
         .get_or_init(|| {
             let path = find_library(explicit.as_deref()).map_err(|e| e.to_string())?;
             let path = loadable_by_this_process(&path).map_err(|e| e.to_string())?;
+            if let Some(folder) = path.parent() {
+                let _ = PRELOADED.set(preload_cuda(folder));
+            }
             let builder = ort::init_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let env = builder
                 .with_name("intelligent-video")
@@ -154,6 +189,35 @@ fn intra_op_threads(plan: &SessionPlan<'_>) -> (usize, Option<String>) {
     }
 }
 
+/// Registers a plugin execution-provider library (ONNX Runtime's EP ABI, e.g. TensorRT-RTX's
+/// `libonnxruntime_providers_nv_tensorrt_rtx.so`) with the loaded runtime and returns the devices
+/// it offers as "EP on vendor type" lines; `Err` holds ONNX Runtime's reason (a missing library,
+/// typically the NVIDIA driver's).
+pub(crate) fn register_plugin(
+    name: &str,
+    library: &Path,
+    explicit: Option<&Path>,
+) -> Result<Vec<String>, BackendError> {
+    let (env, _) = runtime(explicit)?;
+    env.register_ep_library(name, library)
+        .map_err(|e| BackendError::Library(e.to_string()))?;
+    Ok(env
+        .devices()
+        .filter_map(|d| {
+            let ep = d.ep().ok()?;
+            (ep != "CPUExecutionProvider").then(|| {
+                let hw = d.hardware_device();
+                format!(
+                    "{ep} on {} {:?} {}",
+                    hw.vendor().unwrap_or("?"),
+                    hw.ty(),
+                    hw.id()
+                )
+            })
+        })
+        .collect())
+}
+
 /// The execution providers the loaded ONNX Runtime was built with, among those the daemon uses.
 pub fn compiled_providers() -> Vec<&'static str> {
     let mut v = vec!["CPUExecutionProvider"];
@@ -172,6 +236,7 @@ pub fn provider_available(provider: &Provider, library: Option<&Path>) -> Result
     runtime(library)?;
     let (ep_name, available) = match provider {
         Provider::Cpu => return Ok(()),
+        Provider::TensorRtRtx { .. } => return tensorrt_rtx_available(library),
         Provider::TensorRt { .. } => (
             "TensorrtExecutionProvider",
             ort::ep::TensorRT::is_available(),
@@ -186,6 +251,40 @@ pub fn provider_available(provider: &Provider, library: Option<&Path>) -> Result
             runtime_path().map(|p| p.display().to_string()).unwrap_or_default()
         ))),
         Err(e) => Err(BackendError::Library(format!("{}: {e}", provider.name()))),
+    }
+}
+
+/// TensorRT-RTX's plugin, registered once per process from the loaded build's folder.
+static RTX_PLUGIN: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Whether TensorRT-RTX's plugin EP is in the loaded build, registers, and offers a GPU.
+fn tensorrt_rtx_available(library: Option<&Path>) -> Result<(), BackendError> {
+    let unavailable = |why: String| BackendError::Library(format!("tensorrt_rtx: {why}"));
+    let plugin = runtime_path()
+        .and_then(|p| p.parent().map(|d| d.join(super::TENSORRT_RTX_PLUGIN)))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            unavailable(format!(
+                "the loaded ONNX Runtime build has no TensorRT-RTX plugin ({}; x86_64: intelligent-video runtime install --pip onnxruntime-gpu==1.31.1 onnxruntime-ep-nv-tensorrt-rtx-cu13)",
+                super::TENSORRT_RTX_PLUGIN
+            ))
+        })?;
+    RTX_PLUGIN
+        .get_or_init(|| {
+            let (env, _) = runtime(library).map_err(|e| e.to_string())?;
+            env.register_ep_library("NvTensorRtRtx", &plugin)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| unavailable(format!("its plugin cannot be registered: {e}")))?;
+    let (env, _) = runtime(library)?;
+    if env
+        .devices()
+        .any(|d| d.ep().is_ok_and(|ep| ep == super::TENSORRT_RTX_EP))
+    {
+        Ok(())
+    } else {
+        Err(unavailable("its plugin offers no device here".into()))
     }
 }
 
@@ -206,7 +305,8 @@ fn execution_providers(
             .error_on_failure()
     }
     match provider {
-        Provider::Cpu => Vec::new(),
+        // Plugin EPs are chosen by device (`SessionBuilder::with_devices`), not registered here.
+        Provider::Cpu | Provider::TensorRtRtx { .. } => Vec::new(),
         Provider::Cuda {
             cuda_graphs,
             exhaustive_conv,
@@ -330,6 +430,15 @@ fn session(
             .with_execution_providers(eps)
             .map_err(|e| err(format!("{} execution provider: {e}", plan.provider.name())))?;
     }
+    if let Provider::TensorRtRtx { runtime_cache, .. } = &plan.provider {
+        let options = tensorrt_rtx_options(input, graph, runtime_cache.as_deref());
+        let devices = env
+            .devices()
+            .filter(|d| d.ep().is_ok_and(|ep| ep == super::TENSORRT_RTX_EP));
+        b = b
+            .with_devices(devices, Some(&options))
+            .map_err(|e| err(format!("tensorrt_rtx execution provider: {e}")))?;
+    }
     match source {
         GraphSource::Build(bytes) | GraphSource::BuildAndSave { bytes, .. } => {
             b.commit_from_memory(bytes).map_err(|e| err(e.to_string()))
@@ -347,6 +456,11 @@ impl OrtBackend {
         provider_available(&plan.provider, plan.library)?;
         let (max_batch, max_queries) = match &plan.provider {
             Provider::TensorRt {
+                max_batch,
+                max_queries,
+                ..
+            }
+            | Provider::TensorRtRtx {
                 max_batch,
                 max_queries,
                 ..

@@ -143,6 +143,7 @@ pub fn diagnose(cfg: &Config) -> Report {
     checks.push(cpu_check(cfg));
     checks.push(gpu_check());
     checks.extend(gpu_libraries(ort_dir.as_deref()));
+    checks.extend(installed_runtimes(cfg));
     checks.push(backend_choice(cfg));
     checks.push(gstreamer(cfg));
     let ok = checks.iter().all(|c| c.status != Status::Fail);
@@ -302,12 +303,12 @@ fn gpu_libraries(ort_dir: Option<&Path>) -> Vec<Check> {
         lib(
             "cuda",
             gpu::cuda_runtime_version(ort_dir),
-            "for the CUDA and TensorRT backends: install the CUDA 13 runtime (libcudart.so.13)",
+            "for the CUDA and TensorRT backends: intelligent-video runtime install --pip onnxruntime-gpu==1.31.1 (brings the CUDA 13 libraries), or install the CUDA 13 runtime (libcudart.so.13)",
         ),
         lib(
             "cudnn",
             gpu::cudnn_version(ort_dir),
-            "for the CUDA backend: install cuDNN 9 for CUDA 13 (libcudnn.so.9)",
+            "for the CUDA backend: intelligent-video runtime install --pip onnxruntime-gpu==1.31.1 (brings cuDNN 9), or install cuDNN 9 for CUDA 13 (libcudnn.so.9)",
         ),
     ];
     let trt = match (gpu::tensorrt_version(ort_dir), gpu::tensorrt11_version(ort_dir)) {
@@ -327,6 +328,96 @@ fn gpu_libraries(ort_dir: Option<&Path>) -> Vec<Check> {
     };
     v.push(trt);
     v
+}
+
+/// Each installed build's providers: which load on this host and, for the others, the library the
+/// loader misses and what installs it. The active build is probed again now (in a child process, its
+/// CUDA libraries preloaded as the daemon does); the others show what their install found.
+fn installed_runtimes(cfg: &Config) -> Vec<Check> {
+    let Ok(all) = crate::runtimes::list(&cfg.state_dir) else {
+        return Vec::new();
+    };
+    all.iter()
+        .map(|r| {
+            let (libs, when) = if r.active {
+                match super::runtime::probe_provider_libraries(&cfg.state_dir, &r.path) {
+                    Ok(libs) => (libs, "now"),
+                    Err(e) => {
+                        return check(
+                            "runtime",
+                            Status::Warn,
+                            format!("{} (active) does not load: {e:#}", r.info.name),
+                            Some(
+                                "intelligent-video runtime use packaged, or install it again"
+                                    .into(),
+                            ),
+                        )
+                    }
+                }
+            } else {
+                (r.info.provider_libraries.clone(), "at install")
+            };
+            runtime_check(&r.info.name, r.active, &libs, when)
+        })
+        .collect()
+}
+
+/// One build's verdict from its provider libraries' statuses ("ok" or the loader's reason).
+fn runtime_check(name: &str, active: bool, libs: &[(String, String)], when: &str) -> Check {
+    let provider = |lib: &str| {
+        lib.trim_start_matches("libonnxruntime_providers_")
+            .trim_end_matches(".so")
+            .to_string()
+    };
+    if libs.is_empty() {
+        return check(
+            "runtime",
+            Status::Ok,
+            format!(
+                "{name}{}: CPU only (no GPU provider libraries)",
+                if active { " (active)" } else { "" }
+            ),
+            None,
+        );
+    }
+    let ok: Vec<String> = libs
+        .iter()
+        .filter(|(_, s)| s == "ok")
+        .map(|(l, _)| provider(l))
+        .collect();
+    let missing: Vec<&(String, String)> = libs.iter().filter(|(_, s)| s != "ok").collect();
+    let mut detail = format!(
+        "{name}{}: providers that load {when}: {}",
+        if active { " (active)" } else { "" },
+        if ok.is_empty() {
+            "none".to_string()
+        } else {
+            ok.join(", ")
+        }
+    );
+    for (lib, why) in &missing {
+        detail.push_str(&format!("; {} cannot: {why}", provider(lib)));
+    }
+    let fix = missing
+        .first()
+        .map(|(_, why)| missing_library_fix(why).to_string());
+    let status = if missing.is_empty() {
+        Status::Ok
+    } else {
+        Status::Warn
+    };
+    check("runtime", status, detail, fix)
+}
+
+/// The one command (or step) that supplies the library a loader message names.
+fn missing_library_fix(why: &str) -> &'static str {
+    if why.contains("libcuda.so") {
+        "install the NVIDIA driver (it provides libcuda.so.1; the build carries the rest of CUDA)"
+    } else if why.contains("libnvinfer") || why.contains("libnvonnxparser") {
+        "TensorRT 10: sudo apt install libnvinfer10 libnvonnxparsers10 (NVIDIA's repository); the CUDA tier does not need it"
+    } else {
+        "install the build again with its CUDA libraries: intelligent-video runtime install --pip onnxruntime-gpu==1.31.1 --force"
+    }
 }
 
 fn backend_choice(cfg: &Config) -> Check {
@@ -416,4 +507,47 @@ fn gstreamer(cfg: &Config) -> Check {
         );
     }
     check("gstreamer", Status::Ok, format!("{version}; {hw}"), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runtime_check_names_each_missing_library_and_its_fix() {
+        let libs = vec![
+            (
+                "libonnxruntime_providers_cuda.so".to_string(),
+                "libcuda.so.1: cannot open shared object file: No such file or directory"
+                    .to_string(),
+            ),
+            (
+                "libonnxruntime_providers_tensorrt.so".to_string(),
+                "libnvinfer.so.10: cannot open shared object file: No such file or directory"
+                    .to_string(),
+            ),
+        ];
+        let c = runtime_check("onnxruntime-gpu-1.31.1", true, &libs, "now");
+        assert_eq!(c.status, Status::Warn);
+        assert_eq!(
+            c.detail,
+            "onnxruntime-gpu-1.31.1 (active): providers that load now: none; cuda cannot: libcuda.so.1: cannot open shared object file: No such file or directory; tensorrt cannot: libnvinfer.so.10: cannot open shared object file: No such file or directory"
+        );
+        assert!(c
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("NVIDIA driver")));
+        assert!(missing_library_fix("libnvinfer.so.10: cannot open").contains("libnvinfer10"));
+        assert!(missing_library_fix("libcublasLt.so.13: cannot open").contains("--pip"));
+        let ok = runtime_check(
+            "b",
+            false,
+            &[("libonnxruntime_providers_cuda.so".into(), "ok".into())],
+            "at install",
+        );
+        assert_eq!(
+            (ok.status, ok.detail.as_str()),
+            (Status::Ok, "b: providers that load at install: cuda")
+        );
+    }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::ort as ort_backend;
 use crate::config::{Config, ConfigOverrides};
+use crate::runtimes::preload::{self, Preloaded};
 use crate::runtimes::{self, RuntimeInfo};
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -18,8 +19,17 @@ pub enum RuntimeCommand {
     /// folder with libonnxruntime.so* and its provider libraries; check that it loads; make the
     /// daemon use it from its next start.
     Install {
-        /// Wheel (.whl), tarball (.tar, .tar.gz, .tgz) or folder.
-        source: PathBuf,
+        /// Wheels (.whl), tarballs (.tar, .tar.gz, .tgz) or folders, installed together as one
+        /// build: ONNX Runtime's and the CUDA libraries beside it (e.g. `onnxruntime-gpu` and the
+        /// `nvidia-*` wheels of its `cuda` and `cudnn` extras, copied from a machine with pip).
+        #[arg(required_unless_present = "pip", conflicts_with = "pip")]
+        sources: Vec<PathBuf>,
+        /// Download with pip for this machine's architecture and install, e.g.
+        /// `onnxruntime-gpu==1.31.1` (its `cuda` and `cudnn` extras are added: the CUDA 13 runtime,
+        /// cuBLAS, cuRAND, cuFFT, NVRTC, cuDNN 9). pip's own configuration applies (index,
+        /// `PIP_FIND_LINKS`, `PIP_NO_INDEX`, proxies).
+        #[arg(long, num_args = 1.., value_name = "SPEC")]
+        pip: Vec<String>,
         /// Name of the installed build (default: from the source's file name).
         #[arg(long)]
         name: Option<String>,
@@ -89,20 +99,37 @@ struct Probe {
     path: PathBuf,
     providers: Vec<String>,
     provider_libraries: Vec<(String, String)>,
+    #[serde(default)]
+    cuda_libraries: Vec<Preloaded>,
+    #[serde(default)]
+    cuda: Option<String>,
+    #[serde(default)]
+    cudnn: Option<String>,
+    #[serde(default)]
+    plugins: Vec<(String, String)>,
 }
 
 /// Runs a runtime command; prints its result on stdout.
 pub fn run(cmd: &RuntimeCommand) -> anyhow::Result<()> {
     match cmd {
         RuntimeCommand::Install {
-            source,
+            sources,
+            pip,
             name,
             force,
             no_activate,
             place,
         } => {
             let (state, cfg) = place.resolve()?;
-            install(&state, source, name.as_deref(), *force, !*no_activate)?;
+            let downloaded;
+            let sources = if pip.is_empty() {
+                sources.clone()
+            } else {
+                let into = runtimes::root(&state).join(format!(".wheels-{}", std::process::id()));
+                downloaded = super::pip::download(pip, into)?;
+                downloaded.wheels.clone()
+            };
+            install(&state, &sources, name.as_deref(), *force, !*no_activate)?;
             if let Some(p) = &cfg.onnxruntime_path {
                 eprintln!(
                     "warning: onnxruntime_path ({}) is configured and takes precedence over installed builds",
@@ -117,8 +144,13 @@ pub fn run(cmd: &RuntimeCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 for r in &all {
+                    let cuda = match (&r.info.cuda, &r.info.cudnn) {
+                        (Some(c), Some(d)) => format!("CUDA {c}, cuDNN {d}"),
+                        (Some(c), None) => format!("CUDA {c}"),
+                        _ => "no CUDA libraries".to_string(),
+                    };
                     println!(
-                        "{} {}\t{}\t{}\t{}",
+                        "{} {}\t{}\t{}\t{cuda}\t{}",
                         if r.active { "*" } else { " " },
                         r.info.name,
                         r.info.version,
@@ -151,7 +183,23 @@ pub fn run(cmd: &RuntimeCommand) -> anyhow::Result<()> {
         }
         RuntimeCommand::Probe { folder } => {
             let version = ort_backend::ensure_runtime(Some(folder))?;
+            // The CUDA libraries the build carries, loaded as the daemon loads them (here even
+            // without a driver), so the providers' check below sees what the daemon would.
+            let cuda_libraries = preload::preload(folder);
+            let carried = |stem: &str| {
+                cuda_libraries
+                    .iter()
+                    .any(|p| p.library.starts_with(stem) && p.status == "loaded")
+            };
             let probe = Probe {
+                cuda: carried("libcudart.so.")
+                    .then(|| crate::gpu::cuda_runtime_version(Some(folder)).ok())
+                    .flatten(),
+                cudnn: carried("libcudnn.so.")
+                    .then(|| crate::gpu::cudnn_version(Some(folder)).ok())
+                    .flatten(),
+                plugins: plugins(folder),
+                cuda_libraries,
                 version,
                 path: ort_backend::runtime_path().unwrap_or_default(),
                 providers: ort_backend::compiled_providers()
@@ -169,33 +217,43 @@ pub fn run(cmd: &RuntimeCommand) -> anyhow::Result<()> {
 /// Extracts, probes and commits a build; makes it active when asked.
 fn install(
     state: &Path,
-    source: &Path,
+    sources: &[PathBuf],
     name: Option<&str>,
     force: bool,
     activate: bool,
 ) -> anyhow::Result<()> {
+    let main = main_source(sources);
     let name = name
         .map(String::from)
-        .unwrap_or_else(|| runtimes::default_name(source));
+        .unwrap_or_else(|| runtimes::default_name(main));
     runtimes::check_name(&name)?;
     if !force && runtimes::root(state).join(&name).exists() {
         bail!(runtimes::RuntimeError::Exists(name));
     }
     let staging = runtimes::staging_dir(state)?;
     let result = (|| {
-        let files = runtimes::extract::extract(source, &staging)?;
-        let probe = probe(state, &staging)
-            .with_context(|| format!("{} does not load", source.display()))?;
+        let files = runtimes::extract::extract_all(sources, &staging, runtimes::Limits::DEFAULT)?;
+        let probe =
+            probe(state, &staging).with_context(|| format!("{} does not load", main.display()))?;
         let info = RuntimeInfo {
             name: name.clone(),
             version: probe.version,
             providers: probe.providers,
             provider_libraries: probe.provider_libraries,
-            source: source
-                .canonicalize()
-                .unwrap_or_else(|_| source.to_path_buf())
-                .display()
-                .to_string(),
+            cuda_libraries: probe.cuda_libraries,
+            cuda: probe.cuda,
+            cudnn: probe.cudnn,
+            plugins: probe.plugins,
+            source: sources
+                .iter()
+                .map(|s| {
+                    s.canonicalize()
+                        .unwrap_or_else(|_| s.clone())
+                        .display()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
             files,
         };
         let dir = runtimes::commit(state, &staging, &info, force)?;
@@ -218,6 +276,22 @@ fn install(
         dir.display()
     );
     println!("providers: {}", info.providers.join(", "));
+    if let Some(c) = &info.cuda {
+        println!(
+            "carries CUDA {c}{} ({} libraries)",
+            info.cudnn
+                .as_deref()
+                .map(|v| format!(", cuDNN {v}"))
+                .unwrap_or_default(),
+            info.cuda_libraries.len()
+        );
+    }
+    for (lib, status) in &info.plugins {
+        println!("  plugin {lib}: {status}");
+    }
+    for p in info.cuda_libraries.iter().filter(|p| p.status != "loaded") {
+        println!("  {}: {}", p.library, p.status);
+    }
     for (lib, status) in &info.provider_libraries {
         println!("  {lib}: {status}");
     }
@@ -225,6 +299,30 @@ fn install(
         println!("active: the daemon loads it at its next start (systemctl restart intelligent-video); `intelligent-video doctor` shows which backend it will use");
     }
     Ok(())
+}
+
+/// The source that names the build: ONNX Runtime's own wheel or archive (`onnxruntime_gpu-…`,
+/// `onnxruntime-…`), not a plugin EP's (`onnxruntime_ep_…`) nor an `nvidia-*` one; else the first.
+fn main_source(sources: &[PathBuf]) -> &Path {
+    sources
+        .iter()
+        .find(|s| {
+            s.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy().replace('-', "_");
+                n.starts_with("onnxruntime") && !n.starts_with("onnxruntime_ep_")
+            })
+        })
+        .or(sources.first())
+        .map_or(Path::new("onnxruntime"), PathBuf::as_path)
+}
+
+/// The build in `folder`'s provider libraries, each "ok" or the loader's reason, as a child
+/// process that preloads its CUDA libraries finds them now (`doctor`).
+pub(crate) fn probe_provider_libraries(
+    state: &Path,
+    folder: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(probe(state, folder)?.provider_libraries)
 }
 
 /// Loads the build in a child process (`runtime probe`): a process loads ONNX Runtime only once,
@@ -270,6 +368,35 @@ fn probe_user(state: &Path) -> anyhow::Result<Option<(u32, u32)>> {
     }
     let meta = std::fs::metadata(state).with_context(|| format!("{}", state.display()))?;
     Ok((meta.uid() != 0).then_some((meta.uid(), meta.gid())))
+}
+
+/// The plugin execution providers of the build (ONNX Runtime's EP ABI: TensorRT-RTX's
+/// `libonnxruntime_providers_nv_tensorrt_rtx.so`), each registered with the loaded runtime: the
+/// devices it offers, or ONNX Runtime's reason it cannot be registered.
+fn plugins(folder: &Path) -> Vec<(String, String)> {
+    const PLUGINS: [(&str, &str); 1] = [(
+        "libonnxruntime_providers_nv_tensorrt_rtx.so",
+        "NvTensorRtRtx",
+    )];
+    PLUGINS
+        .iter()
+        .filter(|(lib, _)| folder.join(lib).is_file())
+        .map(|(lib, name)| {
+            let status = match ort_backend::register_plugin(name, &folder.join(lib), Some(folder)) {
+                Ok(devices) if devices.is_empty() => {
+                    "registered; it offers no device here".to_string()
+                }
+                Ok(devices) => format!("registered; devices: {}", devices.join(", ")),
+                // ONNX Runtime's message names the staging folder; keep the loader's words.
+                Err(e) => {
+                    let e = e.to_string();
+                    let why = e.rsplit_once("with error: ").map_or(e.as_str(), |(_, w)| w);
+                    format!("cannot be registered: {why}")
+                }
+            };
+            (lib.to_string(), status)
+        })
+        .collect()
 }
 
 /// Each execution-provider library of the build (other than the shared helper) with "ok" when

@@ -1,5 +1,5 @@
 //! `intelligent-video serve` and `intelligent-video config check`: configuration loading, logging
-//! setup, signals, malloc's arena cap, and the engine loader (the TensorRT → CUDA → CPU chain)
+//! setup, signals, malloc's arena cap, and the engine loader (the TensorRT → TensorRT-RTX → CUDA → CPU chain)
 //! handed to `server::run`.
 
 use std::path::PathBuf;
@@ -86,7 +86,7 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-/// The model loader used by the daemon: the TensorRT → CUDA → CPU chain of `crate::engine`.
+/// The model loader used by the daemon: the TensorRT → TensorRT-RTX → CUDA → CPU chain of `crate::engine`.
 pub fn engine_loader(cfg: Config) -> Loader {
     Box::new(move |status: StatusFn| {
         let dir = cfg.installed_model_dir()?;
@@ -123,6 +123,7 @@ pub fn engine_loader(cfg: Config) -> Loader {
             gpu: Some(engine.gpu),
             onnxruntime_version: crate::backend::ort::runtime_version(),
             onnxruntime_path: crate::backend::ort::runtime_path(),
+            cuda_libraries: crate::backend::ort::preloaded_cuda_libraries(),
             image_size: det.config.image_size,
             warmup_ms: 0.0,
         };

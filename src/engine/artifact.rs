@@ -101,6 +101,8 @@ pub fn artifact_key(
             Some(gpu::tensorrt_version(libs.as_deref()).map_err(EngineError::Key)?),
             *max_queries,
         ),
+        // TensorRT-RTX picks its own precisions; it does not cache through here (yet).
+        Provider::TensorRtRtx { max_queries, .. } => ("auto", gpu_device(gpu), None, *max_queries),
         Provider::Cuda { .. } => (Precision::Fp32.name(), gpu_device(gpu), None, 0),
     };
     let on_gpu = *provider != Provider::Cpu;

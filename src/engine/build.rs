@@ -104,7 +104,7 @@ impl DetectorOptions {
     /// islands); it fuses plain attention itself.
     fn attention(&self) -> Attention {
         match self.provider {
-            Provider::TensorRt { .. } => Attention::Unfused,
+            Provider::TensorRt { .. } | Provider::TensorRtRtx { .. } => Attention::Unfused,
             _ => self.attention,
         }
     }

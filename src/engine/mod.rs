@@ -1,6 +1,6 @@
 //! The engine: the one owner of turning a model directory into a running `Detector`. It opens the
 //! model directory and tokenizer once, picks the provider (the explicit fallback chain
-//! TensorRT → CUDA → CPU for `auto`, GPU discovery and pre-checks first, each failed tier recorded
+//! TensorRT → TensorRT-RTX → CUDA → CPU for `auto`, GPU discovery and pre-checks first, each failed tier recorded
 //! with its reason for `/api/optimization` and the log) and the cache entry, and hands the backend
 //! one `SessionPlan`. `build` decides the graph forms and sources, `artifact` owns the cached
 //! artifact's files and key.
@@ -76,13 +76,21 @@ pub fn chain(cfg: &EngineSettings) -> Vec<Provider> {
         // Shared by all engine builds; created when TensorRT is tried.
         timing_cache: cfg.optimize.then(|| cfg.cache_dir.join("tensorrt-timing")),
     };
+    let rtx = Provider::TensorRtRtx {
+        max_batch: cfg.max_batch,
+        max_queries: cfg.max_queries,
+        runtime_cache: cfg
+            .optimize
+            .then(|| cfg.cache_dir.join("tensorrt-rtx-runtime")),
+    };
     let cuda = Provider::Cuda {
         cuda_graphs: cfg.cuda_graphs,
         exhaustive_conv: cfg.exhaustive_conv,
     };
     match cfg.backend {
-        BackendPreference::Auto => vec![trt, cuda, Provider::Cpu],
+        BackendPreference::Auto => vec![trt, rtx, cuda, Provider::Cpu],
         BackendPreference::Tensorrt => vec![trt, Provider::Cpu],
+        BackendPreference::TensorrtRtx => vec![rtx, Provider::Cpu],
         BackendPreference::Cuda | BackendPreference::TorchCompile => vec![cuda, Provider::Cpu],
         BackendPreference::Cpu | BackendPreference::Eager => vec![Provider::Cpu],
     }
@@ -160,6 +168,16 @@ fn with_timing_cache_folder(mut provider: Provider) -> Provider {
         if let Some(Err(e)) = tc.as_deref().map(std::fs::create_dir_all) {
             tracing::warn!(error = %e, "no TensorRT timing cache folder; timing cache in memory");
             *tc = None;
+        }
+    }
+    if let Provider::TensorRtRtx {
+        runtime_cache: rc @ Some(_),
+        ..
+    } = &mut provider
+    {
+        if let Some(Err(e)) = rc.as_deref().map(std::fs::create_dir_all) {
+            tracing::warn!(error = %e, "no TensorRT-RTX runtime cache folder; its cache stays in memory");
+            *rc = None;
         }
     }
     provider
@@ -287,7 +305,7 @@ mod tests {
         let (p, fb) = first_available(&c.engine());
         assert_eq!(p, Provider::Cpu);
         let names: Vec<&str> = fb.iter().map(|f| f.backend.as_str()).collect();
-        assert_eq!(names, vec!["tensorrt", "cuda"]);
+        assert_eq!(names, vec!["tensorrt", "tensorrt_rtx", "cuda"]);
         for f in &fb {
             assert_eq!(Some(&f.reason), gpu.reason.as_ref());
         }
@@ -302,7 +320,26 @@ mod tests {
                 .map(|p| p.name())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(&c), vec!["tensorrt", "cuda", "cpu"]);
+        assert_eq!(names(&c), vec!["tensorrt", "tensorrt_rtx", "cuda", "cpu"]);
+        c.optimization_backend = BackendPreference::TensorrtRtx;
+        assert_eq!(names(&c), vec!["tensorrt_rtx", "cpu"]);
+        match &chain(&c.engine())[0] {
+            Provider::TensorRtRtx {
+                max_batch,
+                max_queries,
+                runtime_cache,
+            } => {
+                assert_eq!(
+                    (*max_batch, *max_queries),
+                    (c.max_batch_size, c.max_queries)
+                );
+                assert_eq!(
+                    runtime_cache.as_deref(),
+                    Some(c.cache_dir.join("tensorrt-rtx-runtime").as_path())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         c.optimization_backend = BackendPreference::TorchCompile;
         assert_eq!(names(&c), vec!["cuda", "cpu"]);
         c.optimization_backend = BackendPreference::Eager;

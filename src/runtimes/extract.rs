@@ -1,5 +1,7 @@
-//! Copying ONNX Runtime's library files out of what `runtime install` is given (a wheel, a
-//! tarball or a folder) into a staging folder, within the archive [`Limits`].
+//! Copying ONNX Runtime's library files, and the CUDA libraries its GPU providers need, out of
+//! what `runtime install` is given (wheels, tarballs or folders: `onnxruntime-gpu` and the
+//! `nvidia-*` wheels of its `cuda`/`cudnn` extras, say) into one staging folder, within the
+//! archive [`Limits`] (each source its own).
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::Read;
@@ -7,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::{io, is_runtime_library, Limits, RuntimeError, FILE_MODE};
+use super::{io, is_installed_library, Limits, RuntimeError, FILE_MODE};
 
 /// The kind of source `runtime install` was given.
 enum SourceKind {
@@ -46,36 +48,43 @@ fn source_kind(source: &Path) -> Result<SourceKind, RuntimeError> {
 
 /// Copies ONNX Runtime's library files from `source` (wheel, tarball or folder) into `staging`.
 /// Returns the file names; fails when there is no `libonnxruntime.so*` among them.
+#[cfg(test)]
 pub(crate) fn extract(source: &Path, staging: &Path) -> Result<Vec<String>, RuntimeError> {
     extract_with(source, staging, Limits::DEFAULT)
 }
 
 /// [`extract`] with the archive bounds given.
+#[cfg(test)]
 pub(crate) fn extract_with(
     source: &Path,
     staging: &Path,
     limits: Limits,
 ) -> Result<Vec<String>, RuntimeError> {
-    let mut budget = Budget {
-        archive: source,
-        limits,
-        members: 0,
-        bytes: 0,
-    };
-    let mut files = match source_kind(source)? {
-        SourceKind::Wheel => extract_zip(source, staging, &mut budget)?,
-        SourceKind::Tar { gzip } => extract_tar(source, staging, gzip, &mut budget)?,
-        SourceKind::Folder => copy_folder(source, staging)?,
-    };
+    extract_all(&[source.to_path_buf()], staging, limits)
+}
+
+/// Copies the libraries of every source into `staging`, as one build: ONNX Runtime's own and the
+/// CUDA libraries beside it ([`is_installed_library`]). Sources without any (the `numpy` or
+/// `protobuf` wheels pip brings along) add nothing. Fails when no source had `libonnxruntime.so*`.
+pub(crate) fn extract_all(
+    sources: &[std::path::PathBuf],
+    staging: &Path,
+    limits: Limits,
+) -> Result<Vec<String>, RuntimeError> {
+    let mut files = Vec::new();
+    for source in sources {
+        files.extend(extract_one(source, staging, limits)?);
+    }
     files.sort();
     files.dedup();
     if !files
         .iter()
         .any(|f| f == "libonnxruntime.so" || f.starts_with("libonnxruntime.so."))
     {
+        let names: Vec<String> = sources.iter().map(|s| s.display().to_string()).collect();
         return Err(RuntimeError::BadSource(format!(
             "{}: no libonnxruntime.so* inside (found: {})",
-            source.display(),
+            names.join(", "),
             if files.is_empty() {
                 "no ONNX Runtime library".to_string()
             } else {
@@ -84,6 +93,21 @@ pub(crate) fn extract_with(
         )));
     }
     Ok(files)
+}
+
+/// The library files of one source, written into `staging`.
+fn extract_one(source: &Path, staging: &Path, limits: Limits) -> Result<Vec<String>, RuntimeError> {
+    let mut budget = Budget {
+        archive: source,
+        limits,
+        members: 0,
+        bytes: 0,
+    };
+    match source_kind(source)? {
+        SourceKind::Wheel => extract_zip(source, staging, &mut budget),
+        SourceKind::Tar { gzip } => extract_tar(source, staging, gzip, &mut budget),
+        SourceKind::Folder => copy_folder(source, staging),
+    }
 }
 
 /// What an archive has used of its [`Limits`] so far.
@@ -178,7 +202,7 @@ fn extract_zip(
         else {
             continue;
         };
-        if !is_runtime_library(&name) {
+        if !is_installed_library(&name) {
             continue;
         }
         write_member(&mut member, size, staging, &name)?;
@@ -219,7 +243,7 @@ fn extract_tar(
                 .unwrap_or_default(),
             Err(_) => continue,
         };
-        if !is_runtime_library(&name) {
+        if !is_installed_library(&name) {
             continue;
         }
         write_member(&mut entry, size, staging, &name)?;
@@ -234,7 +258,7 @@ fn copy_folder(source: &Path, staging: &Path) -> Result<Vec<String>, RuntimeErro
     for entry in std::fs::read_dir(&folder).map_err(io(source.display()))? {
         let entry = entry.map_err(io(source.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !is_runtime_library(&name) {
+        if !is_installed_library(&name) {
             continue;
         }
         let Some((mut file, size)) = open_in_folder(&entry.path(), &folder)? else {
@@ -272,7 +296,7 @@ fn open_in_folder(path: &Path, folder: &Path) -> Result<Option<(File, u64)>, Run
         && target
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(is_runtime_library);
+            .is_some_and(is_installed_library);
     if (is_link && sibling_library) || !target.is_file() {
         return Ok(None);
     }

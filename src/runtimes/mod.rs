@@ -37,7 +37,8 @@ const DIR_MODE: u32 = 0o755;
 /// Bounds on what one wheel or tarball may unpack to, checked at each member's header before its
 /// content is read, so an archive bomb is refused before it fills the disk. Far above a real
 /// build: PyPI's `onnxruntime-gpu` 1.31.1 wheel (x86_64) has 355 members and 350 MB unpacked
-/// (its CUDA provider alone is 284 MB).
+/// (its CUDA provider alone is 284 MB); the largest CUDA wheel, `nvidia-cudnn-cu13` 9.28, 33
+/// members and 941 MB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
     /// Sum of the members' uncompressed sizes, of those skipped too (a tarball is read through).
@@ -48,7 +49,7 @@ pub(crate) struct Limits {
 
 impl Limits {
     pub(crate) const DEFAULT: Limits = Limits {
-        total_bytes: 1 << 30,
+        total_bytes: 4 << 30,
         members: 10_000,
     };
 }
@@ -65,7 +66,7 @@ pub(crate) enum RuntimeError {
     Exists(String),
     #[error("invalid runtime name {0:?}: use letters, digits, '.', '_' and '-'")]
     BadName(String),
-    #[error("{archive}: refused: {what} (a bound against archive bombs; a real onnxruntime-gpu wheel has about 360 members and 350 MB)")]
+    #[error("{archive}: refused: {what} (a bound against archive bombs; a real onnxruntime-gpu wheel has about 360 members and 350 MB, cuDNN's 941 MB)")]
     ArchiveLimit { archive: String, what: String },
     #[error("{path} is a symbolic link to {target}, outside the source folder {folder}: refused (copy the file itself into the folder)")]
     OutsideSource {
@@ -92,7 +93,20 @@ pub(crate) struct RuntimeInfo {
     /// (e.g. a CUDA or TensorRT library missing).
     #[serde(default)]
     pub provider_libraries: Vec<(String, String)>,
-    /// The wheel, tarball or folder it was installed from.
+    /// The CUDA libraries it carries (from the `nvidia-*` wheels), each "loaded" or why not.
+    #[serde(default)]
+    pub cuda_libraries: Vec<preload::Preloaded>,
+    /// The CUDA runtime version it carries (`libcudart`), when it carries one.
+    #[serde(default)]
+    pub cuda: Option<String>,
+    /// The cuDNN version it carries, when it carries one.
+    #[serde(default)]
+    pub cudnn: Option<String>,
+    /// Plugin execution providers it carries (TensorRT-RTX's), each with the devices it offered
+    /// when registered with ONNX Runtime, or ONNX Runtime's reason it could not be.
+    #[serde(default)]
+    pub plugins: Vec<(String, String)>,
+    /// The wheels, tarballs or folders it was installed from (space-separated).
     pub source: String,
     /// Library files installed.
     pub files: Vec<String>,
@@ -338,11 +352,45 @@ fn loader_message(e: &libloading::Error) -> String {
 /// Whether a file name is one of ONNX Runtime's libraries (`libonnxruntime.so*`,
 /// `libonnxruntime_providers_*.so`).
 pub(crate) fn is_runtime_library(name: &str) -> bool {
-    name.starts_with("libonnxruntime") && (name.ends_with(".so") || name.contains(".so."))
+    name.starts_with("libonnxruntime") && is_shared_object(name)
+}
+
+/// The NVIDIA libraries a build carries beside ONNX Runtime (from the `nvidia-*` wheels or a
+/// folder): what its CUDA and TensorRT providers link or open. Not cuBLAS's BLAS wrapper
+/// (`libnvblas`) nor cuFFT's FFTW layer (`libcufftw`), which nothing here loads. TensorRT-RTX's
+/// plugin wheel adds its TensorRT-RTX, parser, plugins and shim libraries.
+const NVIDIA_LIBRARIES: [&str; 15] = [
+    "libcudart.so",
+    "libcublas.so",
+    "libcublasLt.so",
+    "libcurand.so",
+    "libcufft.so",
+    "libnvrtc.so",
+    "libnvrtc-builtins.so",
+    "libnvJitLink.so",
+    "libcudnn",
+    "libnvinfer",
+    "libnvonnxparser",
+    "libtensorrt_rtx.so",
+    "libtensorrt_onnxparser_rtx.so",
+    "libtensorrt_plugins.so",
+    "libtensorrt_shim.so",
+];
+
+/// Whether `runtime install` keeps a file: ONNX Runtime's libraries and [`NVIDIA_LIBRARIES`].
+pub(crate) fn is_installed_library(name: &str) -> bool {
+    is_runtime_library(name)
+        || (is_shared_object(name) && NVIDIA_LIBRARIES.iter().any(|p| name.starts_with(p)))
+}
+
+fn is_shared_object(name: &str) -> bool {
+    name.ends_with(".so") || name.contains(".so.")
 }
 
 /// Copying a source's library files into a staging folder (it imports this module; this module
 /// imports nothing of it).
 pub(crate) mod extract;
+/// Loading a build's CUDA libraries before its providers.
+pub(crate) mod preload;
 #[cfg(test)]
 mod tests;

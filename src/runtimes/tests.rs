@@ -9,6 +9,10 @@ fn info(name: &str) -> RuntimeInfo {
         version: "1.31.1".into(),
         providers: vec!["CPUExecutionProvider".into()],
         provider_libraries: Vec::new(),
+        cuda_libraries: Vec::new(),
+        cuda: None,
+        cudnn: None,
+        plugins: Vec::new(),
         source: "test".into(),
         files: vec!["libonnxruntime.so.1.31.1".into()],
     }
@@ -121,6 +125,74 @@ fn folders_tarballs_and_wheels_give_the_library_files() {
         .expect_err("missing")
         .to_string();
     assert!(e.contains("no such file or folder"), "{e}");
+}
+
+#[test]
+fn several_wheels_make_one_build_with_the_nvidia_libraries() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let wheel = |name: &str, members: &[&str]| {
+        let path = tmp.path().join(name);
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).expect("create"));
+        for m in members {
+            z.start_file(*m, zip::write::SimpleFileOptions::default())
+                .expect("start");
+            std::io::Write::write_all(&mut z, m.as_bytes()).expect("write");
+        }
+        z.finish().expect("finish");
+        path
+    };
+    let sources = [
+        wheel(
+            "onnxruntime_gpu-1.31.1-cp311-cp311-linux_x86_64.whl",
+            &[
+                "onnxruntime/capi/libonnxruntime.so.1.31.1",
+                "onnxruntime/capi/libonnxruntime_providers_cuda.so",
+            ],
+        ),
+        wheel(
+            "nvidia_cublas-13.10.0.20-py3-none-manylinux_2_5_x86_64.whl",
+            &[
+                "nvidia/cu13/lib/libcublas.so.13",
+                "nvidia/cu13/lib/libcublasLt.so.13",
+                "nvidia/cu13/lib/libnvblas.so.13",
+                "nvidia/cu13/include/cublas_api.h",
+            ],
+        ),
+        wheel(
+            "nvidia_cudnn_cu13-9.28.1.4-py3-none-manylinux_2_27_x86_64.whl",
+            &[
+                "nvidia/cudnn/lib/libcudnn.so.9",
+                "nvidia/cudnn/lib/libcudnn_graph.so.9",
+            ],
+        ),
+        wheel(
+            "numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl",
+            &["numpy/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so"],
+        ),
+    ];
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    let files = extract::extract_all(&sources, &out, Limits::DEFAULT).expect("one build");
+    assert_eq!(
+        files,
+        [
+            "libcublas.so.13",
+            "libcublasLt.so.13",
+            "libcudnn.so.9",
+            "libcudnn_graph.so.9",
+            "libonnxruntime.so.1.31.1",
+            "libonnxruntime_providers_cuda.so"
+        ]
+    );
+    assert_eq!(
+        std::fs::read(out.join("libcudnn_graph.so.9")).expect("copied"),
+        b"nvidia/cudnn/lib/libcudnn_graph.so.9"
+    );
+    // The CUDA wheels alone are no build.
+    let e = extract::extract_all(&sources[1..], &out, Limits::DEFAULT)
+        .expect_err("no ONNX Runtime")
+        .to_string();
+    assert!(e.contains("no libonnxruntime.so* inside"), "{e}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `runtime install|list|use|rm`: a build installed from PyPI's CPU wheel is the one the daemon
-//! and `doctor` load; the real `onnxruntime-gpu` wheel installs, lists CUDA and TensorRT, names
-//! the libraries its providers miss here, and the daemon falls back to the CPU with the reasons;
+//! and `doctor` load; the real `onnxruntime-gpu` wheel and its CUDA wheels install with `--pip`,
+//! list CUDA and TensorRT, preload the CUDA libraries so that the CUDA provider misses only the
+//! driver, and the daemon falls back to the CPU with the reasons;
 //! bad sources and names (and a folder's link out of it) are refused clearly; installed files get
 //! fixed modes whatever the source's and the umask; as root, a build another user could replace is
 //! not loaded, and a root install into the service user's state folder is probed as that user.
@@ -53,6 +54,19 @@ fn list(state: &Path) -> Value {
     serde_json::from_slice(&out.stdout).expect("list JSON")
 }
 
+/// `doctor --json` with `state` as the state folder and the rest under `tmp`.
+fn doctor_report(state: &Path, tmp: &Path) -> Value {
+    let doc = bin::command()
+        .args(["doctor", "--json"])
+        .env("IV_STATE_DIR", state)
+        .env("IV_CACHE_DIR", tmp.join("cache"))
+        .env("IV_SOCKET_PATH", tmp.join("run/d.sock"))
+        .env("IV_MODEL", fixtures::model_dir("tiny-a"))
+        .output()
+        .expect("doctor runs");
+    serde_json::from_slice(&doc.stdout).expect("doctor JSON")
+}
+
 /// The CPU wheel the Makefile downloads (`make ort`).
 fn cpu_wheel() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnxruntime/wheel");
@@ -85,15 +99,7 @@ fn an_installed_cpu_wheel_is_what_doctor_and_the_daemon_load() {
     assert!(lib.is_file());
 
     // doctor names it as the library it loads.
-    let doc = bin::command()
-        .args(["doctor", "--json"])
-        .env("IV_STATE_DIR", &state)
-        .env("IV_CACHE_DIR", tmp.path().join("cache"))
-        .env("IV_SOCKET_PATH", tmp.path().join("run/d.sock"))
-        .env("IV_MODEL", fixtures::model_dir("tiny-a"))
-        .output()
-        .expect("doctor runs");
-    let report: Value = serde_json::from_slice(&doc.stdout).expect("doctor JSON");
+    let report = doctor_report(&state, tmp.path());
     let ort = report["checks"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["name"] == "onnxruntime"))
@@ -198,6 +204,37 @@ fn bad_sources_and_names_are_refused_and_leave_nothing() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
         assert!(text(&out).contains(want), "{args:?}: {}", text(&out));
     }
+    // --pip: a Python without pip, and a spec pip cannot find (offline, an empty link folder), are
+    // clear errors that leave no download folder.
+    let empty = tmp.path().join("no-wheels");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let pip = |python: &str| {
+        bin::command()
+            .args([
+                "runtime",
+                "install",
+                "--pip",
+                "onnxruntime-gpu==1.31.1",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .env("PYTHON", python)
+            .env("PIP_NO_INDEX", "1")
+            .env("PIP_FIND_LINKS", &empty)
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            .output()
+            .expect("runtime runs")
+    };
+    let out = pip("/nonexistent/python3");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("install python3-pip, or download the wheels on another machine"),
+        "{}",
+        text(&out)
+    );
+    let out = pip("python3");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("pip download failed"), "{}", text(&out));
     // No staging folder or half install is left behind.
     let left: Vec<_> = std::fs::read_dir(state.join("runtimes"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
@@ -322,21 +359,38 @@ fn root_does_not_load_a_runtime_other_users_can_write() {
     assert_eq!(as_service["status"], "ok", "{as_service}");
 }
 
-/// The real `onnxruntime-gpu` wheel (CUDA 13, TensorRT 10 provider), when `TEST_ONNXRUNTIME_GPU_WHEEL`
-/// names it (`.ci/run` downloads it; required under CI).
+/// The real `onnxruntime-gpu` wheel (CUDA 13, TensorRT 10 provider) and the `nvidia-*` wheels of its
+/// `cuda` and `cudnn` extras, installed with `runtime install --pip` from the folder
+/// `TEST_ONNXRUNTIME_GPU_WHEELS` names through pip's own settings (`PIP_NO_INDEX`,
+/// `PIP_FIND_LINKS`: no network); `.ci/run` downloads them, and they are required under CI.
 #[test]
-fn the_gpu_wheel_installs_and_the_daemon_falls_back_with_reasons() {
-    let Some(wheel) = std::env::var_os("TEST_ONNXRUNTIME_GPU_WHEEL").map(PathBuf::from) else {
+fn the_gpu_wheels_install_with_pip_and_the_daemon_falls_back_with_reasons() {
+    let Some(wheels) = std::env::var_os("TEST_ONNXRUNTIME_GPU_WHEELS").map(PathBuf::from) else {
         assert!(
             std::env::var_os("CI").is_none(),
-            "TEST_ONNXRUNTIME_GPU_WHEEL must name the onnxruntime-gpu wheel under CI"
+            "TEST_ONNXRUNTIME_GPU_WHEELS must name the folder of the GPU wheels under CI"
         );
-        eprintln!("skipped: TEST_ONNXRUNTIME_GPU_WHEEL is not set");
+        eprintln!("skipped: TEST_ONNXRUNTIME_GPU_WHEELS is not set");
         return;
     };
     let tmp = tempfile::tempdir().expect("tmp");
     let state = tmp.path().join("state");
-    let out = runtime(&state, &["install", wheel.to_str().expect("utf8")]);
+    // TensorRT-RTX's plugin EP wheel is published for x86_64 only.
+    let rtx = wheel_in(&wheels, "onnxruntime_ep_nv_tensorrt_rtx").is_some();
+    let mut specs = vec!["onnxruntime-gpu==1.31.1"];
+    if rtx {
+        specs.push("onnxruntime-ep-nv-tensorrt-rtx-cu13==0.5.0");
+    }
+    let out = bin::command()
+        .args(["runtime", "install", "--pip"])
+        .args(&specs)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("PIP_NO_INDEX", "1")
+        .env("PIP_FIND_LINKS", &wheels)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .output()
+        .expect("runtime runs");
     assert!(out.status.success(), "{}", text(&out));
     let l = list(&state);
     assert_eq!(l[0]["name"], "onnxruntime-gpu-1.31.1", "{l}");
@@ -354,21 +408,130 @@ fn the_gpu_wheel_installs_and_the_daemon_falls_back_with_reasons() {
         "libonnxruntime_providers_cuda.so",
         "libonnxruntime_providers_shared.so",
         "libonnxruntime_providers_tensorrt.so",
+        "libcudnn_graph.so.9",
     ] {
         assert!(files.contains(f), "{f} not installed: {files}");
     }
-    // Each provider library is reported with "ok" or the loader's reason.
+    assert!(
+        !files.contains("numpy") && !files.contains("libnvblas"),
+        "{files}"
+    );
+    // The CUDA libraries it carries load from its folder, in dependency order, with no driver.
+    let carried: Vec<(String, String)> = l[0]["cuda_libraries"]
+        .as_array()
+        .expect("cuda_libraries")
+        .iter()
+        .map(|p| {
+            (
+                p["library"].as_str().expect("library").to_string(),
+                p["status"].as_str().expect("status").to_string(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = carried.iter().map(|(n, _)| n.as_str()).collect();
+    let mut expected = vec!["libcudart.so.13"];
+    if rtx {
+        expected.extend([
+            "libtensorrt_rtx.so.1.7.1",
+            "libtensorrt_onnxparser_rtx.so.1.7.1",
+        ]);
+    }
+    expected.extend([
+        "libnvJitLink.so.13",
+        "libcublasLt.so.13",
+        "libcublas.so.13",
+        "libcurand.so.10",
+        "libcufft.so.12",
+        "libnvrtc.so.13",
+        "libcudnn.so.9",
+    ]);
+    assert_eq!(names, expected);
+    assert!(carried.iter().all(|(_, s)| s == "loaded"), "{carried:?}");
+    // The plugin EP registers with ONNX Runtime, or its registration error is the reason given.
+    let plugins = l[0]["plugins"].as_array().expect("plugins");
+    assert_eq!(plugins.len(), usize::from(rtx), "{plugins:?}");
+    if let Some(p) = plugins.first() {
+        assert_eq!(p[0], "libonnxruntime_providers_nv_tensorrt_rtx.so");
+        let status = p[1].as_str().expect("status");
+        if intelligent_video::gpu::discover().available {
+            assert!(status.starts_with("registered"), "{status}");
+        } else {
+            assert_eq!(
+                status,
+                "cannot be registered: libcuda.so.1: cannot open shared object file: No such file or directory"
+            );
+        }
+    }
+    assert!(
+        l[0]["cuda"].as_str().is_some_and(|v| v.starts_with("13.")),
+        "{l}"
+    );
+    assert!(
+        l[0]["cudnn"].as_str().is_some_and(|v| v.starts_with("9.")),
+        "{l}"
+    );
+    // With them preloaded, the CUDA provider misses nothing but the NVIDIA driver (where there is
+    // none); the TensorRT provider misses TensorRT 10, which no wheel here carries.
     let libs = l[0]["provider_libraries"]
         .as_array()
         .expect("provider_libraries");
-    assert_eq!(libs.len(), 2, "{libs:?}");
+    assert_eq!(libs.len(), 2 + usize::from(rtx), "{libs:?}");
+    let gpu = intelligent_video::gpu::discover();
     for pair in libs {
-        let status = pair[1].as_str().expect("status");
+        let (lib, status) = (
+            pair[0].as_str().expect("name"),
+            pair[1].as_str().expect("status"),
+        );
+        match lib {
+            "libonnxruntime_providers_cuda.so" | "libonnxruntime_providers_nv_tensorrt_rtx.so"
+                if !gpu.available =>
+            {
+                assert_eq!(
+                    status,
+                    "libcuda.so.1: cannot open shared object file: No such file or directory"
+                )
+            }
+            "libonnxruntime_providers_tensorrt.so" => assert!(
+                status == "ok" || status.starts_with("libnvinfer.so.10: cannot open"),
+                "{pair}"
+            ),
+            _ => assert!(status == "ok" || status.contains("cannot open"), "{pair}"),
+        }
+    }
+    // doctor probes the active build again and names what each provider misses, with the fix.
+    let report = doctor_report(&state, tmp.path());
+    let rt = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "runtime"))
+        .expect("runtime check");
+    let detail = rt["detail"].as_str().expect("detail");
+    assert!(
+        detail.starts_with("onnxruntime-gpu-1.31.1 (active): providers that load now: "),
+        "{rt}"
+    );
+    if !gpu.available {
+        assert_eq!(rt["status"], "warn", "{rt}");
         assert!(
-            status == "ok" || status.contains("cannot open shared object file"),
-            "{pair}"
+            detail.contains("cuda cannot: libcuda.so.1: cannot open shared object file"),
+            "{rt}"
+        );
+        assert!(
+            rt["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("NVIDIA driver")),
+            "{rt}"
         );
     }
+    let leftovers: Vec<String> = std::fs::read_dir(state.join("runtimes"))
+        .expect("runtimes")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "downloads or staging left: {leftovers:?}"
+    );
 
     // The daemon loads it, and with no usable GPU here serves on the CPU, saying why.
     let model = fixtures::model_dir("tiny-a");
@@ -396,12 +559,19 @@ fn the_gpu_wheel_installs_and_the_daemon_falls_back_with_reasons() {
             .as_array()
             .expect("fallbacks");
         let names: Vec<_> = fallbacks.iter().map(|f| f["backend"].clone()).collect();
-        assert_eq!(names, ["tensorrt", "cuda"], "{o}");
+        assert_eq!(names, ["tensorrt", "tensorrt_rtx", "cuda"], "{o}");
         assert!(
-            fallbacks
-                .iter()
-                .all(|f| f["reason"].as_str().is_some_and(|r| !r.is_empty())),
+            fallbacks.iter().all(|f| f["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("NVIDIA driver"))),
             "{o}"
+        );
+    }
+    if o["gpu_available"] == false {
+        assert_eq!(
+            o["cuda_libraries"],
+            serde_json::json!([]),
+            "no driver: nothing preloaded"
         );
     }
     d.assert_detects();
