@@ -3,7 +3,9 @@
 # installs the .deb with apt, points it at the tiny fixture model, and checks the service as users
 # see it: start returns after READY with the daemon's STATUS line, health, detection for a member of
 # intelligent-video-clients (refused for others), restart under a looping client, clean stop,
-# reinstall keeping an edited config, purge removing state and cache. Needs root, debootstrap and
+# reinstall keeping an edited config, purge removing state and cache; with TEST_GPU_WHEELS (a
+# folder of onnxruntime-gpu and its nvidia-* wheels for the package's architecture), `runtime install`
+# of them and the daemon's CPU fallback with that build. Needs root, debootstrap and
 # systemd-container (installed by .ci/run).
 #
 # --arch arm64 does the same for the arm64 package in an arm64 Debian booted under qemu-user
@@ -135,6 +137,12 @@ if [ "$arch" != amd64 ]; then
         models/fixtures/images/small_pad.png >"$work/detect-amd64.json" || fail "amd64 detect"
     python3 packaging/compare-detections.py "$work/detect-amd64.json" "$work/detect.json" || fail "$arch detections differ from amd64"
 fi
+step "the web console on the socket for the client group, not on the health port"
+ct runuser -u alice -- curl -sf --unix-socket /run/intelligent-video.sock http://localhost/ | grep -c '<script src="/ui/app.js"' >/dev/null ||
+    fail "console page"
+ct runuser -u alice -- curl -sf --unix-socket /run/intelligent-video.sock http://localhost/ui/app.js | grep -c 'Intelligent Video console' >/dev/null ||
+    fail "console script"
+[ "$(ct curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/)" = 404 ] || fail "the console is served on the health port"
 if ct runuser -u bob -- curl -s --unix-socket /run/intelligent-video.sock -H 'content-type: image/png' \
     --data-binary @/opt/ivtest/img.png 'http://localhost/v1/detect?query=person' >/dev/null 2>&1; then
     fail "bob was not refused"
@@ -159,6 +167,36 @@ echo "requests $total: 200=$ok 503=$busy"
 [ "$total" -eq 150 ] || fail "client loop incomplete"
 [ $((ok + busy)) -eq "$total" ] || { grep -v -e '^0 200$' -e '^0 503$' "$work/loop.txt" | head; fail "lost or failed requests across restart"; }
 [ "$ok" -gt 0 ] || fail "no successful request"
+fi
+
+if [ -n "${TEST_GPU_WHEELS:-}" ]; then
+step "runtime install of the GPU wheels: the CUDA provider misses only the driver; the daemon serves on the CPU"
+# onnxruntime-gpu and the nvidia-* wheels of its cuda and cudnn extras, for this architecture, copied
+# in as a machine without pip would (runtime install FILE...), installed as the service user. The
+# container has no NVIDIA driver: with the CUDA libraries preloaded from the build, the loader must
+# miss libcuda.so.1 and nothing else.
+mkdir -p "$root/opt/ivtest/wheels"
+cp "$TEST_GPU_WHEELS"/onnxruntime_gpu-*.whl "$TEST_GPU_WHEELS"/nvidia_*.whl "$root/opt/ivtest/wheels/"
+props=(-p User=intelligent-video)
+[ "$arch" = amd64 ] || props+=(-p BindReadOnlyPaths=/opt/ivtest/cpuinfo:/proc/cpuinfo)
+ct systemd-run --quiet --wait --pipe "${props[@]}" /bin/sh -c \
+    'intelligent-video runtime install /opt/ivtest/wheels/*.whl' >"$work/runtime.txt" 2>&1 || { cat "$work/runtime.txt"; fail "runtime install"; }
+cat "$work/runtime.txt"
+grep -qx '  libonnxruntime_providers_cuda.so: libcuda.so.1: cannot open shared object file: No such file or directory' "$work/runtime.txt" ||
+    fail "the CUDA provider should miss only libcuda.so.1"
+grep -q '^carries CUDA 13\.[0-9]*, cuDNN 9\.' "$work/runtime.txt" || fail "the build should carry CUDA 13 and cuDNN 9"
+rm -rf "$root/opt/ivtest/wheels"
+ct systemctl restart intelligent-video || { ct journalctl -u intelligent-video --no-pager | tail -n 30; fail "restart with the GPU build"; }
+ct curl -sf http://127.0.0.1:8000/api/optimization >"$work/optimization.json" || fail "optimization"
+python3 - "$work/optimization.json" <<'PY' || fail "the daemon should load the GPU build and fall back to the CPU for want of the driver"
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["onnxruntime_path"].endswith("/runtimes/onnxruntime-gpu-1.31.1/libonnxruntime.so.1.31.1"), o["onnxruntime_path"]
+assert o["optimization"]["backend"] == "cpu", o["optimization"]
+reasons = [f["reason"] for f in o["optimization"]["fallbacks"]]
+assert reasons and all("NVIDIA driver" in r for r in reasons), reasons
+print("serving on cpu with", o["onnxruntime_path"], "; skipped:", reasons[0])
+PY
 fi
 
 step "MQTT through the unit's sandbox, the password from LoadCredential (amd64) or password_file"

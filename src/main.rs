@@ -65,6 +65,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Serve(args) => intelligent_video::cli::serve::serve(&args),
+        Command::Ui(args) => finish(intelligent_video::cli::ui::run(&args), |()| {
+            ExitCode::SUCCESS
+        }),
         Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),
         Command::Doctor(args) => intelligent_video::cli::doctor::run(&args),
     }

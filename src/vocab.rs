@@ -65,12 +65,16 @@ impl Precision {
     }
 }
 
-/// `IV_OPTIMIZATION_BACKEND` and `--backend`: which tiers of the TensorRT → CUDA → CPU chain to try.
+/// `IV_OPTIMIZATION_BACKEND` and `--backend`: which tiers of the TensorRT → TensorRT-RTX → CUDA →
+/// CPU chain to try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendPreference {
     Auto,
     Tensorrt,
+    /// TensorRT-RTX through its plugin execution provider.
+    #[value(name = "tensorrt_rtx")]
+    TensorrtRtx,
     Cuda,
     Cpu,
     /// Alias of `cuda` kept for the Python service's users.

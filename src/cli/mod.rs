@@ -8,8 +8,10 @@ pub mod doctor;
 pub mod model;
 pub mod optimize;
 pub mod ort_profile;
+mod pip;
 pub mod runtime;
 pub mod serve;
+pub mod ui;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,8 @@ pub enum Command {
     Runtime(runtime::RuntimeCommand),
     /// Run the detection daemon (Unix-socket API, loopback health HTTP, systemd notify).
     Serve(serve::ServeArgs),
+    /// The daemon's socket on a loopback port for your browser, behind a random token.
+    Ui(ui::UiArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(serve::ConfigCommand),

@@ -1,10 +1,55 @@
 //! A sink's durable position in the journal: the last sequence number it delivered, one small
-//! file rewritten in place and synced before the next event is taken as delivered.
+//! file rewritten in place and synced before the next event is taken as delivered ([`Cursor`]);
+//! and [`Position`], that cursor together with the sink's stats, which show it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{EventLog, SinkStats};
+
+/// A sink's place in the journal: its durable cursor and its stats (registered with the log).
+pub(crate) struct Position {
+    cursor: Cursor,
+    stats: Arc<SinkStats>,
+}
+
+impl Position {
+    /// Opens sink `sink`'s position file `file` (a new one starts at the journal's end: a new sink
+    /// does not replay history) and registers its stats; `what` names the sink in the error.
+    pub(crate) fn open(
+        log: &EventLog,
+        sink: &str,
+        file: &Path,
+        what: &str,
+    ) -> Result<Self, String> {
+        let cursor = Cursor::open(file, log.last_seq())
+            .map_err(|e| format!("{what} position {}: {e}", file.display()))?;
+        let stats = log.sink(sink);
+        stats.position.store(cursor.get(), Ordering::Relaxed);
+        Ok(Position { cursor, stats })
+    }
+
+    /// The last sequence number delivered.
+    pub(crate) fn get(&self) -> u64 {
+        self.cursor.get()
+    }
+
+    /// The sink's stats.
+    pub(crate) fn stats(&self) -> &Arc<SinkStats> {
+        &self.stats
+    }
+
+    /// Records `seq` as delivered: synced to the file, then shown in the stats.
+    pub(crate) fn advance(&mut self, seq: u64) -> io::Result<()> {
+        self.cursor.set(seq)?;
+        self.stats.position.store(seq, Ordering::Relaxed);
+        Ok(())
+    }
+}
 
 /// The position file of one sink.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::cursor::Cursor;
+use super::cursor::Position;
 use super::mqtt_link::{Heard, Link, LinkOptions, Said};
 use super::topics::{Message, View};
 use super::{EventLog, SinkStats};
@@ -34,19 +34,17 @@ pub(crate) fn spawn(
     cursor_file: &std::path::Path,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let cursor = Cursor::open(cursor_file, log.last_seq())
-        .map_err(|e| format!("MQTT sink position {}: {e}", cursor_file.display()))?;
-    let stats = log.sink("mqtt");
+    let position = Position::open(&log, "mqtt", cursor_file, "MQTT sink")?;
+    let stats = position.stats().clone();
     let view = View::new(
         &cfg.topic_prefix,
         cfg.home_assistant.then_some(cfg.discovery_prefix.as_str()),
     );
-    stats.position.store(cursor.get(), Ordering::Relaxed);
     let sink = Sink {
         cfg,
         log,
-        taken: cursor.get(),
-        cursor,
+        taken: position.get(),
+        position,
         view,
         unacked: VecDeque::new(),
         stats,
@@ -57,7 +55,7 @@ pub(crate) fn spawn(
 struct Sink {
     cfg: MqttConfig,
     log: Arc<EventLog>,
-    cursor: Cursor,
+    position: Position,
     /// The last sequence number taken from the journal.
     taken: u64,
     view: View,
@@ -177,8 +175,10 @@ impl Sink {
                 lines
                     .into_iter()
                     .map(|(seq, line)| {
-                        let shot = ended_snapshot(&log, &line);
-                        (seq, line, shot)
+                        // Parsed once here, off the async threads: for the messages and the snapshot.
+                        let event = serde_json::from_slice::<serde_json::Value>(&line).ok();
+                        let shot = event.as_ref().and_then(|e| ended_snapshot(&log, e));
+                        (seq, line, event, shot)
                     })
                     .collect::<Vec<_>>()
             })
@@ -186,16 +186,18 @@ impl Sink {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        if let Some(&(first, _, _)) = lines.first() {
+        if let Some(&(first, ..)) = lines.first() {
             if first > after.saturating_add(1) {
                 let lost = first - after.saturating_add(1);
                 self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
                 tracing::warn!(lost, "MQTT: events were dropped by the journal's retention before delivery (events_max, events_max_mb)");
             }
         }
-        for (seq, line, shot) in lines {
+        for (seq, line, event, shot) in lines {
             self.taken = seq;
-            let mut messages = self.view.messages(&line);
+            let mut messages = event
+                .map(|e| self.view.messages_of(&e, &line))
+                .unwrap_or_default();
             if let Some((stream, label, jpeg)) = shot {
                 messages.push(self.view.snapshot(&stream, &label, jpeg));
             }
@@ -235,17 +237,14 @@ impl Sink {
         if self.unacked.front().is_some_and(|(s, _)| *s < seq) {
             return Ok(()); // an older event still waits: the position stays before it
         }
-        self.cursor
-            .set(seq)
-            .map_err(|e| format!("cannot record the MQTT position: {e}"))?;
-        self.stats.position.store(seq, Ordering::Relaxed);
-        Ok(())
+        self.position
+            .advance(seq)
+            .map_err(|e| format!("cannot record the MQTT position: {e}"))
     }
 }
 
 /// For an `end` event whose track's snapshot was saved: its stream, label and JPEG.
-fn ended_snapshot(log: &EventLog, line: &[u8]) -> Option<(String, String, Vec<u8>)> {
-    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+fn ended_snapshot(log: &EventLog, v: &serde_json::Value) -> Option<(String, String, Vec<u8>)> {
     if v["type"] != "end" {
         return None;
     }

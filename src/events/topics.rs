@@ -85,9 +85,14 @@ impl View {
     /// The messages of one journal line: the event itself, then the retained state it changes
     /// (after its discovery config, the first time). A line that is not an event gives none.
     pub(crate) fn messages(&mut self, line: &[u8]) -> Vec<Message> {
-        let Ok(e) = serde_json::from_slice::<Value>(line) else {
-            return Vec::new();
-        };
+        match serde_json::from_slice::<Value>(line) {
+            Ok(e) => self.messages_of(&e, line),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// [`View::messages`] of a line already parsed as `e`.
+    pub(crate) fn messages_of(&mut self, e: &Value, line: &[u8]) -> Vec<Message> {
         let (Some(kind), Some(stream), Some(label)) = (
             e["type"].as_str(),
             e["stream"].as_str(),

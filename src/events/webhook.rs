@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
-use super::cursor::Cursor;
+use super::cursor::Position;
 use super::{EventLog, Head, SinkStats};
 use crate::config::webhooks::WebhookConfig;
 use crate::pacing::Backoff;
@@ -41,10 +41,8 @@ pub(crate) fn spawn(
     cursor_file: &std::path::Path,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let cursor = Cursor::open(cursor_file, log.last_seq())
-        .map_err(|e| format!("webhook position {}: {e}", cursor_file.display()))?;
-    let stats = log.sink(&cfg.id());
-    stats.position.store(cursor.get(), Ordering::Relaxed);
+    let position = Position::open(&log, &cfg.id(), cursor_file, "webhook")?;
+    let stats = position.stats().clone();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs_f64(cfg.timeout_s)))
         .http_status_as_error(false)
@@ -54,7 +52,7 @@ pub(crate) fn spawn(
     let sink = Hook {
         cfg,
         log,
-        cursor,
+        position,
         stats,
         agent,
         last_sent: BTreeMap::new(),
@@ -65,7 +63,7 @@ pub(crate) fn spawn(
 struct Hook {
     cfg: WebhookConfig,
     log: Arc<EventLog>,
-    cursor: Cursor,
+    position: Position,
     stats: Arc<SinkStats>,
     agent: ureq::Agent,
     /// Wall time (s) an event of (stream, type) was last sent, for `cooldown_s`.
@@ -93,7 +91,7 @@ impl Hook {
     async fn run(mut self, stop: CancellationToken) {
         let mut written = self.log.watch();
         loop {
-            let after = self.cursor.get();
+            let after = self.position.get();
             let log = self.log.clone();
             let lines = match tokio::task::spawn_blocking(move || log.read_after(after, READ_BATCH))
                 .await
@@ -124,11 +122,10 @@ impl Hook {
                 if !self.handle(&line, &stop).await {
                     return;
                 }
-                if let Err(e) = self.cursor.set(seq) {
+                if let Err(e) = self.position.advance(seq) {
                     tracing::error!(webhook = %self.cfg.id(), error = %e, "cannot record the webhook position");
                     return;
                 }
-                self.stats.position.store(seq, Ordering::Relaxed);
             }
         }
     }

@@ -8,12 +8,15 @@
 
 pub(crate) mod body;
 mod conn;
+mod console;
 mod detect;
+mod doctor;
 pub(crate) mod error;
 mod events;
 mod health;
 pub(crate) mod http;
 pub(crate) mod listen;
+mod live;
 mod parse_errors;
 mod query_sets;
 mod request;
@@ -266,6 +269,8 @@ async fn lifecycle(
     tracing::info!(
         startup_ms = t0.elapsed().as_millis() as u64,
         warmup_ms,
+        socket = %st.config.socket_path.display(),
+        http = %st.config.http_addr,
         "ready"
     );
 

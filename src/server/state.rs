@@ -39,6 +39,9 @@ pub struct EngineInfo {
     pub onnxruntime_version: Option<String>,
     /// The ONNX Runtime library loaded (packaged, installed with `runtime install`, or configured).
     pub onnxruntime_path: Option<std::path::PathBuf>,
+    /// The CUDA libraries preloaded from that library's folder (a build installed with its
+    /// `nvidia-*` wheels), each "loaded" or why not; empty when it carries none or there is no driver.
+    pub(crate) cuda_libraries: Vec<crate::runtimes::preload::Preloaded>,
     pub image_size: usize,
     pub warmup_ms: f64,
 }

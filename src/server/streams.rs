@@ -22,9 +22,8 @@ use super::request::{
 };
 use super::state::AppState;
 use crate::spec::{check_name, SpecError, StreamBody};
-use crate::video::draw;
 use crate::video::events::{self, StateEvent, Subscription};
-use crate::video::manager::{ManagerError, Put, StreamManager};
+use crate::video::manager::{ManagerError, Put, StreamManager, StreamStatus};
 
 /// Lines waiting for a follower's connection.
 const FOLLOWER_QUEUE: usize = 64;
@@ -36,6 +35,7 @@ enum Target<'a> {
     Item(&'a str),
     Events(&'a str),
     Snapshot(&'a str),
+    Live(&'a str),
 }
 
 fn target(path: &str) -> Option<Target<'_>> {
@@ -48,6 +48,7 @@ fn target(path: &str) -> Option<Target<'_>> {
         None => Some(Target::Item(rest)),
         Some((name, "events")) => Some(Target::Events(name)),
         Some((name, "snapshot.jpg")) => Some(Target::Snapshot(name)),
+        Some((name, "live.mjpeg")) => Some(Target::Live(name)),
         Some(_) => None,
     }
 }
@@ -94,6 +95,7 @@ async fn handle(
             Ok(json_response(200, json!(s).to_string()))
         }
         (Target::Item(name), &Method::PUT) => put(req, body, m, name).await,
+        (Target::Item(name), &Method::PATCH) => patch(req, body, m, name).await,
         (Target::Item(name), &Method::DELETE) => {
             let (m, name_owned) = (m.clone(), name.to_string());
             blocking("stream delete", move || m.delete(&name_owned))
@@ -105,6 +107,7 @@ async fn handle(
         }
         (Target::Events(name), &Method::GET) => follow(req, st, m, name),
         (Target::Snapshot(name), &Method::GET) => snapshot(req, m, name).await,
+        (Target::Live(name), &Method::GET) => super::live::live(req, st, m, name),
         _ => Err(not_allowed()),
     }
 }
@@ -151,18 +154,71 @@ async fn put(
     check_name(name).map_err(|e| spec_error(&e))?;
     require_json(req)?;
     let bytes = read_body(&req.headers, body, MAX_STREAM_BODY).await?;
-    let b: StreamBody = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("malformed stream definition: {e}"))
-    })?;
-    let (m, spec) = (m.clone(), b.named(name));
-    let (outcome, status) = blocking("stream put", move || m.put(spec))
-        .await?
-        .map_err(|e| manager_error(&e))?;
+    let (outcome, status) = apply(m, name, serde_json::from_slice(&bytes)).await?;
     let code = match outcome {
         Put::Created => 201,
         Put::Replaced => 200,
     };
     Ok(json_response(code, json!(status).to_string()))
+}
+
+/// `PATCH /v1/streams/{name}`: the fields of a JSON object laid over the saved definition (a
+/// field set to `null` goes back to its default; `url` may be left out, so a console never sees
+/// the camera's credentials), then checked and applied as a `PUT` of the result.
+async fn patch(
+    req: &Parts,
+    body: &mut Option<Incoming>,
+    m: &Arc<StreamManager>,
+    name: &str,
+) -> Result<Resp, ApiError> {
+    require_json(req)?;
+    let bytes = read_body(&req.headers, body, MAX_STREAM_BODY).await?;
+    let changes: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("a PATCH body is a JSON object: {e}"),
+            )
+        })?;
+    let saved = m.definition(name).ok_or_else(|| not_found(name))?;
+    let (_, status) = apply(m, name, serde_json::from_value(merge(saved, changes))).await?;
+    Ok(json_response(200, json!(status).to_string()))
+}
+
+/// A definition (as parsed from a `PUT` or a merged `PATCH`) saved and started on the blocking
+/// pool, with the status the change made.
+async fn apply(
+    m: &Arc<StreamManager>,
+    name: &str,
+    parsed: serde_json::Result<StreamBody>,
+) -> Result<(Put, StreamStatus), ApiError> {
+    let b = parsed.map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("malformed stream definition: {e}"))
+    })?;
+    let (m, spec) = (m.clone(), b.named(name));
+    blocking("stream put", move || m.put(spec))
+        .await?
+        .map_err(|e| manager_error(&e))
+}
+
+/// `changes` over `saved` without its name: a `null` removes the field.
+fn merge(
+    saved: serde_json::Value,
+    changes: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    let mut fields = match saved {
+        serde_json::Value::Object(o) => o,
+        _ => serde_json::Map::new(),
+    };
+    fields.remove("name");
+    for (k, v) in changes {
+        if v.is_null() {
+            fields.remove(&k);
+        } else {
+            fields.insert(k, v);
+        }
+    }
+    serde_json::Value::Object(fields)
 }
 
 /// `GET /v1/streams/{name}/events[?since=N]`.
@@ -339,18 +395,9 @@ async fn snapshot(req: &Parts, m: &StreamManager, name: &str) -> Result<Resp, Ap
             1,
         )
     })?;
-    let jpeg = blocking("snapshot task", move || {
-        let (w, h) = (snap.rgb.width, snap.rgb.height);
-        if raw {
-            return draw::encode_jpeg(w, h, &snap.rgb.data, 85);
-        }
-        let mut data = snap.rgb.data.clone();
-        draw::overlay(w, h, &mut data, &snap.shapes, &snap.annotations)?;
-        draw::annotate(w, h, &mut data, &snap.annotations)?;
-        draw::encode_jpeg(w, h, &data, 85)
-    })
-    .await?
-    .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    let jpeg = blocking("snapshot task", move || super::live::render(&snap, raw))
+        .await?
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     Ok(jpeg_response(jpeg))
 }
 
@@ -376,5 +423,24 @@ mod tests {
         ));
         assert!(target("/v1/streams/cam/other").is_none());
         assert!(target("/v1/streamsx").is_none());
+    }
+
+    #[test]
+    fn a_patch_lays_its_fields_over_the_saved_definition() {
+        let saved = json!({"name": "cam", "url": "rtsp://u:secret@cam/1", "queries": ["a cat"],
+                           "threshold": 0.4, "max_fps": 5.0});
+        let changes = json!({"queries": ["a dog"], "threshold": null, "zones": {}});
+        let serde_json::Value::Object(changes) = changes else {
+            panic!("an object")
+        };
+        assert_eq!(
+            merge(saved, changes),
+            json!({"url": "rtsp://u:secret@cam/1", "queries": ["a dog"], "max_fps": 5.0, "zones": {}})
+        );
+        let b: Result<StreamBody, _> = serde_json::from_value(merge(
+            json!({"name": "cam", "url": "/v.mp4"}),
+            [("name".to_string(), json!("other"))].into_iter().collect(),
+        ));
+        assert!(b.is_err(), "a PATCH cannot rename");
     }
 }

@@ -53,8 +53,7 @@ impl State {
 
 /// The latest processed frame and what was found in it.
 pub(crate) struct Snapshot {
-    /// The frame's sequence number (read by tests now; the console will show it).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The frame's sequence number (the live view draws each frame once).
     pub frame: u64,
     pub rgb: Arc<Rgb>,
     pub annotations: Vec<Annotation>,

@@ -94,7 +94,7 @@ fn ready_after_warmup_serves_detect_equal_to_cli_and_drains_on_sigterm() {
         .iter()
         .map(|f| f["backend"].as_str().expect("backend"))
         .collect();
-    assert_eq!(names, vec!["tensorrt", "cuda"], "{oj}");
+    assert_eq!(names, vec!["tensorrt", "tensorrt_rtx", "cuda"], "{oj}");
     assert!(
         fb.iter()
             .all(|f| f["reason"].as_str().is_some_and(|r| r.len() > 5)),

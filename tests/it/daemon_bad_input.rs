@@ -506,3 +506,46 @@ fn bad_requests_get_the_right_error_and_the_daemon_keeps_serving() {
         f.0.join("\n")
     );
 }
+
+/// A browser page of another origin cannot act through a forwarded socket: its requests carry an
+/// `Origin` that differs from `Host` (or `Sec-Fetch-Site: cross-site`) and are refused with 403
+/// `cross_origin` before anything runs; the same request from the console's own origin, or from a
+/// program without those headers, is served.
+#[test]
+fn cross_origin_requests_are_refused_before_they_act() {
+    let mut d = Daemon::start(&[]);
+    d.wait_ready();
+    let png = image("small_pad.png");
+    let detect = |headers: &str| {
+        let mut raw = format!(
+            "POST /v1/detect?query=cat HTTP/1.1\r\nHost: localhost:8080\r\n{headers}Content-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            png.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&png);
+        send_raw(&d.socket, &raw).expect("answered")
+    };
+    for refused in [
+        "Origin: http://evil.example\r\n",
+        "Origin: null\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+    ] {
+        let r = detect(refused);
+        assert_eq!(
+            (r.status, r.kind().as_str()),
+            (403, "cross_origin"),
+            "{refused}"
+        );
+    }
+    for served in [
+        "",
+        "Origin: http://localhost:8080\r\n",
+        "Sec-Fetch-Site: same-origin\r\n",
+    ] {
+        assert_eq!(detect(served).status, 200, "{served}");
+    }
+    // A deletion from another origin changes nothing.
+    let raw = b"DELETE /v1/query-sets/x HTTP/1.1\r\nHost: localhost\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n";
+    let r = send_raw(&d.socket, raw).expect("answered");
+    assert_eq!((r.status, r.kind().as_str()), (403, "cross_origin"));
+}

@@ -184,7 +184,51 @@ impl Follower {
     }
 }
 
-/// `IV_STREAM_FILE_ROOTS` naming `dirs` (folders API streams may read files from).
+/// The JPEGs of the first `n` parts of a live view's multipart body (checking each part's headers).
+fn live_parts(mut body: Follower, n: usize) -> Vec<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut parts = Vec::new();
+    let opening = b"--ivframe\r\n";
+    while bytes.len() < opening.len() {
+        bytes.extend(body.chunk().expect("the live body ended before a frame"));
+    }
+    assert_eq!(
+        &bytes[..opening.len()],
+        opening,
+        "the body opens with the boundary"
+    );
+    bytes.drain(..opening.len());
+    while parts.len() < n {
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            bytes.extend(body.chunk().expect("the live body ended before a frame"));
+            continue;
+        };
+        let head = String::from_utf8_lossy(&bytes[..end]).to_string();
+        let mut lines = head.lines();
+        assert_eq!(lines.next(), Some("Content-Type: image/jpeg"), "{head}");
+        let len: usize = lines
+            .next()
+            .and_then(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|n| n.parse().ok())
+            .expect("a Content-Length line");
+        let start = end + 4;
+        let closing = b"\r\n--ivframe\r\n";
+        while bytes.len() < start + len + closing.len() {
+            bytes.extend(body.chunk().expect("the part is cut short"));
+        }
+        // The boundary that ends a part comes with it (a browser shows a part only then).
+        assert_eq!(&bytes[start + len..start + len + closing.len()], closing);
+        let jpeg = bytes[start..start + len].to_vec();
+        assert_eq!(
+            (&jpeg[..2], &jpeg[len - 2..]),
+            (&[0xFF, 0xD8][..], &[0xFF, 0xD9][..])
+        );
+        parts.push(jpeg);
+        bytes.drain(..start + len + closing.len());
+    }
+    parts
+}
+
 pub(crate) fn file_roots(dirs: &[&Path]) -> String {
     let list: Vec<String> = dirs
         .iter()
@@ -337,6 +381,19 @@ fn file_frames_equal_detect_and_still_frames_keep_their_track_ids() {
         "boxes are drawn on the default snapshot"
     );
 
+    // The live view: multipart JPEG parts of the drawn frames; the clip has ended, so its one
+    // part is the drawn last frame, the snapshot's bytes.
+    let (code, headers, reader) = open_events(&d, "/v1/streams/clip/live.mjpeg?fps=10");
+    assert_eq!(code, 200, "{headers:?}");
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.trim_end() == "content-type: multipart/x-mixed-replace; boundary=ivframe"),
+        "{headers:?}"
+    );
+    let part = live_parts(Follower::open_reader(reader), 1);
+    assert_eq!(part[0], snap.body, "the live part is the drawn snapshot");
+
     let m = d.metrics();
     assert_eq!(
         metrics::value(&m, "iv_stream_frames_total", &[("stream", "clip")]),
@@ -449,6 +506,25 @@ fn api_validates_persists_and_restores_streams() {
         ("GET", "/v1/streams/nope", 404, "not_found"),
         ("GET", "/v1/streams/nope/events", 404, "not_found"),
         ("GET", "/v1/streams/nope/snapshot.jpg", 404, "not_found"),
+        ("GET", "/v1/streams/nope/live.mjpeg", 404, "not_found"),
+        (
+            "GET",
+            "/v1/streams/fixed/live.mjpeg?fps=0",
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "GET",
+            "/v1/streams/fixed/live.mjpeg?fps=31",
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "GET",
+            "/v1/streams/fixed/live.mjpeg?size=2",
+            400,
+            "invalid_parameter",
+        ),
         (
             "GET",
             "/v1/streams/fixed/events?since=abc",
@@ -763,6 +839,10 @@ fn an_mjpeg_over_http_camera_plays_as_a_live_source() {
         (ev["width"].as_u64(), ev["height"].as_u64()),
         (Some(320), Some(240))
     );
+    // Its live view goes on with the camera: three drawn frames in a row.
+    let (code, _, reader) = open_events(&d, "/v1/streams/ipcam/live.mjpeg?fps=20");
+    assert_eq!(code, 200);
+    assert_eq!(live_parts(Follower::open_reader(reader), 3).len(), 3);
 }
 
 /// A stream defined by a saved query set (no queries of its own): refused while the set does not

@@ -86,6 +86,11 @@ pub(crate) struct StreamStatus {
     pub fps: f64,
     pub last_error: Option<String>,
     pub followers: usize,
+    /// The stream's rules as defined (so a console can draw and edit them).
+    #[serde(skip_serializing_if = "crate::spec::Zones::is_empty")]
+    pub zones: crate::spec::Zones,
+    #[serde(skip_serializing_if = "crate::spec::Lines::is_empty")]
+    pub lines: crate::spec::Lines,
 }
 
 struct Entry {
@@ -486,6 +491,8 @@ impl StreamManager {
             fps: v.fps,
             last_error: v.last_error,
             followers: e.shared.hub.followers(),
+            zones: e.spec.zones.clone(),
+            lines: e.spec.lines.clone(),
         }
     }
 
@@ -497,6 +504,12 @@ impl StreamManager {
     /// One stream's status.
     pub(crate) fn status_of(&self, name: &str) -> Option<StreamStatus> {
         self.lock().get(name).map(|e| self.status(e))
+    }
+
+    /// A stream's saved definition as the state file keeps it (credentials included), for a
+    /// change of some of its fields (`PATCH`); `put` decides whether it may change.
+    pub(crate) fn definition(&self, name: &str) -> Option<serde_json::Value> {
+        self.lock().get(name).map(Entry::saved)
     }
 
     /// One stream's shared part.

@@ -3,6 +3,7 @@
 //! metrics reader, and a bounded wait-until for polling.
 
 pub(crate) mod bin;
+pub(crate) mod browser;
 pub(crate) mod daemon;
 pub(crate) mod detections;
 pub(crate) mod fixtures;
