@@ -46,8 +46,26 @@ pub enum MqttProtocol {
     V5,
 }
 
+/// `intelligent-video-<hostname>`: one per machine (and per container), because a broker drops the
+/// older connection of a client id, so daemons sharing a broker must not share one.
 fn default_client_id() -> String {
-    "intelligent-video".into()
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    client_id_for(host.trim())
+}
+
+/// The client id of host `host`: its letters, digits, `-`, `_` and `.` (at most 100), else the plain
+/// `intelligent-video`.
+fn client_id_for(host: &str) -> String {
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(100)
+        .collect();
+    if host.is_empty() {
+        "intelligent-video".into()
+    } else {
+        format!("intelligent-video-{host}")
+    }
 }
 
 fn default_prefix() -> String {
@@ -164,6 +182,15 @@ mod tests {
             discovery_prefix: default_discovery_prefix(),
             protocol: MqttProtocol::V311,
         }
+    }
+
+    #[test]
+    fn default_client_ids_carry_the_host_name() {
+        assert_eq!(client_id_for("spark-01"), "intelligent-video-spark-01");
+        assert_eq!(client_id_for("a b/c#"), "intelligent-video-abc");
+        assert_eq!(client_id_for(""), "intelligent-video");
+        assert_eq!(client_id_for(&"x".repeat(300)).len(), 118);
+        assert!(default_client_id().starts_with("intelligent-video"));
     }
 
     #[test]
