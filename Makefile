@@ -5,7 +5,8 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: run build test ort ort-arm64 lint fmt deb deb-arm64 build-arm64 clean-ort
+.PHONY: run build test ort ort-arm64 lint fmt deb deb-arm64 build-arm64 clean-ort gpu-wheels gpu-wheels-arm64 \
+	image-cpu image-gpu container-test
 
 # arm64 (DGX Spark) cross build: Debian's cross toolchain and arm64 GStreamer libraries
 # (`dpkg --add-architecture arm64`; see README "arm64 package"), rustup's aarch64 target.
@@ -82,6 +83,68 @@ deb-arm64: build-arm64
 	$(ARM64_ENV) cargo deb --no-build --target $(ARM64)
 	@rm -f target/debian/*_arm64.deb   # cargo-deb leaves a second copy there
 	@ls -1 target/$(ARM64)/debian/*.deb
+
+# The GPU build of ONNX Runtime from PyPI for `runtime install` (the GPU image, tests/it/runtime.rs
+# through PIP_FIND_LINKS, packaging/test-install.sh): onnxruntime-gpu and the nvidia-* wheels of
+# its cuda and cudnn extras (about 1.5 GB for x86_64, with TensorRT-RTX's plugin EP wheel: x86_64
+# only, 146 MB; about 1.4 GB for aarch64, whose onnxruntime-gpu wheel is manylinux_2_34).
+# Downloaded once per checkout (a marker file says the set is complete).
+GPU_WHEELS := target/onnxruntime-gpu/wheels
+GPU_WHEELS_ARM64 := target/onnxruntime-gpu/wheels-aarch64
+$(GPU_WHEELS)/.complete-rtx:
+	@mkdir -p $(GPU_WHEELS)
+	$(PYTHON) -m pip download --quiet --only-binary=:all: -d $(GPU_WHEELS) 'onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)' \
+		onnxruntime-ep-nv-tensorrt-rtx-cu13==0.5.0
+	touch $@
+$(GPU_WHEELS_ARM64)/.complete:
+	@mkdir -p $(GPU_WHEELS_ARM64)
+	$(PYTHON) -m pip download --quiet --only-binary=:all: -d $(GPU_WHEELS_ARM64) \
+		--platform manylinux_2_34_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 \
+		--platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 'onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)'
+	touch $@
+gpu-wheels: $(GPU_WHEELS)/.complete-rtx
+gpu-wheels-arm64: $(GPU_WHEELS_ARM64)/.complete
+
+# Container images from the Debian package (README "Containers"; packaging/container/Containerfile):
+# intelligent-video:cpu and intelligent-video:gpu, with an -arm64 suffix for ARCH=arm64. CONTAINER
+# is podman or docker; LOCAL_BASE=1 builds the base with debootstrap instead of pulling it (a machine
+# without a container registry; podman only); BUILD_FLAGS go to the build (--isolation=chroot where
+# podman cannot make namespaces).
+ARCH ?= amd64
+CONTAINER ?= podman
+LOCAL_BASE ?=
+BUILD_FLAGS ?=
+IMAGE ?= intelligent-video
+IMAGE_SUFFIX := $(if $(filter arm64,$(ARCH)),-arm64,)
+IMAGE_CTX := target/container/$(ARCH)
+IMAGE_DEB := $(if $(filter arm64,$(ARCH)),target/$(ARM64)/debian/*_arm64.deb,target/debian/*_amd64.deb)
+IMAGE_WHEELS := $(if $(filter arm64,$(ARCH)),$(GPU_WHEELS_ARM64),$(GPU_WHEELS))
+
+# $(call image,FLAVOR): stages the context (the newest package; the GPU wheels, hard-linked, for gpu)
+# and builds the Containerfile's FLAVOR stage.
+define image
+	rm -rf $(IMAGE_CTX) && mkdir -p $(IMAGE_CTX)/wheels
+	cp "$$(ls -1t $(IMAGE_DEB) | head -n 1)" $(IMAGE_CTX)/intelligent-video.deb
+	$(if $(filter gpu,$(1)),cp -l $(IMAGE_WHEELS)/*.whl $(IMAGE_CTX)/wheels/)
+	$(if $(LOCAL_BASE),bash packaging/container/base.sh $(ARCH))
+	$(CONTAINER) build $(BUILD_FLAGS) $(if $(filter podman,$(CONTAINER)),--format docker) \
+		$(if $(LOCAL_BASE),--pull=never) --platform linux/$(ARCH) --target $(1) \
+		--build-arg VERSION=$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1) \
+		--build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+		-f packaging/container/Containerfile -t $(IMAGE):$(1)$(IMAGE_SUFFIX) $(IMAGE_CTX)
+	@$(CONTAINER) image inspect --format '$(IMAGE):$(1)$(IMAGE_SUFFIX): {{.Size}} bytes' $(IMAGE):$(1)$(IMAGE_SUFFIX)
+endef
+
+image-cpu: $(if $(filter arm64,$(ARCH)),deb-arm64,deb)
+	$(call image,cpu)
+
+image-gpu: $(if $(filter arm64,$(ARCH)),deb-arm64 gpu-wheels-arm64,deb gpu-wheels)
+	$(call image,gpu)
+
+# The CPU image's run test (packaging/container/test.sh): starts its entrypoint as the image says,
+# without a container engine, and checks health, a detection, SIGTERM and the engine cache.
+container-test: image-cpu
+	bash packaging/container/test.sh $(IMAGE):cpu$(IMAGE_SUFFIX) $(ARCH)
 
 lint:
 	$(CARGO) fmt --check

@@ -68,6 +68,9 @@ fn main() -> ExitCode {
         Command::Ui(args) => finish(intelligent_video::cli::ui::run(&args), |()| {
             ExitCode::SUCCESS
         }),
+        Command::Health(args) => finish(intelligent_video::cli::health::run(&args), |()| {
+            ExitCode::SUCCESS
+        }),
         Command::Config(cmd) => intelligent_video::cli::serve::config_check(&cmd),
         Command::Doctor(args) => intelligent_video::cli::doctor::run(&args),
     }

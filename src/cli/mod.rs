@@ -5,6 +5,7 @@ pub mod args;
 pub mod bench;
 pub mod detect;
 pub mod doctor;
+pub mod health;
 pub mod model;
 pub mod optimize;
 pub mod ort_profile;
@@ -41,6 +42,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// The daemon's socket on a loopback port for your browser, behind a random token.
     Ui(ui::UiArgs),
+    /// Ask the running daemon whether it is ready (`GET /readyz` on its health port); exit 0 if so.
+    Health(health::HealthArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(serve::ConfigCommand),

@@ -1,6 +1,6 @@
 //! The daemon's lifecycle through the real binary: READY only after warmup, detections equal to the
 //! `detect` command's, both health documents, graceful SIGTERM with an in-flight request, socket
-//! cleanup, watchdog pings, socket activation, missing model, and `config check`.
+//! cleanup, watchdog pings, socket activation, missing model, `config check` and the `health` command.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -504,4 +504,34 @@ fn optimized_artifact_is_cached_reused_and_rebuilt_when_corrupt() {
     assert_eq!(d.health().json()["optimization"]["cached"], false);
     let r = d.request("POST", &target, Some("image/png"), &body);
     assert_eq!(r.json()["detections"], cold);
+}
+
+/// `intelligent-video health` (the container image's HEALTHCHECK): the daemon's health port from
+/// `IV_HTTP_ADDR` (all addresses, as in the image: reached on loopback), exit 0 when ready; nothing
+/// listening is exit 1 with the URL it tried.
+#[test]
+fn the_health_command_says_ready_or_why_not() {
+    let mut d = Daemon::start(&[]);
+    d.wait_ready();
+    let health = |addr: &str| {
+        bin::command()
+            .arg("health")
+            .env("IV_HTTP_ADDR", addr)
+            .env("IV_HTTP_ALLOW_REMOTE", "true")
+            .output()
+            .expect("health")
+    };
+    let out = health(&format!("0.0.0.0:{}", d.port));
+    bin::assert_success(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\n");
+    let nobody = free_port();
+    let out = health(&format!("127.0.0.1:{nobody}"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "error: no answer from http://127.0.0.1:{nobody}/readyz"
+        )),
+        "{err}"
+    );
 }
