@@ -12,11 +12,13 @@
 #   - the daemon becomes healthy (the image's HEALTHCHECK command passes);
 #   - its socket appears in the mounted /run/intelligent-video/ with the clients' group, mode 0660,
 #     and a host client's detection over it matches the host binary's `detect` on the same image;
+#   - a stream of an H.264 MP4 plays to its end, decoded by libav's avdec_h264;
 #   - SIGTERM (the image's STOPSIGNAL) ends it with exit status 0;
 #   - a second container (new writable layer, other hostname) on the same volumes loads the
 #     optimized engine from the cache volume and answers the same detection.
 # arm64 runs under qemu-user (binfmt_misc with the F flag), with an Arm /proc/cpuinfo bound over
-# the emulated one (ONNX Runtime reads it). Needs root, podman, util-linux, iproute2, curl, python3.
+# the emulated one (ONNX Runtime reads it). Needs root, podman, util-linux, iproute2, curl, python3
+# with numpy and ffmpeg (the clip).
 # Usage: packaging/container/test.sh IMAGE [amd64|arm64]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,17 +50,20 @@ fail() {
 }
 
 # The image's run settings, as shell assignments.
-podman image inspect --format '{{json .Config}}' "$image" >"$work/config.json" || fail "no image $image"
-python3 - "$work/config.json" >"$work/config.sh" <<'PY'
+podman image inspect --format '{{json .}}' "$image" >"$work/image.json" || fail "no image $image"
+python3 - "$work/image.json" >"$work/config.sh" <<'PY'
 import json, shlex, sys
-c = json.load(open(sys.argv[1]))
+i = json.load(open(sys.argv[1]))
+i = i[0] if isinstance(i, list) else i
+c = i["Config"]
 def arr(name, v):
     print(f"{name}=(" + " ".join(shlex.quote(x) for x in (v or [])) + ")")
 arr("entrypoint", c.get("Entrypoint"))
 arr("cmd", c.get("Cmd"))
 arr("env", c.get("Env"))
 arr("volumes", sorted((c.get("Volumes") or {}).keys()))
-test = (c.get("Healthcheck") or {}).get("Test") or []
+# podman shows the healthcheck beside the config, docker inside it.
+test = (c.get("Healthcheck") or i.get("Healthcheck") or {}).get("Test") or []
 arr("health", test[1:] if test[:1] == ["CMD"] else [])
 print("user=" + shlex.quote(c.get("User") or "root"))
 print("workdir=" + shlex.quote(c.get("WorkingDir") or "/"))
@@ -79,7 +84,7 @@ fi
 # A new container of the image: sets $root to its root file system.
 new_root() {
     local c
-    c=$(podman create --pull=never "$image")
+    c=$(podman create --pull=never --platform "linux/$arch" "$image")
     containers+=("$c")
     root=$(podman mount "$c")
 }
@@ -105,8 +110,11 @@ for v in "${volumes[@]}"; do
     chmod "$(stat -c %a "$root$v")" "$host"
 done
 vol() { echo "$work/vol$(echo "$1" | tr / _)"; }
-mkdir -p "$work/fixture"
+mkdir -p "$work/fixture" "$work/clips"
 cp -r "$model"/. "$work/fixture/"
+# An H.264 MP4 of the tracking clip, for a stream (the image decodes it with gstreamer1.0-libav).
+python3 bench/track_clips.py --kind moving --out "$work/clips" >/dev/null
+ffmpeg -loglevel error -y -i "$work/clips/moving.mkv" -c:v libx264 -pix_fmt yuv420p "$work/clips/moving.mp4"
 
 # Starts a container on ROOT with HOSTNAME and LOG: extra environment after `--env`, the command
 # (default: the image's) after `--`. Sets $daemon (host pid of the container's PID 1).
@@ -124,7 +132,8 @@ start() {
     read -r uid gid groups home < <(ids "$root")
     local mounts="mount --rbind /dev '$root/dev'"
     for v in "${volumes[@]}"; do mounts+="; mount --bind '$(vol "$v")' '$root$v'"; done
-    mounts+="; mkdir -p '$root/fixture'; mount --bind -o ro '$work/fixture' '$root/fixture'"
+    mounts+="; mkdir -p '$root/fixture' '$root/clips'; mount --bind -o ro '$work/fixture' '$root/fixture'"
+    mounts+="; mount --bind -o ro '$work/clips' '$root/clips'"
     [ -z "$cpuinfo" ] || mounts+="; mount --bind '$cpuinfo' '$root/proc/cpuinfo'"
     unshare --pid --fork --mount --net --uts --ipc --mount-proc="$root/proc" \
         sh -c "$mounts; hostname '$hostname'; ip link set lo up; \
@@ -167,6 +176,32 @@ stop() {
     [ "$rc" -eq 0 ] || fail "exit status $rc after SIGTERM"
 }
 
+api() {
+    curl -sS --max-time 30 --unix-socket "$(vol /run/intelligent-video)/detect.sock" "$@"
+}
+
+# A stream of the H.264 clip plays to its end in the image; its decoder is libav's.
+stream_check() {
+    api -X PUT -H 'content-type: application/json' \
+        --data '{"url": "/clips/moving.mp4", "queries": ["a red square"], "threshold": 0.3}' \
+        http://localhost/v1/streams/clip >"$work/put.json" || fail "PUT stream: $(cat "$work/put.json")"
+    for _ in $(seq "$ready_tries"); do
+        api http://localhost/v1/streams/clip >"$work/stream.json"
+        grep -q '"state":"finished"' "$work/stream.json" && break
+        grep -q '"state":"failed"' "$work/stream.json" && fail "stream failed: $(cat "$work/stream.json")"
+        sleep 0.2
+    done
+    python3 - "$work/stream.json" <<'PY' || fail "stream: $(cat "$work/stream.json")"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["state"] == "finished", s
+assert s["frames"] > 0 and s["decoder"] == "avdec_h264", s
+print(f"stream of an H.264 MP4: {s['frames']} frames, decoder {s['decoder']}")
+PY
+    [ "$(api -o /dev/null -w '%{http_code}' -X DELETE http://localhost/v1/streams/clip)" = 204 ] ||
+        fail "DELETE stream"
+}
+
 detect_over_socket() {
     curl -sS --fail-with-body --max-time 120 --unix-socket "$(vol /run/intelligent-video)/detect.sock" \
         -H 'content-type: image/jpeg' --data-binary @"$picture" "http://localhost/v1/detect?$query" >"$1" ||
@@ -180,11 +215,21 @@ daemon=
 [ -f "$(vol /var/lib/intelligent-video)/models/acme/tiny-track/model.safetensors" ] || fail "the model is not in the volume"
 
 step "first container: serve until healthy"
-start "$root" first "$work/first.log" --env IV_MODEL=acme/tiny-track
+start "$root" first "$work/first.log" --env IV_MODEL=acme/tiny-track --env 'IV_STREAM_FILE_ROOTS=["/clips"]'
 wait_healthy
 sock=$(vol /run/intelligent-video)/detect.sock
 [ "$(stat -c '%a %g' "$sock")" = "660 901" ] || fail "socket $(stat -c '%a %u:%g' "$sock"), want 660 with group 901"
 detect_over_socket "$work/first.json"
+stream_check
+# An image that names its ONNX Runtime build (the GPU image's /opt runtime) is served by that build.
+for e in "${env[@]}"; do
+    case $e in
+        IV_ONNXRUNTIME_PATH=*)
+            grep -q "ONNX Runtime libraries for in-place rewrites files=\[\"${e#*=}/" "$work/first.log" ||
+                fail "the daemon did not load ${e#*=}"
+            echo "served by the image's ONNX Runtime build ${e#*=}" ;;
+    esac
+done
 step "SIGTERM"
 stop
 
@@ -197,26 +242,14 @@ grep -q 'loaded the optimized engine from the cache' "$work/second.log" ||
 detect_over_socket "$work/second.json"
 stop
 
-step "answers against the host binary's detect"
-bin=target/release/intelligent-video
-[ "$arch" = amd64 ] || bin=target/aarch64-unknown-linux-gnu/release/intelligent-video
-[ "$arch" = amd64 ] || export IV_THREADS=1
-"$bin" detect --model "$model" --query 'a red square' --query 'a blue disc' "$picture" >"$work/host.json" ||
-    fail "host detect"
-python3 - "$work/host.json" "$work/first.json" "$work/second.json" <<'PY'
+step "answers against the host binary's detect (amd64: the reference arm64 is held to as well)"
+target/release/intelligent-video detect --model "$model" --query 'a red square' --query 'a blue disc' \
+    "$picture" >"$work/host.json" || fail "host detect"
+python3 - "$work/first.json" "$work/second.json" >"$work/container.json" <<'PY' || fail "the cached engine answers differently"
 import json, sys
-host = json.loads(open(sys.argv[1]).read().splitlines()[0])["detections"]
-first = json.load(open(sys.argv[2]))["detections"]
-second = json.load(open(sys.argv[3]))["detections"]
-assert first == second, f"the cached engine answers differently:\n{first}\n{second}"
-key = lambda d: (d["query_index"], d["box"][0])
-host, first = sorted(host, key=key), sorted(first, key=key)
-assert len(host) == len(first) > 0, f"host {host}\ncontainer {first}"
-for h, c in zip(host, first):
-    assert h["label"] == c["label"], (h, c)
-    assert abs(h["score"] - c["score"]) < 1e-3, (h, c)
-    assert max(abs(a - b) for a, b in zip(h["box"], c["box"])) < 0.05, (h, c)
-print(f"{len(first)} detections, the same in both containers and on the host:",
-      ", ".join(f'{d["label"]} {d["score"]:.4f}' for d in first))
+first, second = (json.load(open(p)) for p in sys.argv[1:3])
+assert first["detections"] == second["detections"], (first, second)
+print(json.dumps(first))
 PY
+python3 packaging/compare-detections.py "$work/host.json" "$work/container.json" || fail "detections differ from the host's"
 echo "PASS: $image ($arch)"
