@@ -50,6 +50,7 @@ run: build
 	@echo "  curl -s --unix-socket target/run/iv.sock -H 'content-type: image/jpeg' --data-binary @docs/detect-input.jpg \\"
 	@echo "      'http://localhost/v1/detect?query=a+red+square&query=a+blue+disc'"
 	@echo "  curl -s http://$(RUN_HTTP)/api/health"
+	@echo "  $(IV) ui --socket target/run/iv.sock     # the web console in your browser"
 	@echo "  $(IV) detect $(if $(MODEL),--model $(MODEL),--config $(RUN_CONFIG)) --query 'a red square' --draw out.jpg docs/detect-input.jpg"
 	exec $(IV) serve --config $(RUN_CONFIG) --http-addr $(RUN_HTTP)$(if $(MODEL), --model $(MODEL))
 
