@@ -140,15 +140,17 @@ start() {
                exec chroot --userspec=$uid:$gid --groups=$groups '$root' \"\$@\"" sh \
         env -i -C "$workdir" HOSTNAME="$hostname" HOME="$home" "${env[@]}" "${extra_env[@]}" \
         "${entrypoint[@]}" "${args[@]}" >"$log" 2>&1 &
-    local outer=$!
+    outer_pid=$!
+    # The container's PID 1 is unshare's child; a short command may have ended already (then
+    # $daemon stays empty and `wait $outer_pid` gives its status).
     daemon=
-    for _ in $(seq 100); do
-        daemon=$(pgrep -P "$outer" | head -n 1 || true)
+    for _ in $(seq 200); do
+        daemon=$(pgrep -P "$outer_pid" | head -n 1 || true)
         [ -n "$daemon" ] && break
+        kill -0 "$outer_pid" 2>/dev/null || break
         sleep 0.05
     done
-    [ -n "$daemon" ] || fail "the container did not start"
-    outer_pid=$outer
+    [ -n "$daemon" ] || ! kill -0 "$outer_pid" 2>/dev/null || fail "the container did not start"
 }
 
 # The image's healthcheck, inside the container's namespaces and root, as the image's user.
@@ -159,6 +161,7 @@ healthcheck() {
 }
 
 wait_healthy() {
+    [ -n "$daemon" ] || fail "the daemon exited at once"
     for _ in $(seq "$ready_tries"); do
         healthcheck && return 0
         kill -0 "$daemon" 2>/dev/null || fail "the daemon exited before it was healthy"
