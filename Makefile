@@ -5,7 +5,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: run build test ort ort-arm64 lint fmt deb deb-arm64 build-arm64 clean-ort gpu-wheels gpu-wheels-arm64 \
+.PHONY: run build test ort ort-arm64 lint fmt deb deb-arm64 build-arm64 clean-ort gpu-wheels gpu-wheels-arm64 openvino-wheels \
 	image-cpu image-gpu container-test
 
 # arm64 (DGX Spark) cross build: Debian's cross toolchain and arm64 GStreamer libraries
@@ -103,6 +103,15 @@ $(GPU_WHEELS_ARM64)/.complete:
 		--platform manylinux_2_34_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 \
 		--platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 'onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)'
 	touch $@
+# PyPI's openvino wheel (with numpy and openvino-telemetry, which it names as dependencies) for
+# `runtime install --pip openvino==…` offline: the OpenVINO tier's tests and test-install.sh.
+OPENVINO_VERSION ?= 2026.4.1
+OPENVINO_WHEELS := target/openvino/wheels
+$(OPENVINO_WHEELS)/.complete-$(OPENVINO_VERSION):
+	@mkdir -p $(OPENVINO_WHEELS)
+	$(PYTHON) -m pip download --quiet --only-binary=:all: -d $(OPENVINO_WHEELS) openvino==$(OPENVINO_VERSION)
+	touch $@
+openvino-wheels: $(OPENVINO_WHEELS)/.complete-$(OPENVINO_VERSION)
 gpu-wheels: $(GPU_WHEELS)/.complete-rtx
 gpu-wheels-arm64: $(GPU_WHEELS_ARM64)/.complete
 

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """End to end, side by side: the daemon over its Unix socket against transformers in-process, interleaved.
 
-Usage: bench/e2e.py MODEL_DIR IMAGE [--rounds 3] [--precision fp32 int8] [--bin PATH]
-  (python with torch and transformers; the daemon binary defaults to target/release/intelligent-video)
+Usage: bench/e2e.py MODEL_DIR IMAGE [--rounds 3] [--precision fp32 int8 openvino:fp32 openvino:bf16] [--bin PATH]
+  (python with torch and transformers; the daemon binary defaults to target/release/intelligent-video;
+  `openvino:P` is a daemon with optimization_backend = "openvino" and openvino_precision = P, its
+  runtime from IV_OPENVINO_PATH: each daemon has its own state folder)
 
 Per round, in this order: transformers end to end (PIL decode, Owlv2Processor with the text queries,
 forward, post_process_object_detection), then for each --precision the daemon end to end (POST of the
 image bytes with the queries: decode, preprocessing, inference, post-processing; the text embeddings
 are cached by the daemon after its first request, as in service). Each daemon runs with its own cache and
 no warmup; one untimed request per side first. Prints one JSON line per round with each side's
-wall time and its ratio to transformers, then a summary with the host's CPU model and SIMD flags.
+wall time and its ratio to transformers (and, when fp32 is measured, each other side's ratio to our
+fp32), then a summary with the host's CPU model and SIMD flags.
 """
 
 import argparse
@@ -26,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 QUERIES = ["a person", "a forklift", "a red car"]
 SIMD = ["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
-        "amx_tile", "amx_int8", "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16"]
+        "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16"]
 
 
 def cpu():
@@ -60,12 +63,20 @@ def post(sock_path, image, timeout=600):
     return json.loads(out.split(b"\r\n\r\n", 1)[1])
 
 
-def start_daemon(binary, model, precision, work):
-    sock = os.path.join(work, f"{precision}.sock")
+def start_daemon(binary, model, side, work):
+    name = side.replace(":", "-")
+    sock = os.path.join(work, f"{name}.sock")
     env = dict(os.environ, IV_MODEL=model, IV_SOCKET_PATH=sock, IV_HTTP_ADDR="127.0.0.1:0",
-               IV_WARMUP_ITERATIONS="0", IV_CPU_PRECISION=precision, IV_LOG_LEVEL="warn",
-               IV_CACHE_DIR=os.path.join(work, f"cache-{precision}"),
-               IV_STATE_DIR=os.path.join(work, f"state-{precision}"), IV_REQUEST_TIMEOUT_MS="600000")
+               IV_WARMUP_ITERATIONS="0", IV_LOG_LEVEL="warn",
+               IV_CACHE_DIR=os.path.join(work, f"cache-{name}"),
+               IV_STATE_DIR=os.path.join(work, f"state-{name}"), IV_REQUEST_TIMEOUT_MS="600000")
+    if side.startswith("openvino:"):
+        if "IV_OPENVINO_PATH" not in os.environ:
+            raise SystemExit("openvino sides need IV_OPENVINO_PATH (an installed OpenVINO runtime's folder)")
+        env.update(IV_OPTIMIZATION_BACKEND="openvino", IV_OPENVINO_PRECISION=side.split(":", 1)[1])
+    else:
+        env.update(IV_OPTIMIZATION_BACKEND="cpu", IV_CPU_PRECISION=side)
+    precision = name
     p = subprocess.Popen([binary, "serve"], env=env, stderr=open(os.path.join(work, f"{precision}.log"), "w"))
     for _ in range(1200):
         if p.poll() is not None:
@@ -131,11 +142,17 @@ def main():
                 post(sock, image)
                 row[f"ours_{p}_s"] = time.perf_counter() - t
                 row[f"ratio_{p}"] = row[f"ours_{p}_s"] / row["transformers_s"]
+            if "fp32" in daemons:
+                for p in daemons:
+                    if p != "fp32":
+                        row[f"{p}_to_fp32"] = row[f"ours_{p}_s"] / row["ours_fp32_s"]
             rows.append(row)
             print(json.dumps(row), flush=True)
         model_name, flags = cpu()
         print(json.dumps({
             "summary": {p: [round(x[f"ratio_{p}"], 3) for x in rows] for p in a.precision},
+            "to_our_fp32": {p: [round(x[f"{p}_to_fp32"], 3) for x in rows]
+                            for p in a.precision if p != "fp32" and "fp32" in daemons},
             "cpu": model_name, "cpu_flags": flags, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
             "torch": torch.__version__, "queries": QUERIES, "image": a.image,

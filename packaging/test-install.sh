@@ -5,7 +5,9 @@
 # intelligent-video-clients (refused for others), restart under a looping client, clean stop,
 # reinstall keeping an edited config, purge removing state and cache; with TEST_GPU_WHEELS (a
 # folder of onnxruntime-gpu and its nvidia-* wheels for the package's architecture), `runtime install`
-# of them and the daemon's CPU fallback with that build. Needs root, debootstrap and
+# of them and the daemon's CPU fallback with that build; with TEST_OPENVINO_WHEELS (a folder with
+# PyPI's openvino wheel for the package's architecture), its `runtime install` and the daemon
+# serving through OpenVINO inside the unit's sandbox. Needs root, debootstrap and
 # systemd-container (installed by .ci/run).
 #
 # --arch arm64 does the same for the arm64 package in an arm64 Debian booted under qemu-user
@@ -197,6 +199,42 @@ reasons = [f["reason"] for f in o["optimization"]["fallbacks"]]
 assert reasons and all("NVIDIA driver" in r for r in reasons), reasons
 print("serving on cpu with", o["onnxruntime_path"], "; skipped:", reasons[0])
 PY
+fi
+
+if [ -n "${TEST_OPENVINO_WHEELS:-}" ]; then
+step "runtime install of the openvino wheel; optimization_backend = openvino serves through it inside the unit's sandbox"
+# The openvino wheel alone (its numpy and telemetry companions carry no library we keep), installed
+# as the service user; a drop-in forces the tier, and the detections must match the CPU engine's
+# (fp32: exact within the parity bounds). OpenVINO's CPU plugin JIT-compiles its kernels and its
+# threading library reads the CPU topology: this proves the unit's system-call filter lets it.
+mkdir -p "$root/opt/ivtest/ov"
+cp "$TEST_OPENVINO_WHEELS"/openvino-*.whl "$root/opt/ivtest/ov/"
+ct systemd-run --quiet --wait --pipe -p User=intelligent-video /bin/sh -c \
+    'intelligent-video runtime install /opt/ivtest/ov/openvino-*.whl' >"$work/openvino.txt" 2>&1 || { cat "$work/openvino.txt"; fail "runtime install openvino"; }
+cat "$work/openvino.txt"
+grep -q '^devices: CPU' "$work/openvino.txt" || fail "OpenVINO should offer the CPU device"
+rm -rf "$root/opt/ivtest/ov"
+ct runuser -u alice -- curl -sf --unix-socket /run/intelligent-video.sock -H 'content-type: image/png' \
+    --data-binary @/opt/ivtest/img.png 'http://localhost/v1/detect?query=person&threshold=0' >"$work/detect-ort.json" || fail "detect before openvino"
+ct mkdir -p /etc/systemd/system/intelligent-video.service.d
+ct sh -c 'printf "[Service]\nEnvironment=IV_OPTIMIZATION_BACKEND=openvino\n" > /etc/systemd/system/intelligent-video.service.d/openvino.conf'
+ct systemctl daemon-reload
+ct systemctl restart intelligent-video || { ct journalctl -u intelligent-video --no-pager | tail -n 30; fail "restart on openvino"; }
+ct curl -sf http://127.0.0.1:8000/api/optimization >"$work/optimization-ov.json" || fail "optimization"
+python3 - "$work/optimization-ov.json" <<'PY' || fail "the daemon should serve through OpenVINO"
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["optimization"]["backend"] == "openvino", o["optimization"]
+assert o["openvino"]["version"].startswith("2026.4.1"), o["openvino"]
+assert o["openvino"]["path"].endswith("/runtimes/openvino-2026.4.1"), o["openvino"]
+print("serving on openvino", o["openvino"]["version"])
+PY
+ct runuser -u alice -- curl -sf --unix-socket /run/intelligent-video.sock -H 'content-type: image/png' \
+    --data-binary @/opt/ivtest/img.png 'http://localhost/v1/detect?query=person&threshold=0' >"$work/detect-ov.json" || fail "detect on openvino"
+python3 packaging/compare-detections.py "$work/detect-ort.json" "$work/detect-ov.json" || fail "OpenVINO's detections differ from ONNX Runtime's"
+ct rm /etc/systemd/system/intelligent-video.service.d/openvino.conf
+ct systemctl daemon-reload
+ct systemctl restart intelligent-video || fail "restart back on the CPU engine"
 fi
 
 step "MQTT through the unit's sandbox, the password from LoadCredential (amd64) or password_file"

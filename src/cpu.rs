@@ -50,6 +50,31 @@ pub(crate) fn describe(cpuinfo: &str) -> (Option<String>, Vec<&'static str>) {
     (model, simd)
 }
 
+/// Whether this CPU computes bf16 natively (x86-64: AVX512-BF16 or AMX-BF16; arm64: BF16), as
+/// OpenVINO's bf16 inference needs; `Err` says what is missing.
+pub(crate) fn bf16_support() -> Result<(), String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    bf16_support_in(&cpuinfo, std::env::consts::ARCH)
+}
+
+/// [`bf16_support`] for `/proc/cpuinfo` text of an `arch` machine.
+pub(crate) fn bf16_support_in(cpuinfo: &str, arch: &str) -> Result<(), String> {
+    let (_, flags) = describe(cpuinfo);
+    let wanted: &[&str] = if arch == "aarch64" {
+        &["bf16"]
+    } else {
+        &["avx512_bf16", "amx_bf16"]
+    };
+    if wanted.iter().any(|w| flags.contains(w)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "bf16 needs a CPU with {} ({arch}; this one has none): use fp32",
+            wanted.join(" or ")
+        ))
+    }
+}
+
 /// Where Linux lists the CPUs.
 pub(crate) const SYSFS_CPU: &str = "/sys/devices/system/cpu";
 
@@ -126,6 +151,20 @@ pub(crate) fn affinity_string(cores: &[usize]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_needs_the_cpus_own_bf16_instructions() {
+        let zen4 = "flags\t: fpu avx2 fma avx512f avx512bw avx512_vnni avx512_bf16\n";
+        let avx2 = "flags\t: fpu avx2 fma\n";
+        let spr = "flags\t: avx512f amx_tile amx_bf16 amx_int8\n";
+        let gb10 = "Features\t: fp asimd asimddp sve sve2 i8mm bf16\n";
+        assert_eq!(bf16_support_in(zen4, "x86_64"), Ok(()));
+        assert_eq!(bf16_support_in(spr, "x86_64"), Ok(()));
+        assert_eq!(bf16_support_in(gb10, "aarch64"), Ok(()));
+        let e = bf16_support_in(avx2, "x86_64").expect_err("no bf16 on AVX2");
+        assert!(e.contains("avx512_bf16 or amx_bf16"), "{e}");
+        assert!(bf16_support_in("Features\t: fp asimd\n", "aarch64").is_err());
+    }
 
     fn fake(cpus: &[(usize, &str, &str)], online: &str) -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("tmp");

@@ -77,6 +77,8 @@ pub enum BackendPreference {
     TensorrtRtx,
     Cuda,
     Cpu,
+    /// OpenVINO (installed with `runtime install`), ONNX Runtime's CPU provider behind it.
+    Openvino,
     /// Alias of `cuda` kept for the Python service's users.
     #[value(name = "torch_compile")]
     TorchCompile,

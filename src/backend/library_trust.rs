@@ -7,8 +7,9 @@
 //! every folder above them up to `/` are owned by root (or the process's own user) and not
 //! writable by group or others; a root-owned sticky folder (`/tmp`) may be writable, since nobody
 //! else can rename or remove what is not theirs in it. Links are resolved first: what is checked is
-//! the path to load. `ort.rs` calls it for the library it is about to load when the effective uid
-//! is 0; the daemon runs as the service user and loads its own files unchecked.
+//! the path to load. `ort.rs` and `openvino.rs` call it for the library they are about to load when
+//! the effective uid is 0 (OpenVINO's plugins and TBB beside its C library are checked like ONNX
+//! Runtime's providers); the daemon runs as the service user and loads its own files unchecked.
 
 use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -45,6 +46,17 @@ pub(crate) enum UntrustedLibrary {
     },
     #[error("refusing to load {library}: {path} is not a regular file")]
     NotAFile { library: PathBuf, path: PathBuf },
+}
+
+/// The path to load `path` from: as root, its links resolved, once [`check`] has found that no
+/// other user can replace it; otherwise `path` itself.
+pub(crate) fn loadable_by_this_process(path: &Path) -> Result<PathBuf, UntrustedLibrary> {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        check(path, euid.as_raw())
+    } else {
+        Ok(path.to_path_buf())
+    }
 }
 
 /// Checks that a process with effective uid `euid` may load `library` (see the module's doc).

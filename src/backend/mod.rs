@@ -7,6 +7,7 @@
 
 pub mod library_guard;
 pub(crate) mod library_trust;
+pub mod openvino;
 pub mod options;
 pub mod ort;
 
@@ -96,6 +97,15 @@ pub enum Provider {
     },
     /// ONNX Runtime's CPU provider.
     Cpu,
+    /// OpenVINO (not ONNX Runtime: `backend::openvino`), on one of its devices.
+    OpenVino {
+        /// OpenVINO device name (`CPU`, `GPU`, `NPU`).
+        device: String,
+        /// Inference precision: fp32 or bf16.
+        precision: Precision,
+        /// OpenVINO's compiled-model cache folder (none: compile at every start).
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 /// The execution provider name TensorRT-RTX's plugin registers its devices under.
@@ -111,15 +121,25 @@ impl Provider {
             Provider::TensorRtRtx { .. } => "tensorrt_rtx",
             Provider::Cuda { .. } => "cuda",
             Provider::Cpu => "cpu",
+            Provider::OpenVino { .. } => "openvino",
         }
     }
 
     /// Whether this provider has a saved artifact worth caching: the ONNX Runtime-optimised graphs
     /// on the CPU, the built engines (as EP-context models) for TensorRT. The CUDA provider's
     /// session set-up is cheap and its optimised graph is not portable, so it is not cached;
-    /// TensorRT-RTX keeps its own runtime cache (EP-context models for it are not written yet).
+    /// TensorRT-RTX keeps its own runtime cache (EP-context models for it are not written yet);
+    /// so does OpenVINO (its compiled-model cache, in a folder of the artifact cache).
     pub fn caches_artifacts(&self) -> bool {
-        !matches!(self, Provider::Cuda { .. } | Provider::TensorRtRtx { .. })
+        !matches!(
+            self,
+            Provider::Cuda { .. } | Provider::TensorRtRtx { .. } | Provider::OpenVino { .. }
+        )
+    }
+
+    /// Whether this provider runs on an NVIDIA GPU.
+    pub fn on_nvidia_gpu(&self) -> bool {
+        !matches!(self, Provider::Cpu | Provider::OpenVino { .. })
     }
 }
 

@@ -114,19 +114,6 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, BackendError> {
     )))
 }
 
-/// The path to load `path` from: as root, its links resolved, once `library_trust::check` has
-/// found that no other user can replace it; otherwise `path` itself.
-fn loadable_by_this_process(
-    path: &Path,
-) -> Result<PathBuf, super::library_trust::UntrustedLibrary> {
-    let euid = nix::unistd::geteuid();
-    if euid.is_root() {
-        super::library_trust::check(path, euid.as_raw())
-    } else {
-        Ok(path.to_path_buf())
-    }
-}
-
 /// Loads ONNX Runtime once per process; later calls return the first result. As root, a library
 /// another user could replace is refused (`library_trust`).
 pub fn runtime(
@@ -137,7 +124,8 @@ pub fn runtime(
     RUNTIME
         .get_or_init(|| {
             let path = find_library(explicit.as_deref()).map_err(|e| e.to_string())?;
-            let path = loadable_by_this_process(&path).map_err(|e| e.to_string())?;
+            let path =
+                super::library_trust::loadable_by_this_process(&path).map_err(|e| e.to_string())?;
             if let Some(folder) = path.parent() {
                 let _ = PRELOADED.set(preload_cuda(folder));
             }
@@ -242,6 +230,11 @@ pub fn provider_available(provider: &Provider, library: Option<&Path>) -> Result
             ort::ep::TensorRT::is_available(),
         ),
         Provider::Cuda { .. } => ("CUDAExecutionProvider", ort::ep::CUDA::is_available()),
+        Provider::OpenVino { .. } => {
+            return Err(BackendError::Library(
+                "OpenVINO is not an ONNX Runtime provider here (backend::openvino runs it)".into(),
+            ))
+        }
     };
     match available {
         Ok(true) => Ok(()),
@@ -306,7 +299,7 @@ fn execution_providers(
     }
     match provider {
         // Plugin EPs are chosen by device (`SessionBuilder::with_devices`), not registered here.
-        Provider::Cpu | Provider::TensorRtRtx { .. } => Vec::new(),
+        Provider::Cpu | Provider::TensorRtRtx { .. } | Provider::OpenVino { .. } => Vec::new(),
         Provider::Cuda {
             cuda_graphs,
             exhaustive_conv,

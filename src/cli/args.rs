@@ -30,10 +30,28 @@ impl RuntimeArgs {
                 self.onnxruntime.as_deref(),
                 &crate::config::state_dir_from_env(),
             ),
+            openvino_library: crate::runtimes::openvino_library(
+                std::env::var_os(crate::backend::openvino::LIBRARY_ENV)
+                    .map(std::path::PathBuf::from)
+                    .as_deref(),
+                &crate::config::state_dir_from_env(),
+            ),
             threads: self.threads,
             spin_wait: self.cpu_spin_wait,
             ..crate::engine::DetectorOptions::default()
         }
+    }
+}
+
+/// `--openvino-precision`: `fp32`, or `bf16` on CPUs that compute it (AVX512-BF16/AMX, arm64 BF16).
+pub fn openvino_precision(s: &str) -> Result<Precision, String> {
+    match Precision::from_str(s, true)? {
+        Precision::Fp32 => Ok(Precision::Fp32),
+        Precision::Bf16 => crate::cpu::bf16_support().map(|()| Precision::Bf16),
+        p => Err(format!(
+            "{} is not an OpenVINO precision here (fp32 or bf16)",
+            p.name()
+        )),
     }
 }
 

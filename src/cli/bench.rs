@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// (arm64 CPUs with BF16: bf16 GEMMs).
     #[arg(long, default_value = "fp32", value_parser = super::args::cpu_precision)]
     pub precision: Precision,
+    /// OpenVINO's inference precision with `--backend openvino`: fp32 (exact) or bf16 (CPUs with
+    /// AVX512-BF16/AMX, arm64 BF16); bf16 reports its drift against ONNX Runtime's fp32 engine.
+    #[arg(long, default_value = "fp32", value_parser = super::args::openvino_precision)]
+    pub openvino_precision: Precision,
     /// Attention form of the CPU/CUDA image graph: `fused` (ONNX Runtime's MultiHeadAttention,
     /// the daemon's) or `unfused` (MatMul, Softmax, MatMul), to compare on this host.
     #[arg(long, value_enum, default_value = "fused")]
@@ -337,12 +341,14 @@ fn select_provider(
     let cfg = crate::config::Config {
         optimization_backend: args.backend,
         onnxruntime_path: args.runtime.detector_options().library,
+        openvino_path: args.runtime.detector_options().openvino_library,
+        openvino_precision: args.openvino_precision,
         max_batch_size: args.batch_size.max(1),
         // No cache: bench measures engines built in memory.
         enable_optimization: false,
         ..crate::config::Config::default()
     };
-    let (provider, fallbacks) = crate::engine::first_available(&cfg.engine());
+    let (provider, fallbacks) = crate::engine::first_available(&cfg.engine(), Some(&args.model));
     if args.precision == Precision::Int8 && provider != crate::backend::Provider::Cpu {
         anyhow::bail!(
             "--precision int8 is a CPU mode; {} was selected (use --backend cpu)",
@@ -491,7 +497,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         measure_preprocess(&det, &frame, bytes.as_deref())?;
     let backend = det.backend_name().to_string();
     let image_size = det.config.image_size;
-    let precision = args.precision;
+    // OpenVINO's precision is its provider's; ONNX Runtime's is --precision.
+    let precision = match &provider {
+        crate::backend::Provider::OpenVino { precision, .. } => *precision,
+        _ => args.precision,
+    };
     let drift = if precision == Precision::Fp32 {
         drop(det);
         None
@@ -503,10 +513,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         Precision::Bf16 => (None, drift),
         _ => (None, None),
     };
-    let eager = if args.compare {
-        Some(measure_side(args, &provider, false, &frame)?.0)
-    } else {
-        None
+    let eager = match (&provider, args.compare) {
+        (_, false) => None,
+        // OpenVINO has no eager mode: it is compared with ONNX Runtime's optimized CPU engine.
+        (crate::backend::Provider::OpenVino { .. }, true) => {
+            let mut side = measure_side(args, &crate::backend::Provider::Cpu, true, &frame)?.0;
+            side.mode = "onnxruntime_cpu";
+            Some(side)
+        }
+        (_, true) => Some(measure_side(args, &provider, false, &frame)?.0),
     };
     let speedup = eager
         .as_ref()
@@ -583,12 +598,20 @@ pub fn summary_line(r: &BenchReport) -> String {
         o.batch_size,
     );
     if let Some(x) = r.speedup {
-        s.push_str(&format!(", {x:.2}x faster than eager"));
+        s.push_str(&format!(", {x:.2}x faster than {}", baseline_name(r)));
     }
     if let Some(m) = r.peak_rss_mb {
         s.push_str(&format!(", peak RSS {m:.0} MiB"));
     }
     s
+}
+
+/// What `--compare` measured against: the eager baseline, or ONNX Runtime's CPU engine (OpenVINO).
+fn baseline_name(r: &BenchReport) -> &'static str {
+    match r.eager.as_ref().map(|e| e.mode) {
+        Some("onnxruntime_cpu") => "ONNX Runtime's CPU engine",
+        _ => "eager",
+    }
 }
 
 /// Human-readable report.
@@ -617,7 +640,8 @@ pub fn render_text(r: &BenchReport) -> String {
         ));
     }
     if let Some(x) = r.speedup {
-        s.push_str(&format!("speedup (eager p50 / optimized p50): {x:.2}x\n"));
+        let base = r.eager.as_ref().map_or("eager", |e| e.mode);
+        s.push_str(&format!("speedup ({base} p50 / optimized p50): {x:.2}x\n"));
     }
     for (name, d) in [("int8", &r.int8_drift), ("bf16", &r.bf16_drift)] {
         let Some(d) = d else { continue };

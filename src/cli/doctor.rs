@@ -144,6 +144,7 @@ pub fn diagnose(cfg: &Config) -> Report {
     checks.push(gpu_check());
     checks.extend(gpu_libraries(ort_dir.as_deref()));
     checks.extend(installed_runtimes(cfg));
+    checks.extend(openvino_check(cfg));
     checks.push(backend_choice(cfg));
     checks.push(gstreamer(cfg));
     let ok = checks.iter().all(|c| c.status != Status::Fail);
@@ -338,6 +339,7 @@ fn installed_runtimes(cfg: &Config) -> Vec<Check> {
         return Vec::new();
     };
     all.iter()
+        .filter(|r| r.info.kind == crate::runtimes::RuntimeKind::Onnxruntime)
         .map(|r| {
             let (libs, when) = if r.active {
                 match super::runtime::probe_provider_libraries(&cfg.state_dir, &r.path) {
@@ -360,6 +362,75 @@ fn installed_runtimes(cfg: &Config) -> Vec<Check> {
             runtime_check(&r.info.name, r.active, &libs, when)
         })
         .collect()
+}
+
+/// The OpenVINO runtime, when one is installed or configured (or asked for): its version and
+/// devices, and what `optimize` measured of it against ONNX Runtime on this host.
+fn openvino_check(cfg: &Config) -> Option<Check> {
+    let engine = cfg.engine();
+    let forced = cfg.optimization_backend == crate::config::BackendPreference::Openvino;
+    let Some(lib) = engine::openvino_library(&engine) else {
+        return forced.then(|| {
+            check(
+                "openvino",
+                Status::Warn,
+                "optimization_backend is openvino but no OpenVINO runtime is installed: the CPU engine serves",
+                Some("intelligent-video runtime install --pip openvino==2026.4.1".into()),
+            )
+        });
+    };
+    let (version, devices) = match crate::backend::openvino::describe(&lib) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(check(
+                "openvino",
+                Status::Warn,
+                format!("{}: {e}", lib.display()),
+                Some("install it again: intelligent-video runtime install --pip openvino==2026.4.1 --force".into()),
+            ))
+        }
+    };
+    let measured = cfg
+        .installed_model_dir()
+        .ok()
+        .and_then(|d| crate::cache::model_fingerprint(&d).ok())
+        .and_then(|f| engine::cpu_tier::load(&engine, &f));
+    let (what, fix) = match &measured {
+        Some(m) => (
+            format!(
+                "measured here: OpenVINO {} {:.0} ms, ONNX Runtime {} {:.0} ms ({:.2}x): {}",
+                m.openvino_precision,
+                m.openvino_ms,
+                m.onnxruntime_precision,
+                m.onnxruntime_ms,
+                m.ratio(),
+                if m.openvino_faster() {
+                    "auto uses OpenVINO"
+                } else {
+                    "auto keeps ONNX Runtime"
+                }
+            ),
+            None,
+        ),
+        None => (
+            "not measured on this host yet: auto keeps ONNX Runtime".to_string(),
+            Some(
+                "intelligent-video optimize (times both engines and stores the result)".to_string(),
+            ),
+        ),
+    };
+    Some(check(
+        "openvino",
+        Status::Ok,
+        format!(
+            "OpenVINO {version} at {} (devices: {}; {} {}); {what}",
+            lib.display(),
+            devices.join(", "),
+            cfg.openvino_device,
+            cfg.openvino_precision.name()
+        ),
+        fix,
+    ))
 }
 
 /// One build's verdict from its provider libraries' statuses ("ok" or the loader's reason).
@@ -421,7 +492,8 @@ fn missing_library_fix(why: &str) -> &'static str {
 }
 
 fn backend_choice(cfg: &Config) -> Check {
-    let (chosen, fallbacks) = engine::first_available(&cfg.engine());
+    let dir = cfg.installed_model_dir().ok();
+    let (chosen, fallbacks) = engine::first_available(&cfg.engine(), dir.as_deref());
     let why = fallbacks
         .iter()
         .map(|f| format!("{} skipped: {}", f.backend, f.reason))

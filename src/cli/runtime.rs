@@ -107,6 +107,8 @@ struct Probe {
     cudnn: Option<String>,
     #[serde(default)]
     plugins: Vec<(String, String)>,
+    #[serde(default)]
+    kind: runtimes::RuntimeKind,
 }
 
 /// Runs a runtime command; prints its result on stdout.
@@ -158,7 +160,10 @@ pub fn run(cmd: &RuntimeCommand) -> anyhow::Result<()> {
                         r.path.display()
                     );
                 }
-                if !all.iter().any(|r| r.active) {
+                let ort_active = all
+                    .iter()
+                    .any(|r| r.active && r.info.kind == runtimes::RuntimeKind::Onnxruntime);
+                if !ort_active {
                     println!("* packaged (the library next to the binary or in /usr/lib/intelligent-video)");
                 }
             }
@@ -180,6 +185,11 @@ pub fn run(cmd: &RuntimeCommand) -> anyhow::Result<()> {
                     ""
                 }
             );
+        }
+        RuntimeCommand::Probe { folder }
+            if runtimes::RuntimeKind::of_folder(folder) == runtimes::RuntimeKind::Openvino =>
+        {
+            println!("{}", serde_json::to_string(&probe_openvino(folder)?)?);
         }
         RuntimeCommand::Probe { folder } => {
             let version = ort_backend::ensure_runtime(Some(folder))?;
@@ -207,6 +217,7 @@ pub fn run(cmd: &RuntimeCommand) -> anyhow::Result<()> {
                     .map(String::from)
                     .collect(),
                 provider_libraries: provider_libraries(folder),
+                kind: runtimes::RuntimeKind::Onnxruntime,
             };
             println!("{}", serde_json::to_string(&probe)?);
         }
@@ -237,6 +248,7 @@ fn install(
             probe(state, &staging).with_context(|| format!("{} does not load", main.display()))?;
         let info = RuntimeInfo {
             name: name.clone(),
+            kind: probe.kind,
             version: probe.version,
             providers: probe.providers,
             provider_libraries: probe.provider_libraries,
@@ -269,13 +281,17 @@ fn install(
     if activate {
         runtimes::set_active(state, Some(&info.name))?;
     }
+    let (runtime, offers) = match info.kind {
+        runtimes::RuntimeKind::Onnxruntime => ("ONNX Runtime", "providers"),
+        runtimes::RuntimeKind::Openvino => ("OpenVINO", "devices"),
+    };
     println!(
-        "installed {} (ONNX Runtime {}) in {}",
+        "installed {} ({runtime} {}) in {}",
         info.name,
         info.version,
         dir.display()
     );
-    println!("providers: {}", info.providers.join(", "));
+    println!("{offers}: {}", info.providers.join(", "));
     if let Some(c) = &info.cuda {
         println!(
             "carries CUDA {c}{} ({} libraries)",
@@ -295,25 +311,46 @@ fn install(
     for (lib, status) in &info.provider_libraries {
         println!("  {lib}: {status}");
     }
-    if activate {
-        println!("active: the daemon loads it at its next start (systemctl restart intelligent-video); `intelligent-video doctor` shows which backend it will use");
+    match (activate, info.kind) {
+        (false, _) => {}
+        (true, runtimes::RuntimeKind::Onnxruntime) => println!("active: the daemon loads it at its next start (systemctl restart intelligent-video); `intelligent-video doctor` shows which backend it will use"),
+        (true, runtimes::RuntimeKind::Openvino) => println!("active: optimization_backend = \"openvino\" uses it; `auto` uses it once `intelligent-video optimize` has measured it faster than ONNX Runtime on this host"),
     }
     Ok(())
 }
 
 /// The source that names the build: ONNX Runtime's own wheel or archive (`onnxruntime_gpu-…`,
-/// `onnxruntime-…`), not a plugin EP's (`onnxruntime_ep_…`) nor an `nvidia-*` one; else the first.
+/// `onnxruntime-…`), not a plugin EP's (`onnxruntime_ep_…`) nor an `nvidia-*` one; else
+/// OpenVINO's (`openvino-…`, not `openvino_telemetry-…`, one of its dependencies); else the first.
 fn main_source(sources: &[PathBuf]) -> &Path {
-    sources
-        .iter()
-        .find(|s| {
-            s.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy().replace('-', "_");
-                n.starts_with("onnxruntime") && !n.starts_with("onnxruntime_ep_")
-            })
+    let named = |test: fn(&str) -> bool| {
+        sources.iter().find(|s| {
+            s.file_name()
+                .is_some_and(|n| test(&n.to_string_lossy().replace('-', "_")))
         })
+    };
+    named(|n| n.starts_with("onnxruntime") && !n.starts_with("onnxruntime_ep_"))
+        .or_else(|| named(|n| n.starts_with("openvino_") && !n.starts_with("openvino_telemetry")))
         .or(sources.first())
         .map_or(Path::new("onnxruntime"), PathBuf::as_path)
+}
+
+/// What `runtime probe` reports of an OpenVINO runtime: its version and the devices it offers
+/// here (`CPU`; `GPU`/`NPU` with Intel's drivers).
+fn probe_openvino(folder: &Path) -> anyhow::Result<Probe> {
+    let lib = crate::backend::openvino::find_library(folder)?;
+    let (version, devices) = crate::backend::openvino::describe(&lib)?;
+    Ok(Probe {
+        version,
+        path: lib,
+        providers: devices,
+        provider_libraries: Vec::new(),
+        cuda_libraries: Vec::new(),
+        cuda: None,
+        cudnn: None,
+        plugins: Vec::new(),
+        kind: runtimes::RuntimeKind::Openvino,
+    })
 }
 
 /// The build in `folder`'s provider libraries, each "ok" or the loader's reason, as a child

@@ -12,7 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigOverrides, LogFormat};
-use crate::server::state::EngineInfo;
+use crate::server::state::{EngineInfo, OpenVinoInfo};
 use crate::server::{self, Listeners, Loader, StatusFn};
 
 /// Exit code for configuration errors (sysexits EX_CONFIG).
@@ -112,7 +112,8 @@ pub fn engine_loader(cfg: Config) -> Loader {
             model_dir: dir.display().to_string(),
             backend: engine.backend.clone(),
             device: match &engine.gpu.name {
-                Some(n) if engine.backend != "cpu" => n.clone(),
+                Some(n) if !matches!(engine.backend.as_str(), "cpu" | "openvino") => n.clone(),
+                _ if engine.backend == "openvino" => cfg.openvino_device.to_lowercase(),
                 _ => "cpu".into(),
             },
             gpu_available: engine.gpu.available,
@@ -126,8 +127,25 @@ pub fn engine_loader(cfg: Config) -> Loader {
             cuda_libraries: crate::backend::ort::preloaded_cuda_libraries(),
             image_size: det.config.image_size,
             warmup_ms: 0.0,
+            openvino: openvino_info(&cfg, &dir),
         };
         Ok((det, info))
+    })
+}
+
+/// What `/api/optimization` shows of OpenVINO: none when no runtime is installed or configured.
+fn openvino_info(cfg: &Config, dir: &std::path::Path) -> Option<OpenVinoInfo> {
+    let engine = cfg.engine();
+    let path = crate::engine::openvino_library(&engine)?;
+    let measurement = crate::cache::model_fingerprint(dir)
+        .ok()
+        .and_then(|f| crate::engine::cpu_tier::load(&engine, &f));
+    Some(OpenVinoInfo {
+        version: crate::backend::openvino::loaded_version(),
+        path,
+        device: cfg.openvino_device.clone(),
+        precision: cfg.openvino_precision.name().into(),
+        measurement,
     })
 }
 

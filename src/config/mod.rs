@@ -98,6 +98,13 @@ pub struct Config {
     pub log_format: Option<LogFormat>,
     pub log_level: String,
     pub onnxruntime_path: Option<PathBuf>,
+    /// OpenVINO's C library or its folder (IV_OPENVINO_PATH); unset: the OpenVINO runtime
+    /// installed with `runtime install`.
+    pub openvino_path: Option<PathBuf>,
+    /// OpenVINO device: `CPU` (measured), `GPU` or `NPU` (Intel's; untested here).
+    pub openvino_device: String,
+    /// OpenVINO's inference precision: `fp32` (exact) or `bf16` (CPUs with AVX512-BF16/AMX, arm64 BF16).
+    pub openvino_precision: Precision,
     pub threads: usize,
     /// Idle ONNX Runtime threads spin-wait for work (off: their cores go to decoding streams).
     pub cpu_spin_wait: bool,
@@ -215,6 +222,9 @@ impl Default for Config {
             log_format: None,
             log_level: "info".into(),
             onnxruntime_path: None,
+            openvino_path: None,
+            openvino_device: "CPU".into(),
+            openvino_precision: Precision::Fp32,
             threads: 0,
             cpu_spin_wait: false,
             query_cache_size: 1024,

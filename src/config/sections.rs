@@ -32,6 +32,12 @@ pub struct EngineSettings {
     /// `onnxruntime_path`; unset: the active installed build under `state_dir`, else the
     /// backend's own search.
     pub onnxruntime_path: Option<PathBuf>,
+    /// `openvino_path`; unset: the OpenVINO runtime installed under `state_dir`.
+    pub openvino_path: Option<PathBuf>,
+    /// `openvino_device`: `CPU`, `GPU`, `NPU`.
+    pub openvino_device: String,
+    /// `openvino_precision`: `fp32` or `bf16`.
+    pub openvino_precision: Precision,
     pub state_dir: PathBuf,
 }
 
@@ -52,6 +58,9 @@ impl Config {
             spin_wait: self.cpu_spin_wait,
             query_cache: self.query_cache_size,
             onnxruntime_path: self.onnxruntime_path.clone(),
+            openvino_path: self.openvino_path.clone(),
+            openvino_device: self.openvino_device.clone(),
+            openvino_precision: self.openvino_precision,
             state_dir: self.state_dir.clone(),
         }
     }

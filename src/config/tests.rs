@@ -155,6 +155,39 @@ fn bf16_is_a_cpu_precision_of_arm64_cpus_with_bf16_only() {
 }
 
 #[test]
+fn openvino_settings_are_checked() {
+    Jail::expect_with(|jail| {
+        jail.set_env("IV_OPTIMIZATION_BACKEND", "openvino");
+        jail.set_env("IV_OPENVINO_PATH", "/opt/ov");
+        jail.set_env("IV_OPENVINO_DEVICE", "GPU.1");
+        let c = Config::load(None, &ConfigOverrides::default()).expect("loads");
+        assert_eq!(c.optimization_backend, BackendPreference::Openvino);
+        assert_eq!(c.engine().openvino_path, Some(PathBuf::from("/opt/ov")));
+        assert_eq!(c.engine().openvino_device, "GPU.1");
+        jail.set_env("IV_OPENVINO_DEVICE", "CPU; rm -rf /");
+        let e = Config::load(None, &ConfigOverrides::default()).expect_err("device");
+        assert!(e.to_string().contains("openvino_device"), "{e}");
+        jail.set_env("IV_OPENVINO_DEVICE", "CPU");
+        jail.set_env("IV_OPENVINO_PRECISION", "int8");
+        let e = Config::load(None, &ConfigOverrides::default()).expect_err("int8");
+        assert!(e.to_string().contains("not an OpenVINO precision"), "{e}");
+        jail.set_env("IV_OPENVINO_PRECISION", "bf16");
+        let r = Config::load(None, &ConfigOverrides::default());
+        match crate::cpu::bf16_support() {
+            Ok(()) => assert!(r.is_ok(), "{:?}", r.err()),
+            Err(why) => {
+                let e = r.expect_err("bf16 without BF16").to_string();
+                assert!(e.contains("openvino_precision") && e.contains(&why), "{e}");
+            }
+        }
+        // On another device the CPU's instructions do not matter.
+        jail.set_env("IV_OPENVINO_DEVICE", "GPU");
+        assert!(Config::load(None, &ConfigOverrides::default()).is_ok());
+        Ok(())
+    });
+}
+
+#[test]
 fn toml_round_trips() {
     let c = Config::default();
     let back: Config = toml::from_str(&c.to_toml()).expect("parses");

@@ -71,6 +71,12 @@ pub(crate) fn library(cfg: &EngineSettings) -> Option<std::path::PathBuf> {
     crate::runtimes::library(cfg.onnxruntime_path.as_deref(), &cfg.state_dir)
 }
 
+/// The OpenVINO runtime the engine loads: `openvino_path`, else the one installed under
+/// `state_dir` (see `runtimes::openvino_library`).
+pub(crate) fn openvino_library(cfg: &EngineSettings) -> Option<std::path::PathBuf> {
+    crate::runtimes::openvino_library(cfg.openvino_path.as_deref(), &cfg.state_dir)
+}
+
 /// The cache key of `provider`'s artifact (with the CPU engine's precision as
 /// `DetectorOptions::cpu_key_precision` names it) for the model with `fingerprint`.
 pub fn artifact_key(
@@ -104,8 +110,12 @@ pub fn artifact_key(
         // TensorRT-RTX picks its own precisions; it does not cache through here (yet).
         Provider::TensorRtRtx { max_queries, .. } => ("auto", gpu_device(gpu), None, *max_queries),
         Provider::Cuda { .. } => (Precision::Fp32.name(), gpu_device(gpu), None, 0),
+        // OpenVINO keys its own compiled-model cache; nothing of it is stored through here.
+        Provider::OpenVino {
+            device, precision, ..
+        } => (precision.name(), device.clone(), None, 0),
     };
-    let on_gpu = *provider != Provider::Cpu;
+    let on_gpu = provider.on_nvidia_gpu();
     Ok(cache::KeyParts {
         layout: cache::LAYOUT,
         model_fingerprint: fingerprint.to_string(),

@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 
 use super::artifact::Artifact;
 use super::error::EngineError;
+use crate::backend::openvino::{OvBackend, OvPlan};
 use crate::backend::ort::OrtBackend;
-use crate::backend::{GraphSource, Provider, SessionPlan};
+use crate::backend::{Backend, GraphSource, Provider, SessionPlan};
 use crate::config::sections::EngineSettings;
 use crate::model::graphs::{self, Attention, Int8Weights};
 use crate::model::{ModelDir, ModelError, QueryTokenizer};
@@ -21,6 +22,8 @@ use crate::vocab::{Graph, Precision};
 pub struct DetectorOptions {
     /// ONNX Runtime library (else `IV_ONNXRUNTIME_PATH`, next to the binary, the package folder).
     pub library: Option<PathBuf>,
+    /// OpenVINO's library or folder (the OpenVINO provider needs one).
+    pub openvino_library: Option<PathBuf>,
     /// Intra-op threads for ONNX Runtime (0 = one per core).
     pub threads: usize,
     /// Idle intra-op threads spin-wait for work (default off: the cores go to decoding).
@@ -49,6 +52,7 @@ impl Default for DetectorOptions {
     fn default() -> Self {
         DetectorOptions {
             library: None,
+            openvino_library: None,
             threads: 0,
             spin_wait: false,
             query_cache: 1024,
@@ -67,6 +71,7 @@ impl DetectorOptions {
     pub fn from_config(cfg: &EngineSettings, provider: Provider) -> Self {
         DetectorOptions {
             library: super::artifact::library(cfg),
+            openvino_library: super::artifact::openvino_library(cfg),
             threads: cfg.threads,
             spin_wait: cfg.spin_wait,
             query_cache: cfg.query_cache,
@@ -101,10 +106,13 @@ impl DetectorOptions {
 
     /// The attention form the provider needs: TensorRT has no kernel for
     /// `com.microsoft.MultiHeadAttention` (the node would fall back to CUDA between TensorRT
-    /// islands); it fuses plain attention itself.
+    /// islands); it fuses plain attention itself. OpenVINO reads standard ONNX only (and fuses
+    /// the attention pattern into its own SDPA).
     fn attention(&self) -> Attention {
         match self.provider {
-            Provider::TensorRt { .. } | Provider::TensorRtRtx { .. } => Attention::Unfused,
+            Provider::TensorRt { .. }
+            | Provider::TensorRtRtx { .. }
+            | Provider::OpenVino { .. } => Attention::Unfused,
             _ => self.attention,
         }
     }
@@ -160,6 +168,63 @@ pub(super) fn join_tokenizer(
 
 /// Builds (or loads) both graphs for `opts.provider` and creates their sessions.
 pub(super) fn backend(
+    model: &ModelDir,
+    opts: &DetectorOptions,
+    artifact: &Artifact,
+) -> Result<Box<dyn Backend>, EngineError> {
+    if let Provider::OpenVino { .. } = opts.provider {
+        return Ok(Box::new(openvino_backend(model, opts)?));
+    }
+    Ok(Box::new(ort_backend(model, opts, artifact)?))
+}
+
+/// Builds both graphs in their plain-ONNX form, weights embedded, and compiles them with
+/// OpenVINO (its own model cache makes a later start fast).
+fn openvino_backend(model: &ModelDir, opts: &DetectorOptions) -> Result<OvBackend, EngineError> {
+    let Provider::OpenVino {
+        device,
+        precision,
+        cache_dir,
+    } = &opts.provider
+    else {
+        return Err(EngineError::NoBackend("not an OpenVINO provider".into()));
+    };
+    let library = opts.openvino_library.as_deref().ok_or_else(|| {
+        EngineError::NoBackend("no OpenVINO runtime installed (`intelligent-video runtime install --pip openvino==2026.4.1`)".into())
+    })?;
+    let t = std::time::Instant::now();
+    let embed = |g: Vec<u8>| {
+        crate::onnx::embed::embed_external(&g, &model.dir)
+            .map_err(|e| ModelError::Safetensors(format!("reading the weights for OpenVINO: {e}")))
+    };
+    let image = embed(graphs::build_image_graph(
+        &model.config,
+        &model.checkpoint,
+        Attention::Unfused,
+        None,
+        false,
+    )?)?;
+    let text = embed(graphs::build_text_graph(&model.config, &model.checkpoint)?)?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        "graphs built for OpenVINO"
+    );
+    let plan = OvPlan {
+        library,
+        device,
+        precision: *precision,
+        threads: opts.threads,
+        cache_dir: cache_dir.as_deref(),
+        image: &image,
+        text: &text,
+        image_size: model.config.image_size,
+        text_len: model.config.text_len,
+    };
+    Ok(OvBackend::new(&plan)?)
+}
+
+/// Builds (or loads) both graphs for ONNX Runtime's `opts.provider` and creates their sessions.
+fn ort_backend(
     model: &ModelDir,
     opts: &DetectorOptions,
     artifact: &Artifact,
@@ -233,14 +298,14 @@ pub(super) fn detector(
 pub(super) fn assemble(
     model: &ModelDir,
     tokenizer: JoinHandle<Result<QueryTokenizer, ModelError>>,
-    backend: Result<OrtBackend, EngineError>,
+    backend: Result<Box<dyn Backend>, EngineError>,
     opts: &DetectorOptions,
 ) -> Result<Detector, EngineError> {
     let tokenizer = join_tokenizer(tokenizer)?;
     Ok(Detector::new(
         model.config.clone(),
         tokenizer,
-        Box::new(backend?),
+        backend?,
         opts.query_cache,
     ))
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::artifact::{artifact_file, artifact_key, Artifact};
 use super::build::{self, DetectorOptions};
 use super::error::EngineError;
-use crate::backend::ort::OrtBackend;
+use crate::backend::Backend;
 use crate::cache;
 use crate::config::sections::EngineSettings;
 use crate::gpu::GpuInfo;
@@ -16,7 +16,7 @@ use crate::vocab::Graph;
 
 /// A backend built (or loaded) for the engine, and how.
 pub(super) struct Built {
-    pub(super) backend: OrtBackend,
+    pub(super) backend: Box<dyn Backend>,
     /// Seconds spent building, or loading from the cache.
     pub(super) build_time: f64,
     /// The artifact came from the cache.
@@ -29,7 +29,7 @@ fn timed(
     model: &ModelDir,
     opts: &DetectorOptions,
     artifact: &Artifact,
-) -> Result<(OrtBackend, f64), EngineError> {
+) -> Result<(Box<dyn Backend>, f64), EngineError> {
     let t = Instant::now();
     let b = build::backend(model, opts, artifact)?;
     Ok((b, t.elapsed().as_secs_f64()))

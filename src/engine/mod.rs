@@ -8,14 +8,15 @@
 mod artifact;
 mod build;
 mod cached;
+pub mod cpu_tier;
 mod error;
 
 use std::path::Path;
 
 use serde::Serialize;
 
-pub(crate) use artifact::library;
 pub use artifact::{artifact_file, artifact_key, weights_file, Artifact};
+pub(crate) use artifact::{library, openvino_library};
 pub use build::{int8_range_for_runtime, load_detector, load_detector_with, DetectorOptions};
 pub use error::EngineError;
 
@@ -67,7 +68,9 @@ pub fn speedup_estimate(e: &Engine) -> f64 {
         .unwrap_or_else(|| static_speedup(&e.backend))
 }
 
-/// The providers to try, in order, for a preference (the CPU always ends the chain).
+/// The providers to try, in order, for a preference (the CPU always ends the chain). Under `auto`,
+/// OpenVINO is a tier only where a runtime is installed or configured (an optional download: a
+/// host without one is not told about it at every start).
 pub fn chain(cfg: &EngineSettings) -> Vec<Provider> {
     let trt = Provider::TensorRt {
         precision: cfg.tensorrt_precision,
@@ -87,8 +90,18 @@ pub fn chain(cfg: &EngineSettings) -> Vec<Provider> {
         cuda_graphs: cfg.cuda_graphs,
         exhaustive_conv: cfg.exhaustive_conv,
     };
+    let openvino = Provider::OpenVino {
+        device: cfg.openvino_device.clone(),
+        precision: cfg.openvino_precision,
+        // OpenVINO's compiled-model cache; created when OpenVINO is tried.
+        cache_dir: cfg.optimize.then(|| cfg.cache_dir.join("openvino")),
+    };
     match cfg.backend {
+        BackendPreference::Auto if openvino_library(cfg).is_some() => {
+            vec![trt, rtx, cuda, openvino, Provider::Cpu]
+        }
         BackendPreference::Auto => vec![trt, rtx, cuda, Provider::Cpu],
+        BackendPreference::Openvino => vec![openvino, Provider::Cpu],
         BackendPreference::Tensorrt => vec![trt, Provider::Cpu],
         BackendPreference::TensorrtRtx => vec![rtx, Provider::Cpu],
         BackendPreference::Cuda | BackendPreference::TorchCompile => vec![cuda, Provider::Cpu],
@@ -110,10 +123,19 @@ pub fn alias_notice(pref: BackendPreference) -> Option<&'static str> {
 }
 
 /// Why `provider` cannot be tried here, checked before anything is built: no GPU, an ONNX Runtime
-/// build without the provider, or (TensorRT) no TensorRT library.
-fn unavailable(cfg: &EngineSettings, provider: &Provider, gpu: &GpuInfo) -> Option<String> {
+/// build without the provider, (TensorRT) no TensorRT library, (OpenVINO) no OpenVINO runtime or,
+/// under `auto`, no measurement that found it faster here.
+fn unavailable(
+    cfg: &EngineSettings,
+    provider: &Provider,
+    gpu: &GpuInfo,
+    fingerprint: Option<&str>,
+) -> Option<String> {
     if *provider == Provider::Cpu {
         return None;
+    }
+    if let Provider::OpenVino { .. } = provider {
+        return openvino_unavailable(cfg, fingerprint).err();
     }
     if !gpu.available {
         return Some(gpu.reason.clone().unwrap_or_else(|| "no GPU".into()));
@@ -131,13 +153,46 @@ fn unavailable(cfg: &EngineSettings, provider: &Provider, gpu: &GpuInfo) -> Opti
     None
 }
 
+/// `Ok` when OpenVINO may be tried: a runtime is installed (or configured) and, under `auto`,
+/// `optimize` measured it faster than ONNX Runtime's CPU engine for this model on this host.
+fn openvino_unavailable(cfg: &EngineSettings, fingerprint: Option<&str>) -> Result<(), String> {
+    let lib = openvino_library(cfg).ok_or_else(|| {
+        "no OpenVINO runtime installed (`intelligent-video runtime install --pip openvino==2026.4.1`)"
+            .to_string()
+    })?;
+    let (openvino_version, _) =
+        crate::backend::openvino::describe(&lib).map_err(|e| e.to_string())?;
+    if cfg.backend != BackendPreference::Auto {
+        return Ok(());
+    }
+    if cfg.cpu_precision == crate::vocab::Precision::Int8 {
+        return Err("cpu_precision int8 is ONNX Runtime's int8 engine".into());
+    }
+    let fingerprint = fingerprint
+        .ok_or_else(|| "enable_optimization is off: nothing measured is used".to_string())?;
+    let onnxruntime_version =
+        crate::backend::ort::ensure_runtime(library(cfg).as_deref()).map_err(|e| e.to_string())?;
+    let ort_precision = DetectorOptions::from_config(cfg, Provider::Cpu).cpu_key_precision();
+    let cpu = cache::cpu_name();
+    let host = cpu_tier::Host {
+        fingerprint,
+        cpu: &cpu,
+        onnxruntime_version: &onnxruntime_version,
+        onnxruntime_precision: ort_precision,
+        openvino_version: &openvino_version,
+    };
+    cpu_tier::verdict(cpu_tier::load(cfg, fingerprint).as_ref(), &host)
+}
+
 /// The first provider of `cfg`'s chain that passes the pre-checks, with the skipped tiers (for
 /// commands that build their own sessions, like `bench`).
-pub fn first_available(cfg: &EngineSettings) -> (Provider, Vec<Fallback>) {
+/// `dir` is the model's folder (`None`: no measurement can be matched, so `auto` skips OpenVINO).
+pub fn first_available(cfg: &EngineSettings, dir: Option<&Path>) -> (Provider, Vec<Fallback>) {
     let gpu = gpu::discover();
+    let fingerprint = dir.and_then(|d| fingerprint(cfg, d));
     let mut fallbacks = Vec::new();
     for provider in chain(cfg) {
-        match unavailable(cfg, &provider, &gpu) {
+        match unavailable(cfg, &provider, &gpu, fingerprint.as_deref()) {
             None => return (provider, fallbacks),
             Some(reason) => fallbacks.push(Fallback {
                 backend: provider.name().into(),
@@ -178,6 +233,16 @@ fn with_timing_cache_folder(mut provider: Provider) -> Provider {
         if let Some(Err(e)) = rc.as_deref().map(std::fs::create_dir_all) {
             tracing::warn!(error = %e, "no TensorRT-RTX runtime cache folder; its cache stays in memory");
             *rc = None;
+        }
+    }
+    if let Provider::OpenVino {
+        cache_dir: cd @ Some(_),
+        ..
+    } = &mut provider
+    {
+        if let Some(Err(e)) = cd.as_deref().map(std::fs::create_dir_all) {
+            tracing::warn!(error = %e, "no OpenVINO model cache folder; compiling at every start");
+            *cd = None;
         }
     }
     provider
@@ -239,7 +304,7 @@ pub fn load(
     let mut fallbacks = Vec::new();
     for provider in chain(cfg) {
         let name = provider.name();
-        if let Some(reason) = unavailable(cfg, &provider, &gpu) {
+        if let Some(reason) = unavailable(cfg, &provider, &gpu, fingerprint.as_deref()) {
             tracing::warn!(backend = name, %reason, "backend unavailable; falling back");
             fallbacks.push(Fallback {
                 backend: name.into(),
@@ -297,18 +362,35 @@ mod tests {
             optimization_backend: BackendPreference::Cpu,
             ..Config::default()
         };
-        assert_eq!(first_available(&c.engine()), (Provider::Cpu, Vec::new()));
+        assert_eq!(
+            first_available(&c.engine(), None),
+            (Provider::Cpu, Vec::new())
+        );
         if gpu.available {
             return; // the GPU tiers may be usable on this machine
         }
         c.optimization_backend = BackendPreference::Auto;
-        let (p, fb) = first_available(&c.engine());
+        // No OpenVINO runtime in an empty state folder: not a tier at all.
+        let state = tempfile::tempdir().expect("tmp");
+        c.state_dir = state.path().to_path_buf();
+        let (p, fb) = first_available(&c.engine(), None);
         assert_eq!(p, Provider::Cpu);
         let names: Vec<&str> = fb.iter().map(|f| f.backend.as_str()).collect();
         assert_eq!(names, vec!["tensorrt", "tensorrt_rtx", "cuda"]);
         for f in &fb {
             assert_eq!(Some(&f.reason), gpu.reason.as_ref());
         }
+        // One configured that does not load: skipped with the reason.
+        c.openvino_path = Some(state.path().join("nothing-here"));
+        let (p, fb) = first_available(&c.engine(), None);
+        assert_eq!(p, Provider::Cpu);
+        assert_eq!(fb.len(), 4);
+        assert_eq!(fb[3].backend, "openvino");
+        assert!(
+            fb[3].reason.contains("holds no OpenVINO C library"),
+            "{}",
+            fb[3].reason
+        );
     }
 
     #[test]
@@ -320,7 +402,25 @@ mod tests {
                 .map(|p| p.name())
                 .collect::<Vec<_>>()
         };
+        c.state_dir = std::path::PathBuf::from("/nonexistent");
         assert_eq!(names(&c), vec!["tensorrt", "tensorrt_rtx", "cuda", "cpu"]);
+        c.openvino_path = Some("/opt/openvino".into());
+        assert_eq!(
+            names(&c),
+            vec!["tensorrt", "tensorrt_rtx", "cuda", "openvino", "cpu"]
+        );
+        c.openvino_path = None;
+        c.optimization_backend = BackendPreference::Openvino;
+        c.openvino_precision = crate::vocab::Precision::Bf16;
+        assert_eq!(names(&c), vec!["openvino", "cpu"]);
+        assert_eq!(
+            chain(&c.engine())[0],
+            Provider::OpenVino {
+                device: "CPU".into(),
+                precision: crate::vocab::Precision::Bf16,
+                cache_dir: Some(c.cache_dir.join("openvino")),
+            }
+        );
         c.optimization_backend = BackendPreference::TensorrtRtx;
         assert_eq!(names(&c), vec!["tensorrt_rtx", "cpu"]);
         match &chain(&c.engine())[0] {

@@ -2,6 +2,7 @@
 //! (`builder`). Knows nothing about OWLv2; `crate::model::graphs` uses it to build the towers.
 
 pub(crate) mod builder;
+pub(crate) mod embed;
 pub(crate) mod proto;
 
 pub(crate) use builder::{Attr, GraphBuilder, WeightData};

@@ -65,7 +65,8 @@ pub(crate) fn extract_with(
 
 /// Copies the libraries of every source into `staging`, as one build: ONNX Runtime's own and the
 /// CUDA libraries beside it ([`is_installed_library`]). Sources without any (the `numpy` or
-/// `protobuf` wheels pip brings along) add nothing. Fails when no source had `libonnxruntime.so*`.
+/// `protobuf` wheels pip brings along) add nothing. Fails when no source had `libonnxruntime.so*`
+/// nor OpenVINO's C library (`libopenvino_c.so*`, the `openvino` wheel).
 pub(crate) fn extract_all(
     sources: &[std::path::PathBuf],
     staging: &Path,
@@ -77,13 +78,16 @@ pub(crate) fn extract_all(
     }
     files.sort();
     files.dedup();
-    if !files
-        .iter()
-        .any(|f| f == "libonnxruntime.so" || f.starts_with("libonnxruntime.so."))
-    {
+    let runtime = |f: &String| {
+        f == "libonnxruntime.so"
+            || f.starts_with("libonnxruntime.so.")
+            || f == "libopenvino_c.so"
+            || f.starts_with("libopenvino_c.so.")
+    };
+    if !files.iter().any(runtime) {
         let names: Vec<String> = sources.iter().map(|s| s.display().to_string()).collect();
         return Err(RuntimeError::BadSource(format!(
-            "{}: no libonnxruntime.so* inside (found: {})",
+            "{}: no libonnxruntime.so* nor libopenvino_c.so* inside (found: {})",
             names.join(", "),
             if files.is_empty() {
                 "no ONNX Runtime library".to_string()

@@ -1,4 +1,7 @@
-//! Installed ONNX Runtime builds (`intelligent-video runtime install/list/use/rm`).
+//! Installed ONNX Runtime builds (`intelligent-video runtime install/list/use/rm`), and OpenVINO
+//! runtimes beside them (the `openvino` wheel's libraries, `kind: "openvino"` in `runtime.json`,
+//! chosen by `runtimes/active-openvino`: an OpenVINO runtime is used beside ONNX Runtime, not
+//! instead of it).
 //!
 //! Each build lives in `<state_dir>/runtimes/<name>/`: its `libonnxruntime*.so*` files (the library
 //! and its execution-provider libraries, which ONNX Runtime loads from the library's own folder)
@@ -26,6 +29,47 @@ use serde::{Deserialize, Serialize};
 pub(crate) const RUNTIMES_DIR: &str = "runtimes";
 /// File naming the active build.
 const ACTIVE_FILE: &str = "active";
+/// File naming the active OpenVINO runtime.
+const ACTIVE_OPENVINO_FILE: &str = "active-openvino";
+
+/// What an installed build is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RuntimeKind {
+    /// ONNX Runtime (the engine's runtime; one active build).
+    #[default]
+    Onnxruntime,
+    /// OpenVINO (the `openvino` backend's runtime; one active beside ONNX Runtime's).
+    Openvino,
+}
+
+impl RuntimeKind {
+    /// The marker file naming the active build of this kind.
+    fn marker(self) -> &'static str {
+        match self {
+            RuntimeKind::Onnxruntime => ACTIVE_FILE,
+            RuntimeKind::Openvino => ACTIVE_OPENVINO_FILE,
+        }
+    }
+
+    /// What an extracted folder holds: OpenVINO when it has OpenVINO's C library and no ONNX
+    /// Runtime.
+    pub(crate) fn of_folder(dir: &Path) -> RuntimeKind {
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+        if has("libopenvino_c.so") && !has("libonnxruntime.so") {
+            RuntimeKind::Openvino
+        } else {
+            RuntimeKind::Onnxruntime
+        }
+    }
+}
 /// Description of a build, next to its libraries.
 const INFO_FILE: &str = "runtime.json";
 /// Mode of every installed file: read by all, written by its owner only (a library is mapped, not
@@ -85,6 +129,9 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RuntimeErr
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct RuntimeInfo {
     pub name: String,
+    /// ONNX Runtime or OpenVINO (absent in files written before OpenVINO: ONNX Runtime).
+    #[serde(default)]
+    pub kind: RuntimeKind,
     /// ONNX Runtime's version, as the library reports it.
     pub version: String,
     /// Execution providers compiled into the library.
@@ -132,6 +179,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), RuntimeError> {
         && name.len() <= 128
         && !name.starts_with('.')
         && name != ACTIVE_FILE
+        && name != ACTIVE_OPENVINO_FILE
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -153,21 +201,57 @@ pub(crate) fn library(explicit: Option<&Path>, state_dir: &Path) -> Option<PathB
 }
 
 pub(crate) fn active(state_dir: &Path) -> Option<PathBuf> {
-    let name = active_name(state_dir)?;
+    active_of(state_dir, RuntimeKind::Onnxruntime)
+}
+
+/// The OpenVINO runtime to load: `explicit` (`openvino_path`, IV_OPENVINO_PATH) when set, else
+/// the active OpenVINO runtime installed with `intelligent-video runtime install`.
+pub(crate) fn openvino_library(explicit: Option<&Path>, state_dir: &Path) -> Option<PathBuf> {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| active_of(state_dir, RuntimeKind::Openvino))
+}
+
+fn active_of(state_dir: &Path, kind: RuntimeKind) -> Option<PathBuf> {
+    let name = active_name(state_dir, kind)?;
     let dir = root(state_dir).join(name);
     dir.join(INFO_FILE).is_file().then_some(dir)
 }
 
-fn active_name(state_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(root(state_dir).join(ACTIVE_FILE)).ok()?;
+fn active_name(state_dir: &Path, kind: RuntimeKind) -> Option<String> {
+    let text = std::fs::read_to_string(root(state_dir).join(kind.marker())).ok()?;
     let name = text.trim().to_string();
     check_name(&name).ok().map(|_| name)
 }
 
-/// Makes `name` the active build (`None`: the packaged library again).
+/// The kind of the installed build `name`.
+pub(crate) fn kind_of(state_dir: &Path, name: &str) -> Result<RuntimeKind, RuntimeError> {
+    check_name(name)?;
+    let path = root(state_dir).join(name).join(INFO_FILE);
+    let text =
+        std::fs::read_to_string(&path).map_err(|_| RuntimeError::NotFound(name.to_string()))?;
+    serde_json::from_str::<RuntimeInfo>(&text)
+        .map(|i| i.kind)
+        .map_err(|e| RuntimeError::BadSource(format!("{}: {e}", path.display())))
+}
+
+/// Makes `name` the active build of its kind (`None`: the packaged ONNX Runtime again).
 pub(crate) fn set_active(state_dir: &Path, name: Option<&str>) -> Result<(), RuntimeError> {
+    let kind = match name {
+        Some(n) => kind_of(state_dir, n)?,
+        None => RuntimeKind::Onnxruntime,
+    };
+    set_active_kind(state_dir, kind, name)
+}
+
+/// Makes `name` the active build of `kind` (`None`: none of that kind).
+fn set_active_kind(
+    state_dir: &Path,
+    kind: RuntimeKind,
+    name: Option<&str>,
+) -> Result<(), RuntimeError> {
     let root = root(state_dir);
-    let marker = root.join(ACTIVE_FILE);
+    let marker = root.join(kind.marker());
     match name {
         Some(n) => {
             check_name(n)?;
@@ -189,7 +273,8 @@ pub(crate) fn set_active(state_dir: &Path, name: Option<&str>) -> Result<(), Run
 /// The installed builds, by name.
 pub(crate) fn list(state_dir: &Path) -> Result<Vec<Installed>, RuntimeError> {
     let root = root(state_dir);
-    let active = active_name(state_dir);
+    let active =
+        [RuntimeKind::Onnxruntime, RuntimeKind::Openvino].map(|k| active_name(state_dir, k));
     let entries = match std::fs::read_dir(&root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -204,7 +289,7 @@ pub(crate) fn list(state_dir: &Path) -> Result<Vec<Installed>, RuntimeError> {
         let Ok(info) = serde_json::from_str::<RuntimeInfo>(&text) else {
             continue;
         };
-        let is_active = active.as_deref() == Some(info.name.as_str());
+        let is_active = active.iter().flatten().any(|a| *a == info.name);
         out.push(Installed {
             info,
             path,
@@ -223,9 +308,10 @@ pub(crate) fn remove(state_dir: &Path, name: &str) -> Result<bool, RuntimeError>
     if !dir.join(INFO_FILE).is_file() {
         return Err(RuntimeError::NotFound(name.to_string()));
     }
-    let was_active = active_name(state_dir).as_deref() == Some(name);
+    let kind = kind_of(state_dir, name)?;
+    let was_active = active_name(state_dir, kind).as_deref() == Some(name);
     if was_active {
-        set_active(state_dir, None)?;
+        set_active_kind(state_dir, kind, None)?;
     }
     std::fs::remove_dir_all(&dir).map_err(io(dir.display()))?;
     Ok(was_active)
@@ -377,10 +463,20 @@ const NVIDIA_LIBRARIES: [&str; 15] = [
     "libtensorrt_shim.so",
 ];
 
-/// Whether `runtime install` keeps a file: ONNX Runtime's libraries and [`NVIDIA_LIBRARIES`].
+/// OpenVINO's libraries in its PyPI wheel (`openvino/libs/`): the core, its C API, the device
+/// plugins and frontends (found beside the core by name), and the TBB and hwloc libraries they
+/// link.
+const OPENVINO_LIBRARIES: [&str; 3] = ["libopenvino", "libtbb", "libhwloc.so"];
+
+/// Whether `runtime install` keeps a file: ONNX Runtime's libraries, [`NVIDIA_LIBRARIES`] and
+/// [`OPENVINO_LIBRARIES`].
 pub(crate) fn is_installed_library(name: &str) -> bool {
     is_runtime_library(name)
-        || (is_shared_object(name) && NVIDIA_LIBRARIES.iter().any(|p| name.starts_with(p)))
+        || (is_shared_object(name)
+            && NVIDIA_LIBRARIES
+                .iter()
+                .chain(OPENVINO_LIBRARIES.iter())
+                .any(|p| name.starts_with(p)))
 }
 
 fn is_shared_object(name: &str) -> bool {

@@ -5,6 +5,7 @@ use super::*;
 
 fn info(name: &str) -> RuntimeInfo {
     RuntimeInfo {
+        kind: RuntimeKind::Onnxruntime,
         name: name.into(),
         version: "1.31.1".into(),
         providers: vec!["CPUExecutionProvider".into()],
@@ -116,7 +117,10 @@ fn folders_tarballs_and_wheels_give_the_library_files() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).expect("mkdir");
     let e = extract(&empty, &out).expect_err("empty").to_string();
-    assert!(e.contains("no libonnxruntime.so* inside"), "{e}");
+    assert!(
+        e.contains("no libonnxruntime.so* nor libopenvino_c.so* inside"),
+        "{e}"
+    );
     let e = extract(&src.join("README"), &out)
         .expect_err("kind")
         .to_string();
@@ -192,7 +196,10 @@ fn several_wheels_make_one_build_with_the_nvidia_libraries() {
     let e = extract::extract_all(&sources[1..], &out, Limits::DEFAULT)
         .expect_err("no ONNX Runtime")
         .to_string();
-    assert!(e.contains("no libonnxruntime.so* inside"), "{e}");
+    assert!(
+        e.contains("no libonnxruntime.so* nor libopenvino_c.so* inside"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -352,7 +359,8 @@ fn archive_bombs_are_refused_while_they_unpack() {
         };
         let e = extract_with(&bomb, &out, big_enough).expect_err("no main library");
         assert!(
-            e.to_string().contains("no libonnxruntime.so* inside"),
+            e.to_string()
+                .contains("no libonnxruntime.so* nor libopenvino_c.so* inside"),
             "{e}"
         );
         assert_eq!(written(&out), (8 << 20, 8));

@@ -97,6 +97,7 @@ pub(super) fn optimization(st: &AppState) -> Resp {
         "onnxruntime_version": e.onnxruntime_version,
         "onnxruntime_path": e.onnxruntime_path,
         "cuda_libraries": e.cuda_libraries,
+        "openvino": e.openvino,
         "gpu": e.gpu,
         "image_size": e.image_size,
         "warmup_ms": e.warmup_ms,

@@ -44,6 +44,22 @@ pub struct EngineInfo {
     pub(crate) cuda_libraries: Vec<crate::runtimes::preload::Preloaded>,
     pub image_size: usize,
     pub warmup_ms: f64,
+    /// The OpenVINO runtime, when one is installed or configured: what is loaded and what
+    /// `optimize` measured of it against ONNX Runtime on this host.
+    pub openvino: Option<OpenVinoInfo>,
+}
+
+/// What `/api/optimization` shows of OpenVINO.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct OpenVinoInfo {
+    /// The runtime `auto` or `openvino` would load (`openvino_path` or the installed one).
+    pub path: std::path::PathBuf,
+    /// OpenVINO's version, when it was loaded in this process.
+    pub version: Option<String>,
+    pub device: String,
+    pub precision: String,
+    /// The side-by-side measurement `auto` decides by (none: not measured on this host yet).
+    pub measurement: Option<crate::engine::cpu_tier::CpuTierMeasurement>,
 }
 
 /// Everything the handlers share.

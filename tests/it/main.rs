@@ -22,6 +22,7 @@ mod library_guard;
 mod make_run;
 mod model_pull;
 mod mqtt;
+mod openvino;
 mod optimize;
 mod parity;
 mod query_sets;

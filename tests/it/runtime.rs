@@ -182,7 +182,7 @@ fn bad_sources_and_names_are_refused_and_leave_nothing() {
         ),
         (
             &["install", not_ort.to_str().expect("utf8")],
-            "no libonnxruntime.so* inside",
+            "no libonnxruntime.so* nor libopenvino_c.so* inside",
         ),
         (
             &["install", broken.to_str().expect("utf8")],
