@@ -116,6 +116,23 @@ pub fn describe(path: &Path) -> Result<(String, Vec<String>), BackendError> {
     Ok((version, devices))
 }
 
+/// The model cache's folder for `plan`'s settings under `root`. OpenVINO keys a cached blob by the
+/// model, the device and its own version, but not by the properties set on the device before
+/// compiling: a bf16 request found the fp32 blob of the same model (and a later run of it crashed),
+/// so every setting passed is part of the folder.
+fn cache_folder(root: &Path, plan: &OvPlan<'_>) -> PathBuf {
+    let device: String = plan
+        .device
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    root.join(format!(
+        "{device}-{}-latency-t{}",
+        plan.precision.name(),
+        plan.threads
+    ))
+}
+
 /// OpenVINO's name of an inference precision; fp32 and bf16 only (our int8 path is ONNX
 /// Runtime's, and fp16 is a GPU precision).
 fn precision_hint(p: Precision) -> Result<&'static str, BackendError> {
@@ -180,11 +197,15 @@ impl OvBackend {
             core.set_property(&device, k, v)
                 .map_err(|e| BackendError::Library(format!("OpenVINO {}: {e}", k.as_ref())))?;
         }
-        if let Some(dir) = plan.cache_dir {
-            // OpenVINO keys each entry by the model, the device and its settings.
-            let set = core.set_property(&device, &RwPropertyKey::CacheDir, &dir.to_string_lossy());
+        if let Some(dir) = plan.cache_dir.map(|d| cache_folder(d, plan)) {
+            let set = std::fs::create_dir_all(&dir)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    core.set_property(&device, &RwPropertyKey::CacheDir, &dir.to_string_lossy())
+                        .map_err(|e| e.to_string())
+                });
             if let Err(e) = set {
-                tracing::warn!(error = %e, "OpenVINO's model cache is off");
+                tracing::warn!(error = %e, folder = %dir.display(), "OpenVINO's model cache is off");
             }
         }
         let mut image = compile(&mut core, Graph::Image, plan.image, &device)?;

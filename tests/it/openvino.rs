@@ -241,6 +241,7 @@ fn openvino_bf16_drift_is_bounded_where_the_cpu_has_bf16() {
             }
         }
     }
+    assert_bf16_is_not_served_from_the_fp32_cache(&lib);
     eprintln!(
         "OpenVINO bf16: max score drift {:.4}, max box drift {:.4} of the side",
         worst.0, worst.1
@@ -252,6 +253,43 @@ fn openvino_bf16_drift_is_bounded_where_the_cpu_has_bf16() {
         "bf16 box drift {} > 4% of the side",
         worst.1
     );
+}
+
+/// OpenVINO's model cache keys a blob by the model and device, not by the precision hint: with one
+/// cache folder a bf16 engine was the fp32 blob (and a later run crashed). Each setting has its
+/// folder, so bf16 after fp32 in one cache gives bf16's outputs, not fp32's.
+fn assert_bf16_is_not_served_from_the_fp32_cache(lib: &Path) {
+    let cache = tempfile::tempdir().expect("tmp");
+    let g = goldens("tiny-a");
+    let name = golden_json("tiny-a")["images"][0]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let px = golden_pixels(&g, &name);
+    let run = |precision| {
+        let mut opts = ov_options(lib, precision);
+        if let Provider::OpenVino { cache_dir, .. } = &mut opts.provider {
+            *cache_dir = Some(cache.path().to_path_buf());
+        }
+        let mut det = load_detector(&model_dir("tiny-a"), &opts).expect("loads");
+        det.run_images(&px, 1).expect("runs").class_embeds
+    };
+    let fp32 = run(Precision::Fp32);
+    let bf16 = run(Precision::Bf16);
+    let again = run(Precision::Bf16);
+    assert!(
+        max_abs_diff(
+            &bf16,
+            &fp32.iter().map(|v| f64::from(*v)).collect::<Vec<_>>()
+        ) > 1e-4,
+        "bf16 gave fp32's outputs"
+    );
+    assert_eq!(
+        bf16, again,
+        "a cached bf16 engine gives what the compiled one gave"
+    );
+    assert!(cache.path().join("CPU-fp32-latency-t0").is_dir());
+    assert!(cache.path().join("CPU-bf16-latency-t0").is_dir());
 }
 
 fn api_optimization(d: &Daemon) -> Value {
@@ -290,8 +328,11 @@ fn auto_follows_optimizes_measurement_and_openvino_can_be_forced() {
     assert!(forced["openvino"]["version"]
         .as_str()
         .is_some_and(|v| v.starts_with("2026.4.1")));
-    // OpenVINO's compiled-model cache is in the artifact cache.
-    assert!(cache.path().join("openvino").is_dir());
+    // OpenVINO's compiled-model cache is in the artifact cache, a folder per setting (OpenVINO's
+    // own key leaves the precision out).
+    let blobs = cache.path().join("openvino/CPU-fp32-latency-t0");
+    let count = || std::fs::read_dir(&blobs).map_or(0, |d| d.count());
+    assert!(count() >= 2, "{}", blobs.display());
 
     let before = serve("auto");
     assert_eq!(before["optimization"]["backend"], "cpu", "{before}");
