@@ -49,6 +49,38 @@ pub struct ImageBatch {
 }
 
 impl ImageBatch {
+    /// A batch from the image graph's five outputs in [`IMAGE_OUTPUTS`] order, once their sizes
+    /// agree with each other and with `batch`.
+    ///
+    /// [`IMAGE_OUTPUTS`]: crate::model::graphs::IMAGE_OUTPUTS
+    pub fn from_outputs(batch: usize, outputs: [Vec<f32>; 5]) -> Result<Self, BackendError> {
+        let [class_embeds, logit_shift, logit_scale, pred_boxes, objectness_logits] = outputs;
+        let p = logit_shift.len() / batch.max(1);
+        let c = class_embeds.len() / (batch * p).max(1);
+        let sizes_ok = p > 0
+            && logit_shift.len() == batch * p
+            && class_embeds.len() == batch * p * c
+            && logit_scale.len() == batch * p
+            && pred_boxes.len() == batch * p * 4
+            && objectness_logits.len() == batch * p;
+        if !sizes_ok {
+            return Err(BackendError::Output {
+                graph: Graph::Image,
+                message: format!("output sizes do not agree for batch {batch}"),
+            });
+        }
+        Ok(ImageBatch {
+            batch,
+            num_patches: p,
+            class_dim: c,
+            class_embeds,
+            logit_shift,
+            logit_scale,
+            pred_boxes,
+            objectness_logits,
+        })
+    }
+
     /// The heads of image `i` of the batch.
     pub fn heads(&self, i: usize) -> ImageHeads<'_> {
         let (p, c) = (self.num_patches, self.class_dim);

@@ -14,7 +14,6 @@ use openvino::{
 };
 
 use super::{Backend, BackendError, ImageBatch};
-use crate::model::graphs::IMAGE_OUTPUTS;
 use crate::vocab::{Graph, Precision};
 
 /// Environment variable naming OpenVINO's C library (or a folder holding it).
@@ -283,38 +282,9 @@ impl Backend for OvBackend {
         let input = tensor(ElementType::F32, &dims, pixel_values)?;
         self.image.set_input_tensor(&input).map_err(run_err)?;
         self.image.infer().map_err(run_err)?;
-        let mut outs = Vec::with_capacity(IMAGE_OUTPUTS.len());
-        for i in 0..IMAGE_OUTPUTS.len() {
-            outs.push(output(&self.image, i, Graph::Image)?);
-        }
-        let mut it = outs.into_iter();
-        let mut next = || it.next().unwrap_or_default();
-        let (class_embeds, logit_shift, logit_scale, pred_boxes, objectness_logits) =
-            (next(), next(), next(), next(), next());
-        let p = logit_shift.len() / batch;
-        let c = class_embeds.len() / (batch * p).max(1);
-        let sizes_ok = p > 0
-            && logit_shift.len() == batch * p
-            && class_embeds.len() == batch * p * c
-            && logit_scale.len() == batch * p
-            && pred_boxes.len() == batch * p * 4
-            && objectness_logits.len() == batch * p;
-        if !sizes_ok {
-            return Err(BackendError::Output {
-                graph: Graph::Image,
-                message: format!("output sizes do not agree for batch {batch}"),
-            });
-        }
-        Ok(ImageBatch {
-            batch,
-            num_patches: p,
-            class_dim: c,
-            class_embeds,
-            logit_shift,
-            logit_scale,
-            pred_boxes,
-            objectness_logits,
-        })
+        // The compiled model keeps the graph's output order (`IMAGE_OUTPUTS`).
+        let out = |i: usize| output(&self.image, i, Graph::Image);
+        ImageBatch::from_outputs(batch, [out(0)?, out(1)?, out(2)?, out(3)?, out(4)?])
     }
 
     fn run_text(&mut self, input_ids: &[i64], n: usize) -> Result<Vec<f32>, BackendError> {

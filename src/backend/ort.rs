@@ -570,39 +570,8 @@ impl Backend for OrtBackend {
             .image
             .run(ort::inputs!["pixel_values" => input])
             .map_err(|e| BackendError::Run(e.to_string()))?;
-        let [class_embeds, logit_shift, logit_scale, pred_boxes, objectness_logits] =
-            IMAGE_OUTPUTS.map(|name| extract(&outputs, name, Graph::Image));
-        let (class_embeds, logit_shift, logit_scale, pred_boxes, objectness_logits) = (
-            class_embeds?,
-            logit_shift?,
-            logit_scale?,
-            pred_boxes?,
-            objectness_logits?,
-        );
-        let p = logit_shift.len() / batch.max(1);
-        let c = class_embeds.len() / (batch * p).max(1);
-        let sizes_ok = p > 0
-            && logit_shift.len() == batch * p
-            && class_embeds.len() == batch * p * c
-            && logit_scale.len() == batch * p
-            && pred_boxes.len() == batch * p * 4
-            && objectness_logits.len() == batch * p;
-        if !sizes_ok {
-            return Err(BackendError::Output {
-                graph: Graph::Image,
-                message: format!("output sizes do not agree for batch {batch}"),
-            });
-        }
-        Ok(ImageBatch {
-            batch,
-            num_patches: p,
-            class_dim: c,
-            class_embeds,
-            logit_shift,
-            logit_scale,
-            pred_boxes,
-            objectness_logits,
-        })
+        let [a, b, c, d, e] = IMAGE_OUTPUTS.map(|name| extract(&outputs, name, Graph::Image));
+        ImageBatch::from_outputs(batch, [a?, b?, c?, d?, e?])
     }
 
     fn end_profiling(&mut self) -> Result<Option<PathBuf>, BackendError> {

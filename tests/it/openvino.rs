@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::runtime::{runtime_command, text};
 use crate::support::bin;
 use crate::support::daemon::Daemon;
 use crate::support::detections::Det;
@@ -37,24 +38,13 @@ fn wheels() -> Option<PathBuf> {
     dir
 }
 
+/// `runtime ARGS…` with pip pointed at `wheels` only.
 fn runtime(state: &Path, wheels: &Path, args: &[&str]) -> std::process::Output {
-    bin::command()
-        .arg("runtime")
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
+    runtime_command(state, args)
         .env("PIP_NO_INDEX", "1")
         .env("PIP_FIND_LINKS", wheels)
         .output()
         .expect("runtime runs")
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// One OpenVINO runtime installed with `--pip` for the whole test process (OpenVINO loads once
@@ -159,27 +149,7 @@ fn openvino_fp32_matches_transformers_on_the_held_out_fixtures() {
         let d = max_abs_diff(&flat, &g["query_embeds"].data);
         eprintln!("{model}: OpenVINO fp32 query_embeds max |Δ| = {d:.2e}");
         assert!(d <= 1e-5, "{model}: query_embeds max |Δ| = {d}");
-        let q: Vec<&[f32]> = emb.iter().map(|e| &e[..]).collect();
-        for img in j["images"].as_array().expect("images") {
-            let name = img["name"].as_str().expect("name");
-            let px = golden_pixels(&g, name);
-            let out = det.run_images(&px, 1).expect("image graph runs");
-            let heads = out.heads(0);
-            let d = max_abs_diff(heads.class_embeds, &g[&format!("class_embeds/{name}")].data);
-            assert!(d <= 1e-5, "{model}/{name}: class_embeds max |Δ| = {d}");
-            let d = max_abs_diff(heads.pred_boxes, &g[&format!("pred_boxes/{name}")].data);
-            assert!(d <= 1e-5, "{model}/{name}: pred_boxes max |Δ| = {d}");
-            let logits = postprocess::class_logits(&heads, &q);
-            let want = &g[&format!("logits/{name}")];
-            let scale = want.data.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            let d = max_abs_diff(&logits, &want.data);
-            eprintln!("{model}/{name}: OpenVINO fp32 logits max |Δ| = {d:.2e} (scale {scale:.1})");
-            assert!(d <= 1e-5 * scale, "{model}/{name}: logits max |Δ| = {d}");
-            if let Some(obj) = g.get(&format!("objectness_logits/{name}")) {
-                let d = max_abs_diff(&out.objectness_logits, &obj.data);
-                assert!(d <= 1e-4, "{model}/{name}: objectness max |Δ| = {d}");
-            }
-        }
+        crate::parity::assert_heads_match_transformers(model, &mut det);
     }
 }
 

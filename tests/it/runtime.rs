@@ -14,17 +14,22 @@ use crate::support::daemon::{tcp_request, Daemon};
 use crate::support::{bin, fixtures};
 
 fn runtime(state: &Path, args: &[&str]) -> std::process::Output {
-    bin::command()
-        .arg("runtime")
+    runtime_command(state, args).output().expect("runtime runs")
+}
+
+/// `runtime ARGS… --state-dir STATE`, the ONNX Runtime path of the test's environment left out.
+pub(crate) fn runtime_command(state: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = bin::command();
+    c.arg("runtime")
         .args(args)
         .arg("--state-dir")
         .arg(state)
-        .env_remove("IV_ONNXRUNTIME_PATH")
-        .output()
-        .expect("runtime runs")
+        .env_remove("IV_ONNXRUNTIME_PATH");
+    c
 }
 
-fn text(o: &std::process::Output) -> String {
+/// A command's stdout and stderr, for assertion messages.
+pub(crate) fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
