@@ -177,7 +177,7 @@ fn measure_cpu_tiers(
     }
     Ok(engine::cpu_tier::CpuTierMeasurement {
         model_fingerprint: fingerprint,
-        cpu: crate::cache::cpu_name(),
+        cpu: engine::cpu_tier::host_cpu(),
         onnxruntime_version: crate::backend::ort::runtime_version().unwrap_or_default(),
         onnxruntime_precision: ort_opts.cpu_key_precision().into(),
         openvino_version: crate::backend::openvino::describe(openvino)?.0,

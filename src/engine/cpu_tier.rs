@@ -17,7 +17,7 @@ const DIR: &str = "cpu-tier";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CpuTierMeasurement {
     pub model_fingerprint: String,
-    /// The CPU as the cache keys name it (model and SIMD flags).
+    /// The CPU as [`host_cpu`] names it: model, SIMD flags, and oneDNN's ISA limit when set.
     pub cpu: String,
     pub onnxruntime_version: String,
     /// ONNX Runtime's CPU precision as its cache key names it (`fp32`, `int8-7bit`, …).
@@ -44,6 +44,23 @@ impl CpuTierMeasurement {
     pub fn openvino_faster(&self) -> bool {
         self.openvino_ms < self.onnxruntime_ms
     }
+}
+
+/// This host's CPU for a record: its model and the SIMD flags that select either library's kernels,
+/// and `ONEDNN_MAX_CPU_ISA` when set (OpenVINO's CPU plugin obeys it: a measurement made under a
+/// limit says nothing of the unlimited CPU, and the other way round).
+pub fn host_cpu() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let (model, flags) = crate::cpu::describe(&cpuinfo);
+    let mut s = format!(
+        "{} ({})",
+        model.unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+        flags.join(" ")
+    );
+    if let Some(isa) = std::env::var_os("ONEDNN_MAX_CPU_ISA") {
+        s.push_str(&format!(" ONEDNN_MAX_CPU_ISA={}", isa.to_string_lossy()));
+    }
+    s
 }
 
 /// The record's file for this model and the configured OpenVINO precision and device.

@@ -173,7 +173,7 @@ fn openvino_unavailable(cfg: &EngineSettings, fingerprint: Option<&str>) -> Resu
     let onnxruntime_version =
         crate::backend::ort::ensure_runtime(library(cfg).as_deref()).map_err(|e| e.to_string())?;
     let ort_precision = DetectorOptions::from_config(cfg, Provider::Cpu).cpu_key_precision();
-    let cpu = cache::cpu_name();
+    let cpu = cpu_tier::host_cpu();
     let host = cpu_tier::Host {
         fingerprint,
         cpu: &cpu,
