@@ -42,6 +42,20 @@ impl Precision {
         self != Precision::Bf16
     }
 
+    /// Whether OpenVINO runs `self` here: fp32, or bf16 (on the CPU device only where the CPU
+    /// computes bf16: AVX512-BF16/AMX, arm64 BF16). `Err` says why not.
+    pub fn openvino_support(self, on_cpu: bool) -> Result<(), String> {
+        match self {
+            Precision::Fp32 => Ok(()),
+            Precision::Bf16 if on_cpu => crate::cpu::bf16_support(),
+            Precision::Bf16 => Ok(()),
+            p => Err(format!(
+                "{} is not an OpenVINO precision here (fp32 or bf16)",
+                p.name()
+            )),
+        }
+    }
+
     /// Why this CPU cannot run `self`, if it cannot: bf16 needs an arm64 CPU with the BF16
     /// extension (Neoverse V1/V2/N2, Cortex-X925/A725 of GB10, …).
     pub fn cpu_support(self) -> Result<(), String> {

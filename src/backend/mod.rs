@@ -15,6 +15,28 @@ use std::path::{Path, PathBuf};
 
 use crate::vocab::{Graph, Precision};
 
+/// The shared library `name` (`libonnxruntime.so`, `libopenvino_c.so`) in `dir`: the plain name
+/// when it is there, else the newest versioned file (`name.<version>`, as the PyPI wheels ship
+/// them).
+pub(crate) fn library_in(dir: &Path, name: &str) -> Option<PathBuf> {
+    let plain = dir.join(name);
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let prefix = format!("{name}.");
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && p.is_file())
+        })
+        .collect();
+    versioned.sort();
+    versioned.pop()
+}
+
 /// Image-graph outputs for one image (views into a batch).
 #[derive(Debug, Clone, Copy)]
 pub struct ImageHeads<'a> {

@@ -45,34 +45,13 @@ pub struct OvPlan<'a> {
     pub text_len: usize,
 }
 
-/// The `libopenvino_c.so*` in `dir` (the plain name first, else the newest versioned one).
-fn c_library_in(dir: &Path) -> Option<PathBuf> {
-    let plain = dir.join(C_LIBRARY);
-    if plain.is_file() {
-        return Some(plain);
-    }
-    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{C_LIBRARY}.")))
-        })
-        .collect();
-    versioned.sort();
-    versioned.pop()
-}
-
 /// The C library at `path` (a file, or a folder holding one).
 pub fn find_library(path: &Path) -> Result<PathBuf, BackendError> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
     if path.is_dir() {
-        if let Some(l) = c_library_in(path) {
+        if let Some(l) = super::library_in(path, C_LIBRARY) {
             return Ok(l);
         }
     }
@@ -101,9 +80,17 @@ pub fn loaded_version() -> Option<String> {
     matches!(LOADED.get(), Some(Ok(_))).then(|| openvino::version().build_number)
 }
 
-/// OpenVINO's version and devices, from the library at `path` (`doctor`, `runtime install`).
-pub fn describe(path: &Path) -> Result<(String, Vec<String>), BackendError> {
+/// The version of OpenVINO's library at `path` (loaded, once per process; no device is
+/// enumerated: the engine's pre-check needs only this).
+pub fn version(path: &Path) -> Result<String, BackendError> {
     load(path)?;
+    Ok(openvino::version().build_number)
+}
+
+/// OpenVINO's version and devices, from the library at `path` (`doctor`, `runtime install`).
+/// Listing the devices loads every device plugin (GPU, NPU), which a start does not need.
+pub fn describe(path: &Path) -> Result<(String, Vec<String>), BackendError> {
+    let version = version(path)?;
     let core = Core::new().map_err(|e| BackendError::Library(e.to_string()))?;
     let devices = core
         .available_devices()
@@ -111,7 +98,6 @@ pub fn describe(path: &Path) -> Result<(String, Vec<String>), BackendError> {
         .iter()
         .map(|d| d.as_ref().to_string())
         .collect();
-    let version = openvino::version().build_number;
     Ok((version, devices))
 }
 

@@ -57,22 +57,9 @@ fn preload_cuda(folder: &Path) -> Vec<crate::runtimes::preload::Preloaded> {
     report
 }
 
+/// ONNX Runtime's library in `dir`.
 fn lib_in(dir: &Path) -> Option<PathBuf> {
-    let plain = dir.join("libonnxruntime.so");
-    if plain.is_file() {
-        return Some(plain);
-    }
-    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so.") && p.is_file())
-        })
-        .collect();
-    versioned.sort();
-    versioned.pop()
+    super::library_in(dir, "libonnxruntime.so")
 }
 
 /// Finds the ONNX Runtime library: `explicit` (from `IV_ONNXRUNTIME_PATH` or config), then next to

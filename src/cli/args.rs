@@ -45,14 +45,8 @@ impl RuntimeArgs {
 
 /// `--openvino-precision`: `fp32`, or `bf16` on CPUs that compute it (AVX512-BF16/AMX, arm64 BF16).
 pub fn openvino_precision(s: &str) -> Result<Precision, String> {
-    match Precision::from_str(s, true)? {
-        Precision::Fp32 => Ok(Precision::Fp32),
-        Precision::Bf16 => crate::cpu::bf16_support().map(|()| Precision::Bf16),
-        p => Err(format!(
-            "{} is not an OpenVINO precision here (fp32 or bf16)",
-            p.name()
-        )),
-    }
+    let p = Precision::from_str(s, true)?;
+    p.openvino_support(true).map(|()| p)
 }
 
 /// `--precision` of the commands that build a CPU engine: `fp32`, `int8`, or `bf16` on arm64 CPUs

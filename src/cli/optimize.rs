@@ -149,14 +149,7 @@ fn measure_cpu_tiers(
     let fingerprint = crate::cache::model_fingerprint(dir)
         .with_context(|| format!("cannot fingerprint {}", dir.display()))?;
     let ort_opts = DetectorOptions::from_config(&settings, Provider::Cpu);
-    let ov_opts = DetectorOptions::from_config(
-        &settings,
-        Provider::OpenVino {
-            device: cfg.openvino_device.clone(),
-            precision: cfg.openvino_precision,
-            cache_dir: Some(cfg.cache_dir.join("openvino")),
-        },
-    );
+    let ov_opts = DetectorOptions::from_config(&settings, engine::openvino_provider(&settings));
     eprintln!("measuring: ONNX Runtime's CPU engine against OpenVINO ({runs} runs each)");
     let mut ort = load_detector(dir, &ort_opts).context("ONNX Runtime's CPU engine")?;
     let mut ov = load_detector(dir, &ov_opts).context("OpenVINO")?;
@@ -180,7 +173,7 @@ fn measure_cpu_tiers(
         cpu: engine::cpu_tier::host_cpu(),
         onnxruntime_version: crate::backend::ort::runtime_version().unwrap_or_default(),
         onnxruntime_precision: ort_opts.cpu_key_precision().into(),
-        openvino_version: crate::backend::openvino::describe(openvino)?.0,
+        openvino_version: crate::backend::openvino::version(openvino)?,
         openvino_precision: cfg.openvino_precision.name().into(),
         openvino_device: cfg.openvino_device.clone(),
         onnxruntime_ms: median_ms(&ort_t),

@@ -111,10 +111,10 @@ pub fn engine_loader(cfg: Config) -> Loader {
             model_name: cfg.model.clone(),
             model_dir: dir.display().to_string(),
             backend: engine.backend.clone(),
-            device: match &engine.gpu.name {
-                Some(n) if !matches!(engine.backend.as_str(), "cpu" | "openvino") => n.clone(),
-                _ if engine.backend == "openvino" => cfg.openvino_device.to_lowercase(),
-                _ => "cpu".into(),
+            device: match engine.backend.as_str() {
+                "cpu" => "cpu".into(),
+                "openvino" => cfg.openvino_device.to_lowercase(),
+                _ => engine.gpu.name.clone().unwrap_or_else(|| "cpu".into()),
             },
             gpu_available: engine.gpu.available,
             optimization_time: engine.build_time,

@@ -1,23 +1,13 @@
 //! Validation of a loaded `Config`: the cross-field rules and bounds that types cannot express,
 //! each refusal naming its key.
 
-use super::{Config, ConfigError, Precision, MAX_QUERY_BYTES};
+use super::{Config, ConfigError, MAX_QUERY_BYTES};
 
 impl Config {
     /// `openvino_precision` is fp32 or bf16 (bf16 on the CPU only where the CPU has it), and
     /// `openvino_device` a plain device name.
     fn check_openvino(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
-        let p = self.openvino_precision;
-        if !matches!(p, Precision::Fp32 | Precision::Bf16) {
-            return bad(
-                "openvino_precision",
-                format!(
-                    "{} is not an OpenVINO precision here (fp32 or bf16)",
-                    p.name()
-                ),
-            );
-        }
         let d = &self.openvino_device;
         let plain = !d.is_empty()
             && d.len() <= 64
@@ -29,10 +19,8 @@ impl Config {
                 format!("{d:?} is not an OpenVINO device name (CPU, GPU, GPU.1, NPU)"),
             );
         }
-        if p == Precision::Bf16 && d == "CPU" {
-            if let Err(why) = crate::cpu::bf16_support() {
-                return bad("openvino_precision", why);
-            }
+        if let Err(why) = self.openvino_precision.openvino_support(d == "CPU") {
+            return bad("openvino_precision", why);
         }
         Ok(())
     }

@@ -200,7 +200,7 @@ fn openvino_backend(model: &ModelDir, opts: &DetectorOptions) -> Result<OvBacken
     let image = embed(graphs::build_image_graph(
         &model.config,
         &model.checkpoint,
-        Attention::Unfused,
+        opts.attention(),
         None,
         false,
     )?)?;

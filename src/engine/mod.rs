@@ -90,12 +90,8 @@ pub fn chain(cfg: &EngineSettings) -> Vec<Provider> {
         cuda_graphs: cfg.cuda_graphs,
         exhaustive_conv: cfg.exhaustive_conv,
     };
-    let openvino = Provider::OpenVino {
-        device: cfg.openvino_device.clone(),
-        precision: cfg.openvino_precision,
-        // OpenVINO's compiled-model cache; created when OpenVINO is tried.
-        cache_dir: cfg.optimize.then(|| cfg.cache_dir.join("openvino")),
-    };
+    // Its cache folder is created by the backend, per setting (`backend::openvino`).
+    let openvino = openvino_provider(cfg);
     match cfg.backend {
         BackendPreference::Auto if openvino_library(cfg).is_some() => {
             vec![trt, rtx, cuda, openvino, Provider::Cpu]
@@ -106,6 +102,16 @@ pub fn chain(cfg: &EngineSettings) -> Vec<Provider> {
         BackendPreference::TensorrtRtx => vec![rtx, Provider::Cpu],
         BackendPreference::Cuda | BackendPreference::TorchCompile => vec![cuda, Provider::Cpu],
         BackendPreference::Cpu | BackendPreference::Eager => vec![Provider::Cpu],
+    }
+}
+
+/// The OpenVINO tier of `cfg`: its device and precision, and its compiled-model cache's root
+/// when optimisation is on.
+pub fn openvino_provider(cfg: &EngineSettings) -> Provider {
+    Provider::OpenVino {
+        device: cfg.openvino_device.clone(),
+        precision: cfg.openvino_precision,
+        cache_dir: cfg.optimize.then(|| cfg.cache_dir.join("openvino")),
     }
 }
 
@@ -160,8 +166,7 @@ fn openvino_unavailable(cfg: &EngineSettings, fingerprint: Option<&str>) -> Resu
         "no OpenVINO runtime installed (`intelligent-video runtime install --pip openvino==2026.4.1`)"
             .to_string()
     })?;
-    let (openvino_version, _) =
-        crate::backend::openvino::describe(&lib).map_err(|e| e.to_string())?;
+    let openvino_version = crate::backend::openvino::version(&lib).map_err(|e| e.to_string())?;
     if cfg.backend != BackendPreference::Auto {
         return Ok(());
     }
@@ -233,16 +238,6 @@ fn with_timing_cache_folder(mut provider: Provider) -> Provider {
         if let Some(Err(e)) = rc.as_deref().map(std::fs::create_dir_all) {
             tracing::warn!(error = %e, "no TensorRT-RTX runtime cache folder; its cache stays in memory");
             *rc = None;
-        }
-    }
-    if let Provider::OpenVino {
-        cache_dir: cd @ Some(_),
-        ..
-    } = &mut provider
-    {
-        if let Some(Err(e)) = cd.as_deref().map(std::fs::create_dir_all) {
-            tracing::warn!(error = %e, "no OpenVINO model cache folder; compiling at every start");
-            *cd = None;
         }
     }
     provider
